@@ -1,0 +1,40 @@
+"""Meta-learning algorithms and baselines, each a factory returning a MetaLearner."""
+
+from jaxmeta.algorithms._core import MetaLearner as MetaLearner
+from jaxmeta.algorithms._core import MetaState as MetaState
+from jaxmeta.algorithms.anil import anil as anil
+from jaxmeta.algorithms.baselines import finetune as finetune
+from jaxmeta.algorithms.baselines import no_adaptation as no_adaptation
+from jaxmeta.algorithms.imaml import imaml as imaml
+from jaxmeta.algorithms.maml import fomaml as fomaml
+from jaxmeta.algorithms.maml import maml as maml
+from jaxmeta.algorithms.metasgd import metasgd as metasgd
+from jaxmeta.algorithms.reptile import reptile as reptile
+
+META_LEARNERS = {
+    "maml": maml,
+    "fomaml": fomaml,
+    "reptile": reptile,
+    "anil": anil,
+    "metasgd": metasgd,
+    "imaml": imaml,
+}
+"""The meta-learning algorithms by name (the baselines are not among them)."""
+
+BASELINES = {"no_adaptation": no_adaptation, "finetune": finetune}
+"""The baselines by name."""
+
+__all__ = (
+    "BASELINES",
+    "META_LEARNERS",
+    "MetaLearner",
+    "MetaState",
+    "anil",
+    "finetune",
+    "fomaml",
+    "imaml",
+    "maml",
+    "metasgd",
+    "no_adaptation",
+    "reptile",
+)

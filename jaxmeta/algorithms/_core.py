@@ -1,0 +1,235 @@
+"""What every algorithm shares: the state, the learner interface and the outer step.
+
+An algorithm is described by two per-task functions, written for ONE user:
+
+* ``objective(meta, task) -> (value, aux)``: a scalar whose gradient with respect
+  to ``meta = (params, hyper)`` is this task's meta-gradient (for MAML, the query
+  loss after adaptation; for Reptile and implicit MAML a surrogate whose gradient
+  is their update), and ``aux``, a dict of scalar metrics (``"loss"``: the value
+  of the task's actual objective; ``"inner_loss"``: the inner loss before the
+  first inner step);
+* ``adapt_task(meta, task) -> (fast, inner_losses)``: the user's adapted fast
+  weights (``None`` at slow leaves) from the support set alone.
+
+:func:`build` turns them into a :class:`MetaLearner` whose functions are
+compiled once per batch shape and ``vmap`` the per-task code over the users of a
+batch (optionally in chunks, to bound memory). The meta-gradient is the mean of
+the per-task gradients over the batch's real users (:func:`jaxmeta.tasks.task_mask`);
+it is taken of the batch-summed objective rather than per task, so that per-user
+copies of the gradient of shared tables (embeddings) are never materialised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmeta.losses import LossFn, masked_mean
+from jaxmeta.models import Model, combine, mask_where, partition
+from jaxmeta.tasks import TaskBatch, task_mask
+
+Params = Any
+Meta = tuple[Params, Any]  # (model params, hyper)
+Metrics = dict[str, jax.Array]
+
+
+class MetaState(NamedTuple):
+    """Everything an algorithm learns and carries between outer steps."""
+
+    params: Params  # model parameters: the meta-learned fast-weight initialisation and the slow weights
+    hyper: Any  # other meta-learned values (Meta-SGD's inner learning rates); () when none
+    opt_state: optax.OptState  # outer optimizer state over (params, hyper)
+    step: jax.Array  # int32 []: outer steps taken
+
+
+class MetaLearner(NamedTuple):
+    """The pure functions of one algorithm; all are ``jax.jit``-compiled.
+
+    Attributes:
+      init: ``init(key) -> MetaState``.
+      step: ``step(state, batch) -> (state, metrics)``: one outer (meta-training)
+        step; ``metrics`` has ``"loss"`` and ``"inner_loss"`` (means over real
+        users) and ``"tasks"`` (how many real users).
+      adapt: ``adapt(state, batch) -> fast``: per-user fast weights adapted on the
+        support sets, leaves ``[tasks, ...]`` (``None`` at slow leaves).
+      evaluate: ``evaluate(state, batch) -> metrics``: mean query loss over real
+        users before (``"query_loss_before"``) and after (``"query_loss_after"``)
+        adaptation, and ``"tasks"``.
+      predict: ``predict(state, batch) -> predictions``: query predictions after
+        adaptation, float ``[tasks, query]``.
+      is_fast: the predicate on parameter paths that this learner adapts.
+    """
+
+    init: Callable[[jax.Array], MetaState]
+    step: Callable[[MetaState, TaskBatch], tuple[MetaState, Metrics]]
+    adapt: Callable[[MetaState, TaskBatch], Params]
+    evaluate: Callable[[MetaState, TaskBatch], Metrics]
+    predict: Callable[[MetaState, TaskBatch], jax.Array]
+    is_fast: Callable[[tuple[str, ...]], bool]
+
+
+def rows_loss(model: Model, loss_fn: LossFn, params: Params, x, y, mask) -> jax.Array:
+    """Masked mean loss of ``model`` over one task's rows."""
+    return masked_mean(loss_fn(model.apply(params, x), y), mask)
+
+
+def split_fast(params: Params, is_fast: Callable) -> tuple[Params, Params]:
+    """``(fast, slow)`` parts of ``params`` under the path predicate ``is_fast``."""
+    return partition(params, mask_where(params, is_fast))
+
+
+def all_rows(task: TaskBatch):
+    """One task's support and query rows together: ``(x, y, mask)``."""
+    join = lambda a, b: jnp.concatenate([a, b], axis=0)  # noqa: E731
+    return (
+        jax.tree.map(join, task.support_x, task.query_x),
+        join(task.support_y, task.query_y),
+        join(task.support_mask, task.query_mask),
+    )
+
+
+def tree_vdot(a, b) -> jax.Array:
+    """Sum of elementwise products over all (non-``None``) leaves."""
+    return sum((jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), 0.0)
+
+
+def _chunks(batch: TaskBatch, chunk_size: int) -> TaskBatch:
+    """Pads the task axis to a multiple of ``chunk_size`` with empty tasks, then folds
+    it into ``[num_chunks, chunk_size, ...]``."""
+    n = batch.num_tasks
+    padded = -(-n // chunk_size) * chunk_size
+
+    def fold(a):
+        a = jnp.pad(a, [(0, padded - n)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape((padded // chunk_size, chunk_size) + a.shape[1:])
+
+    return jax.tree.map(fold, batch)
+
+
+def _unfold(tree, n: int):
+    """Inverse of the task folding of :func:`_chunks`, dropping the padding tasks."""
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], tree)
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: pass a positive number of users per chunk, or None.")
+
+
+def map_tasks(fn: Callable[[TaskBatch], Any], batch: TaskBatch, chunk_size: int | None = None):
+    """``jax.vmap(fn)(batch)``, computed ``chunk_size`` tasks at a time when given."""
+    _check_chunk_size(chunk_size)
+    if chunk_size is None or chunk_size >= batch.num_tasks:
+        return jax.vmap(fn)(batch)
+    return _unfold(jax.lax.map(jax.vmap(fn), _chunks(batch, chunk_size)), batch.num_tasks)
+
+
+def mean_task_grad(
+    objective: Callable[[Meta, TaskBatch], tuple[jax.Array, Metrics]],
+    meta: Meta,
+    batch: TaskBatch,
+    chunk_size: int | None = None,
+) -> tuple[Meta, Metrics]:
+    """Mean over real tasks of ``grad objective``, and the mean of its metrics.
+
+    With ``chunk_size``, gradients are accumulated chunk by chunk in a ``scan``, so
+    the backward pass holds the intermediates of one chunk only.
+    """
+    _check_chunk_size(chunk_size)
+
+    def chunk_grad(chunk: TaskBatch):
+        def total(m):
+            values, aux = jax.vmap(objective, in_axes=(None, 0))(m, chunk)
+            return jnp.sum(jnp.where(task_mask(chunk), values, 0)), aux
+
+        (_, aux), grads = jax.value_and_grad(total, has_aux=True)(meta)
+        return grads, aux
+
+    if chunk_size is None or chunk_size >= batch.num_tasks:
+        grads, aux = chunk_grad(batch)
+    else:
+
+        def body(acc, chunk):
+            grads, aux = chunk_grad(chunk)
+            return jax.tree.map(jnp.add, acc, grads), aux
+
+        grads, aux = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, meta), _chunks(batch, chunk_size))
+        aux = _unfold(aux, batch.num_tasks)
+    valid = task_mask(batch)
+    count = jnp.maximum(valid.sum(), 1)
+    grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grads)
+    metrics = {k: masked_mean(v, valid) for k, v in aux.items()}
+    metrics["tasks"] = valid.sum()
+    return grads, metrics
+
+
+def build(
+    model: Model,
+    *,
+    loss_fn: LossFn,
+    objective: Callable[[Meta, TaskBatch], tuple[jax.Array, Metrics]],
+    adapt_task: Callable[[Meta, TaskBatch], tuple[Params, jax.Array]],
+    is_fast: Callable,
+    outer_optimizer: optax.GradientTransformation,
+    chunk_size: int | None = None,
+    init_hyper: Callable[[Params], Any] = lambda params: (),
+) -> MetaLearner:
+    """Assembles a :class:`MetaLearner` from an algorithm's per-task functions.
+
+    Args:
+      model: the model.
+      loss_fn: elementwise loss, used by ``evaluate``.
+      objective: per-task meta-objective, see the module docstring.
+      adapt_task: per-task adaptation, see the module docstring.
+      is_fast: path predicate of the adapted weights.
+      outer_optimizer: optax transformation of ``(params, hyper)``.
+      chunk_size: users per chunk inside the compiled functions (``None``: all).
+      init_hyper: ``init_hyper(params) -> hyper``.
+    """
+    _check_chunk_size(chunk_size)
+
+    def init(key: jax.Array) -> MetaState:
+        params = model.init(key)
+        hyper = init_hyper(params)
+        return MetaState(params, hyper, outer_optimizer.init((params, hyper)), jnp.zeros((), jnp.int32))
+
+    @jax.jit
+    def step(state: MetaState, batch: TaskBatch):
+        meta = (state.params, state.hyper)
+        grads, metrics = mean_task_grad(objective, meta, batch, chunk_size)
+        updates, opt_state = outer_optimizer.update(grads, state.opt_state, meta)
+        params, hyper = optax.apply_updates(meta, updates)
+        return MetaState(params, hyper, opt_state, state.step + 1), metrics
+
+    @jax.jit
+    def adapt(state: MetaState, batch: TaskBatch):
+        meta = (state.params, state.hyper)
+        return map_tasks(lambda task: adapt_task(meta, task)[0], batch, chunk_size)
+
+    def adapted_query(state: MetaState, task: TaskBatch):
+        fast, _ = adapt_task((state.params, state.hyper), task)
+        return combine(fast, split_fast(state.params, is_fast)[1])
+
+    @jax.jit
+    def evaluate(state: MetaState, batch: TaskBatch) -> Metrics:
+        def one(task):
+            query = (task.query_x, task.query_y, task.query_mask)
+            return {
+                "query_loss_before": rows_loss(model, loss_fn, state.params, *query),
+                "query_loss_after": rows_loss(model, loss_fn, adapted_query(state, task), *query),
+            }
+
+        per_task = map_tasks(one, batch, chunk_size)
+        valid = task_mask(batch)
+        return {k: masked_mean(v, valid) for k, v in per_task.items()} | {"tasks": valid.sum()}
+
+    @jax.jit
+    def predict(state: MetaState, batch: TaskBatch) -> jax.Array:
+        one = lambda task: model.apply(adapted_query(state, task), task.query_x)  # noqa: E731
+        return map_tasks(one, batch, chunk_size)
+
+    return MetaLearner(init, step, adapt, evaluate, predict, is_fast)

@@ -1,0 +1,98 @@
+"""The baselines every meta-learning paper must beat.
+
+* :func:`no_adaptation`: one global model trained on all rows of all training
+  users (support and query alike), used as is for every new user.
+* :func:`finetune`: the same global training (pre-training), then ``K`` inner
+  steps on each new user's support set at test time only (transfer learning).
+
+Both train with the per-user mean loss averaged over users, like the
+meta-learners, so that every user weighs the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optax
+
+from jaxmeta.algorithms._core import MetaLearner, all_rows, build, rows_loss, split_fast
+from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER
+from jaxmeta.inner import inner_adapt
+from jaxmeta.losses import LossFn, get_loss
+from jaxmeta.models import Model, combine
+
+
+def _global_model(
+    model: Model,
+    *,
+    inner_optimizer: optax.GradientTransformation,
+    inner_steps: int,
+    outer_optimizer: optax.GradientTransformation,
+    loss: str | LossFn,
+    chunk_size: int | None,
+    is_fast: Callable | None,
+) -> MetaLearner:
+    loss_fn = get_loss(loss)
+    is_fast = model.is_fast if is_fast is None else is_fast
+
+    def objective(meta, task):
+        value = rows_loss(model, loss_fn, meta[0], *all_rows(task))
+        return value, {"loss": value}
+
+    def adapt_task(meta, task):
+        fast, slow = split_fast(meta[0], is_fast)
+        support = lambda f: rows_loss(  # noqa: E731
+            model, loss_fn, combine(f, slow), task.support_x, task.support_y, task.support_mask
+        )
+        return inner_adapt(support, fast, optimizer=inner_optimizer, steps=inner_steps)
+
+    return build(
+        model,
+        loss_fn=loss_fn,
+        objective=objective,
+        adapt_task=adapt_task,
+        is_fast=is_fast,
+        outer_optimizer=outer_optimizer,
+        chunk_size=chunk_size,
+    )
+
+
+def no_adaptation(
+    model: Model,
+    *,
+    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
+    loss: str | LossFn = "mse",
+    chunk_size: int | None = None,
+) -> MetaLearner:
+    """One global model for everyone; ``adapt`` returns the global fast weights."""
+    return _global_model(
+        model,
+        inner_optimizer=optax.identity(),
+        inner_steps=0,
+        outer_optimizer=outer_optimizer,
+        loss=loss,
+        chunk_size=chunk_size,
+        is_fast=None,
+    )
+
+
+def finetune(
+    model: Model,
+    *,
+    inner_optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
+    inner_steps: int = 5,
+    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
+    loss: str | LossFn = "mse",
+    chunk_size: int | None = None,
+    is_fast: Callable | None = None,
+) -> MetaLearner:
+    """Pre-train globally, fine-tune the fast weights per user at test time only."""
+    return _global_model(
+        model,
+        inner_optimizer=inner_optimizer,
+        inner_steps=inner_steps,
+        outer_optimizer=outer_optimizer,
+        loss=loss,
+        chunk_size=chunk_size,
+        is_fast=is_fast,
+    )

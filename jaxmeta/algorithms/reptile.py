@@ -1,0 +1,74 @@
+"""Reptile: move the initialisation towards each user's adapted weights (model averaging).
+
+Per user, the fast weights are trained for ``K`` inner steps on all of the user's
+rows (Reptile does not split a task into support and query); the meta-gradient of
+the fast weights is ``init - adapted``, averaged over users. With
+``outer_optimizer=optax.sgd(eps)`` the update is the paper's
+``init + eps * (mean adapted - init)``; ``eps = 1`` is plain model averaging. The
+slow weights, which the inner loop does not adapt, follow the gradient of the
+same rows' loss at the adapted fast weights. At test time users are adapted on
+their support set, as with every algorithm.
+
+References:
+  Nichol, Achiam, Schulman, "On First-Order Meta-Learning Algorithms",
+  arXiv:1803.02999, 2018.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import optax
+
+from jaxmeta.algorithms._core import MetaLearner, all_rows, build, rows_loss, split_fast, tree_vdot
+from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER
+from jaxmeta.inner import inner_adapt
+from jaxmeta.losses import LossFn, get_loss
+from jaxmeta.models import Model, combine
+
+
+def reptile(
+    model: Model,
+    *,
+    inner_optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
+    inner_steps: int = 5,
+    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
+    loss: str | LossFn = "mse",
+    chunk_size: int | None = None,
+    is_fast: Callable | None = None,
+) -> MetaLearner:
+    """Reptile; arguments as in :func:`jaxmeta.algorithms.maml`."""
+    if inner_steps < 1:
+        raise ValueError(f"inner_steps={inner_steps}: Reptile needs at least one inner step.")
+    loss_fn = get_loss(loss)
+    is_fast = model.is_fast if is_fast is None else is_fast
+    sg = jax.lax.stop_gradient
+
+    def train(fast, slow, x, y, mask):
+        rows = lambda f: rows_loss(model, loss_fn, combine(f, slow), x, y, mask)  # noqa: E731
+        return inner_adapt(rows, fast, optimizer=inner_optimizer, steps=inner_steps, first_order=True)
+
+    def objective(meta, task):
+        fast, slow = split_fast(meta[0], is_fast)
+        x, y, mask = all_rows(task)
+        adapted, losses = train(sg(fast), sg(slow), x, y, mask)
+        adapted = sg(adapted)
+        value = rows_loss(model, loss_fn, combine(adapted, slow), x, y, mask)
+        # d/d fast = fast - adapted (the Reptile direction); d/d slow = d value / d slow.
+        surrogate = tree_vdot(jax.tree.map(lambda f, a: f - a, sg(fast), adapted), fast) + value
+        return surrogate, {"loss": value, "inner_loss": losses[0]}
+
+    def adapt_task(meta, task):
+        fast, slow = split_fast(meta[0], is_fast)
+        return train(fast, slow, task.support_x, task.support_y, task.support_mask)
+
+    return build(
+        model,
+        loss_fn=loss_fn,
+        objective=objective,
+        adapt_task=adapt_task,
+        is_fast=is_fast,
+        outer_optimizer=outer_optimizer,
+        chunk_size=chunk_size,
+    )

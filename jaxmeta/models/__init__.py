@@ -1,0 +1,21 @@
+"""Models: pure ``init``/``apply`` pairs with a fast/slow parameter split."""
+
+from jaxmeta.models._model import Model as Model
+from jaxmeta.models._model import combine as combine
+from jaxmeta.models._model import mask_where as mask_where
+from jaxmeta.models._model import partition as partition
+from jaxmeta.models._model import path_names as path_names
+from jaxmeta.models.flax_bridge import from_linen as from_linen
+from jaxmeta.models.flax_bridge import from_nnx as from_nnx
+from jaxmeta.models.mlp import embedding_mlp as embedding_mlp
+
+__all__ = (
+    "Model",
+    "combine",
+    "embedding_mlp",
+    "from_linen",
+    "from_nnx",
+    "mask_where",
+    "partition",
+    "path_names",
+)

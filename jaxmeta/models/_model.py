@@ -1,0 +1,84 @@
+"""The model interface: pure ``init``/``apply`` plus which parameters are fast.
+
+A model is a pair of pure functions over a pytree of parameters. Which leaves
+are *fast* (adapted per user in the inner loop) and which are *slow* (meta-learned
+only, e.g. shared embedding tables) is a predicate over each leaf's path, so it
+works for plain dicts and for Flax parameter trees alike.
+
+Fast and slow parts are carried as two pytrees of the same structure as the
+parameters, with ``None`` where a leaf belongs to the other part (the convention
+of ``equinox.partition``); :func:`combine` puts them back together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+Params = Any
+Path = tuple[str, ...]
+
+
+def _all_fast(path: Path) -> bool:
+    del path
+    return True
+
+
+class Model(NamedTuple):
+    """A pure model.
+
+    Attributes:
+      init: ``init(key) -> params``.
+      apply: ``apply(params, x) -> predictions``: ``x`` holds the rows of one task
+        (leaves ``[rows, ...]``), predictions are ``[rows]`` (ratings, or logits for
+        clicks). Batch over tasks with ``jax.vmap``.
+      is_fast: ``is_fast(path) -> bool`` for a leaf path such as
+        ``("layers", "0", "w")``: True for the weights adapted per user.
+      is_head: like ``is_fast``, True for the output head only (what ANIL adapts);
+        ``None`` if the model has no designated head.
+    """
+
+    init: Callable[[jax.Array], Params]
+    apply: Callable[[Params, Any], jax.Array]
+    is_fast: Callable[[Path], bool] = _all_fast
+    is_head: Callable[[Path], bool] | None = None
+
+
+def path_names(path) -> Path:
+    """A jax key path as a tuple of strings: dict keys, attribute names, indices."""
+    names = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                names.append(str(getattr(key, attr)))
+                break
+        else:
+            names.append(str(key))
+    return tuple(names)
+
+
+def mask_where(params: Params, predicate: Callable[[Path], bool]) -> Params:
+    """A pytree of Python bools: ``predicate`` of each leaf's path."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: bool(predicate(path_names(p))), params)
+
+
+def partition(params: Params, mask: Params) -> tuple[Params, Params]:
+    """Splits ``params`` into (leaves where ``mask`` is True, the others), ``None`` elsewhere."""
+    chosen = jax.tree.map(lambda m, p: p if m else None, mask, params)
+    rest = jax.tree.map(lambda m, p: None if m else p, mask, params)
+    return chosen, rest
+
+
+def combine(*trees: Params) -> Params:
+    """Inverse of :func:`partition`: the first non-``None`` leaf at each position.
+
+    Example:
+      >>> params = {"a": 1.0, "b": 2.0}
+      >>> fast, slow = partition(params, {"a": True, "b": False})
+      >>> fast, combine(fast, slow) == params
+      ({'a': 1.0, 'b': None}, True)
+    """
+    pick = lambda *leaves: next((x for x in leaves if x is not None), None)  # noqa: E731
+    return jax.tree.map(pick, *trees, is_leaf=lambda x: x is None)

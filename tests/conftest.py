@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny smooth model and random ragged tasks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxmeta import algorithms
+from jaxmeta.models import Model
+from jaxmeta.tasks import RaggedTasks, pad_tasks
+
+VOCAB = (3, 5)
+
+
+def tiny_model(dtype=jnp.float32) -> Model:
+    """Two embedded fields (slow) -> tanh layer -> linear head (fast). Smooth, so
+    finite differences are accurate everywhere."""
+
+    def init(key):
+        k = jax.random.split(key, 4)
+        return {
+            "emb": [0.5 * jax.random.normal(k[0], (VOCAB[0], 2), dtype), 0.5 * jax.random.normal(k[1], (VOCAB[1], 2), dtype)],
+            "body": {"w": jax.random.normal(k[2], (4, 3), dtype) * 0.7, "b": jnp.full((3,), 0.1, dtype)},
+            "head": {"w": jax.random.normal(k[3], (3, 1), dtype) * 0.7, "b": jnp.full((1,), 0.2, dtype)},
+        }
+
+    def apply(params, x):
+        h = jnp.concatenate([params["emb"][0][x[:, 0]], params["emb"][1][x[:, 1]]], axis=-1)
+        h = jnp.tanh(h @ params["body"]["w"] + params["body"]["b"])
+        return (h @ params["head"]["w"] + params["head"]["b"])[:, 0]
+
+    return Model(init, apply, is_fast=lambda p: p[0] != "emb", is_head=lambda p: p[0] == "head")
+
+
+def random_tasks(num_users: int, *, seed: int = 0, support=(2, 6), query=(1, 4), dtype=np.float32) -> RaggedTasks:
+    """Users with ragged support/query sets of random ids and ratings."""
+    rng = np.random.default_rng(seed)
+
+    def rows(n):
+        x = np.stack([rng.integers(VOCAB[0], size=n), rng.integers(VOCAB[1], size=n)], axis=1).astype(np.int32)
+        return x, rng.normal(size=n).astype(dtype)
+
+    parts = [rows(rng.integers(support[0], support[1] + 1)) + rows(rng.integers(query[0], query[1] + 1)) for _ in range(num_users)]
+    sx, sy, qx, qy = (list(f) for f in zip(*parts))
+    return RaggedTasks(sx, sy, qx, qy)
+
+
+def learner_factories(outer_optimizer, inner_lr=0.3, inner_steps=2, **extra):
+    """Every algorithm, meta-learners and baselines, with comparable settings."""
+    inner = optax.sgd(inner_lr)
+    common = dict(outer_optimizer=outer_optimizer, **extra)
+    return {
+        "maml": lambda m: algorithms.maml(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
+        "maml_remat": lambda m: algorithms.maml(m, inner_optimizer=inner, inner_steps=inner_steps, remat=True, **common),
+        "fomaml": lambda m: algorithms.fomaml(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
+        "reptile": lambda m: algorithms.reptile(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
+        "anil": lambda m: algorithms.anil(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
+        "metasgd": lambda m: algorithms.metasgd(m, inner_lr=inner_lr, inner_steps=inner_steps, **common),
+        "imaml": lambda m: algorithms.imaml(m, inner_optimizer=inner, inner_steps=inner_steps, reg=2.0, cg_steps=8, **common),
+        "no_adaptation": lambda m: algorithms.no_adaptation(m, **common),
+        "finetune": lambda m: algorithms.finetune(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
+    }
+
+
+ALGORITHMS = tuple(learner_factories(optax.sgd(1.0)))
+
+
+def meta_grad(learner, state, batch):
+    """The meta-gradient a learner applies, read off one step of ``optax.sgd(1.0)``
+    (``new = old - grad``), and the step's metrics."""
+    new, metrics = learner.step(state, batch)
+    grads = jax.tree.map(lambda a, b: a - b, (state.params, state.hyper), (new.params, new.hyper))
+    return grads, metrics
+
+
+@pytest.fixture
+def tasks():
+    return random_tasks(7, seed=1)
+
+
+@pytest.fixture
+def batch(tasks):
+    return pad_tasks(tasks)
