@@ -46,6 +46,7 @@ def inner_adapt(
       update.
 
     Example:
+      >>> import jax.numpy as jnp
       >>> adapted, losses = inner_adapt(lambda w: (w - 3.0) ** 2, jnp.float32(0.0),
       ...                               optimizer=optax.sgd(0.25), steps=2)
       >>> float(adapted), losses.tolist()

@@ -82,7 +82,7 @@ def padded_fraction(batches: TaskBatch | Iterable[TaskBatch]) -> float:
       ...     support_y=[np.ones(2), np.ones(4)],
       ...     query_x=[np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int32)],
       ...     query_y=[np.ones(1), np.ones(1)])
-      >>> padded_fraction(pad_tasks(tasks))  # 2 of 10 rows are padding
+      >>> round(padded_fraction(pad_tasks(tasks)), 6)  # 2 of 10 rows are padding
       0.2
     """
     if isinstance(batches, TaskBatch):
@@ -94,7 +94,7 @@ def padded_fraction(batches: TaskBatch | Iterable[TaskBatch]) -> float:
             total += int(np.asarray(mask).size)
     if total == 0:
         raise ValueError("padded_fraction got no rows: pass at least one non-empty TaskBatch.")
-    return 1.0 - real / total
+    return (total - real) / total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +122,11 @@ class RaggedTasks:
             for part in ("support", "query"):
                 rows = len(getattr(self, f"{part}_y")[i])
                 for leaf in jax.tree.leaves(getattr(self, f"{part}_x")[i]):
+                    if np.ndim(leaf) == 0:
+                        raise ValueError(
+                            f"user {i}: {part}_x has a scalar leaf; pass arrays with one row per "
+                            "rating (shape [rows, ...])."
+                        )
                     if np.shape(leaf)[0] != rows:
                         raise ValueError(
                             f"user {i}: {part}_x has {np.shape(leaf)[0]} rows but {part}_y has "
@@ -239,7 +244,7 @@ def bucket_by_support(support_sizes: Sequence[int] | np.ndarray, num_buckets: in
 
     Example:
       >>> b = bucket_by_support([3, 3, 4, 10, 11], num_buckets=2)
-      >>> b.support_sizes, [list(i) for i in b.indices]
+      >>> b.support_sizes, [i.tolist() for i in b.indices]
       ((4, 11), [[0, 1, 2], [3, 4]])
     """
     sizes = np.asarray(support_sizes, dtype=np.int64)

@@ -12,6 +12,10 @@ from jaxmeta import algorithms
 from jaxmeta.models import Model
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
+# Like equinox's tests, implicit rank promotion is an error. (Strict dtype promotion
+# is not set: optax's own Adam mixes Python floats with its int32 step count.)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
 VOCAB = (3, 5)
 
 
@@ -29,8 +33,8 @@ def tiny_model(dtype=jnp.float32) -> Model:
 
     def apply(params, x):
         h = jnp.concatenate([params["emb"][0][x[:, 0]], params["emb"][1][x[:, 1]]], axis=-1)
-        h = jnp.tanh(h @ params["body"]["w"] + params["body"]["b"])
-        return (h @ params["head"]["w"] + params["head"]["b"])[:, 0]
+        h = jnp.tanh(h @ params["body"]["w"] + params["body"]["b"][None, :])
+        return (h @ params["head"]["w"] + params["head"]["b"][None, :])[:, 0]
 
     return Model(init, apply, is_fast=lambda p: p[0] != "emb", is_head=lambda p: p[0] == "head")
 

@@ -73,8 +73,14 @@ class MetaLearner(NamedTuple):
 
 
 def rows_loss(model: Model, loss_fn: LossFn, params: Params, x, y, mask) -> jax.Array:
-    """Masked mean loss of ``model`` over one task's rows."""
-    return masked_mean(loss_fn(model.apply(params, x), y), mask)
+    """Masked mean loss of ``model`` over one task's rows.
+
+    Padded predictions and targets are zeroed before the loss, not only masked
+    after it: a NaN target in a padded row would otherwise reach the gradient
+    (as ``0 * d loss / d prediction = 0 * nan``).
+    """
+    predictions = jnp.where(mask, model.apply(params, x), 0)
+    return masked_mean(loss_fn(predictions, jnp.where(mask, y, 0)), mask)
 
 
 def split_fast(params: Params, is_fast: Callable) -> tuple[Params, Params]:

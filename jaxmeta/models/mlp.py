@@ -80,8 +80,8 @@ def embedding_mlp(
         h = jnp.concatenate([t[x[:, f]] for f, t in enumerate(params["embeddings"])], axis=-1)
         *hidden_layers, head = params["layers"]
         for layer in hidden_layers:
-            h = jax.nn.relu(h @ layer["w"] + layer["b"])
-        return (h @ head["w"] + head["b"])[:, 0]
+            h = jax.nn.relu(h @ layer["w"] + layer["b"][None, :])
+        return (h @ head["w"] + head["b"][None, :])[:, 0]
 
     return Model(
         init=init,
