@@ -16,7 +16,7 @@ from collections.abc import Callable
 import optax
 
 from jaxmeta.algorithms._core import MetaLearner, all_rows, build, rows_loss, split_fast
-from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER
+from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine
@@ -80,7 +80,7 @@ def finetune(
     model: Model,
     *,
     inner_optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
-    inner_steps: int = 5,
+    inner_steps: int = DEFAULT_INNER_STEPS,
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
     loss: str | LossFn = "mse",
     chunk_size: int | None = None,

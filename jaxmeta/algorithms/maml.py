@@ -23,7 +23,8 @@ from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine
 
-DEFAULT_INNER_OPTIMIZER = optax.sgd(0.1)
+DEFAULT_INNER_OPTIMIZER = optax.sgd(0.03)
+DEFAULT_INNER_STEPS = 5
 
 
 def maml_family(
@@ -94,7 +95,7 @@ def maml(
     model: Model,
     *,
     inner_optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
-    inner_steps: int = 5,
+    inner_steps: int = DEFAULT_INNER_STEPS,
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
     loss: str | LossFn = "mse",
     first_order: bool = False,
@@ -106,7 +107,7 @@ def maml(
 
     Args:
       model: the model; its ``is_fast`` leaves are adapted per user.
-      inner_optimizer: optax transformation of the inner loop (plain SGD, lr 0.1,
+      inner_optimizer: optax transformation of the inner loop (plain SGD, lr 0.03,
         by default); its state starts fresh for every user.
       inner_steps: inner steps ``K`` on the support set.
       outer_optimizer: optax transformation of the meta-parameters.

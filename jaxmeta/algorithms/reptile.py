@@ -22,7 +22,7 @@ import jax
 import optax
 
 from jaxmeta.algorithms._core import MetaLearner, all_rows, build, rows_loss, split_fast, tree_vdot
-from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER
+from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine
@@ -32,7 +32,7 @@ def reptile(
     model: Model,
     *,
     inner_optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
-    inner_steps: int = 5,
+    inner_steps: int = DEFAULT_INNER_STEPS,
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
     loss: str | LossFn = "mse",
     chunk_size: int | None = None,

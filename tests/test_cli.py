@@ -1,0 +1,64 @@
+"""The ``jaxmeta`` command and the example, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def jaxmeta(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("jaxmeta", path=str(Path(sys.executable).parent))
+    assert exe, "the jaxmeta console script is not installed next to this Python: pip install -e ."
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_train_prints_table_and_json_last_line():
+    out = jaxmeta("train", "--algo", "fomaml", "--steps", "40", "--quiet", "--json")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert "query MSE on 500 new users" in lines[0]
+    for label in ("fomaml, before adaptation", "fomaml, after adaptation", "no adaptation", "fine-tune"):
+        assert label in out.stdout
+    result = json.loads(lines[-1])
+    assert set(result) == {"algo", "query_mse", "new_users", "seconds"}
+    assert result["algo"] == "fomaml" and result["new_users"] == 500
+    assert set(result["query_mse"]) == {"before", "after", "no_adaptation", "finetune"}
+    # The table shows the same numbers as the JSON.
+    assert f"{result['query_mse']['after']:9.4f}" in out.stdout
+
+
+def test_help_lists_train():
+    out = jaxmeta("--help")
+    assert out.returncode == 0 and "train" in out.stdout
+    out = jaxmeta("train", "--help")
+    assert out.returncode == 0 and "--algo" in out.stdout and "imaml" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--algo", "sgd"], "invalid choice: 'sgd'"),
+        (["--steps", "0"], "steps=0"),
+        (["--inner-steps", "0"], "inner_steps=0"),
+    ],
+)
+def test_bad_flags_fail_with_a_message(args, message):
+    out = jaxmeta("train", "--quiet", *args)
+    assert out.returncode == 2
+    assert message in out.stderr
+
+
+def test_quickstart_example_runs():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--steps", "100"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "500 new users: query MSE" in out.stdout

@@ -1,0 +1,71 @@
+"""On the built-in data, every meta-learner beats both baselines on new users.
+
+Settings are those of ``jaxmeta train`` (1,500 steps, batch 32, 5 inner SGD steps
+at 0.03, one hidden layer of 32), seed 0. Measured query MSE on the 500 new users
+(2-core CPU, seeds 0 / 1 / 2 / 3):
+
+    no adaptation   1.344 1.640 1.431 1.346
+    fine-tune       1.110 1.254 1.277 1.182   (the better baseline in every seed)
+    maml            0.552 0.465 0.462 0.493
+    fomaml          0.644 0.579 0.581 0.634
+    reptile         0.771 0.805 0.867 0.826
+    anil            0.597 0.683 0.977 0.479
+    metasgd         0.398 0.350 0.331 0.371
+    imaml           0.660 0.616 0.729 0.681
+
+Each margin below is about half of the algorithm's smallest gap to the better
+baseline over those seeds, so the test fails when an algorithm stops learning to
+adapt, not on noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+import pytest
+
+from jaxmeta import algorithms
+from jaxmeta.data import synthetic
+from jaxmeta.tasks import pad_tasks
+from jaxmeta.train import TrainConfig, fit, make_learner, make_model, outer_optimizer
+
+CONFIG = TrainConfig(seed=0, data_seed=0)
+
+MARGIN = {"maml": 0.25, "fomaml": 0.2, "reptile": 0.15, "anil": 0.15, "metasgd": 0.35, "imaml": 0.2}
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """The data, the model, the new users and the two baselines' query MSE."""
+    data = synthetic.generate(seed=CONFIG.data_seed)
+    model = make_model(CONFIG, data)
+    new_users = pad_tasks(data.new)
+    global_model = algorithms.no_adaptation(model, outer_optimizer=outer_optimizer(CONFIG))
+    global_state, _ = fit(global_model, data.train, CONFIG, progress=False)
+    finetune = algorithms.finetune(
+        model, inner_optimizer=optax.sgd(CONFIG.inner_lr), inner_steps=CONFIG.inner_steps
+    ).evaluate(global_state, new_users)
+    baselines = {
+        "no adaptation": float(finetune["query_loss_before"]),
+        "fine-tune": float(finetune["query_loss_after"]),
+    }
+    return data, model, new_users, baselines
+
+
+def test_margins_cover_every_meta_learner():
+    assert set(MARGIN) == set(algorithms.META_LEARNERS)
+
+
+@pytest.mark.parametrize("algo", sorted(algorithms.META_LEARNERS))
+def test_meta_learner_beats_both_baselines_on_new_users(algo, setting):
+    data, model, new_users, baselines = setting
+    config = dataclasses.replace(CONFIG, algo=algo)
+    learner = make_learner(config, model)
+    state, _ = fit(learner, data.train, config, progress=False)
+    after = float(learner.evaluate(state, new_users)["query_loss_after"])
+    for name, value in baselines.items():
+        assert after < value - MARGIN[algo], (
+            f"{algo}: new-user query MSE {after:.4f} after adaptation vs {value:.4f} for {name}; "
+            f"required margin {MARGIN[algo]}"
+        )
