@@ -36,6 +36,13 @@ def inner_adapt(
       params: the starting point (e.g. the meta-learned fast weights); may contain
         ``None`` holes (see :func:`jaxmeta.models.partition`).
       optimizer: any optax transformation; its state starts fresh for each call.
+        For second-order meta-gradients it must be differentiable at the
+        gradients it sees: a gradient entry that is exactly zero (a dead ReLU
+        unit) has no derivative through ``optax.adam``'s square root and turns
+        the meta-gradient into NaN; pass ``optax.adam(lr, eps_root=1e-8)``, optax's
+        option for differentiating through Adam. (Padding users, whose support
+        gradient is all zero, are given real rows by the engine, so they are safe
+        even under ``optax.clip_by_global_norm``.)
       steps: number of updates ``K`` (0 returns ``params`` unchanged).
       first_order: stop the gradient through each inner gradient, so that
         ``d adapted / d params`` is the identity (first-order MAML).

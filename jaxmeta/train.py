@@ -7,8 +7,8 @@ number of steps, and reports the query MSE on held-out *new* users:
 * ``before``: the meta-learned initialisation, not adapted;
 * ``after``: the meta-learned initialisation adapted on each new user's support set;
 * ``no_adaptation``: the global model;
-* ``finetune``: the global model adapted per user with the same inner optimizer
-  and number of steps as the algorithm.
+* ``finetune``: the global model with all its fast weights adapted per user by
+  plain SGD at the config's inner rate for the config's inner steps.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "inner_steps", "num_buckets", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: pass a positive integer.")
+        for name in ("inner_lr", "outer_lr", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)}: pass a positive number.")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size={self.chunk_size}: pass a positive number of users, or leave it unset.")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden={self.hidden}: pass positive layer widths.")
@@ -103,27 +108,29 @@ def fit(
     """Runs ``config.steps`` outer steps; returns the state and a log of metrics.
 
     The log holds one record every ``log_every`` steps (and at the last step):
-    the step, the step's metrics and the users per second since the last record.
+    the step, the step's metrics and the real users per second since the last
+    record (the first record includes compilation).
     """
     state = learner.init(jax.random.key(config.seed))
     history: list[dict[str, float]] = []
     stream = batches(tasks, config)
     bar = tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, unit="step", leave=False)
-    last = time.perf_counter()
+    last_time, users = time.perf_counter(), 0
     for step in bar:
         state, metrics = learner.step(state, next(stream))
+        users = users + metrics["tasks"]  # stays on device: no sync per step
         if step % log_every == 0 or step == config.steps:
             record = {k: float(v) for k, v in metrics.items()}
             now = time.perf_counter()
-            record.update(step=step, users_per_s=log_every * config.batch_size / (now - last))
-            last = now
+            record.update(step=step, users_per_s=float(users) / (now - last_time))
+            last_time, users = now, 0
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", users_s=f"{record['users_per_s']:.0f}")
-    if not np.isfinite(history[-1]["loss"]):
-        raise FloatingPointError(
-            f"{desc}: the loss is {history[-1]['loss']} after {config.steps} steps; "
-            "lower --inner-lr or --outer-lr."
-        )
+            if not np.isfinite(record["loss"]):
+                raise FloatingPointError(
+                    f"{desc}: training diverged (loss {record['loss']} at step {step}); "
+                    "try a lower --inner-lr or --outer-lr."
+                )
     return state, history
 
 

@@ -1,5 +1,10 @@
 """Every algorithm, table-driven: batching over users equals a per-user loop,
-chunking and padding change nothing, and the step compiles once."""
+chunking and padding change nothing, and the step compiles once.
+
+The per-user loop here runs the library's step on one user at a time; the
+independent references (plain Python loops over users and inner steps, finite
+differences, hand-computed and closed-form updates) are in test_gradients.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import pytest
 
 from jaxmeta import algorithms
 from jaxmeta.models import Model, embedding_mlp
-from jaxmeta.tasks import pad_tasks
+from jaxmeta.tasks import RaggedTasks, pad_tasks
 
 from conftest import ALGORITHMS, learner_factories, meta_grad, random_tasks, tiny_model
 
@@ -59,8 +64,8 @@ def test_padding_rows_and_users_change_nothing(name, tasks, batch):
     learner = make(name)
     state = learner.init(jax.random.key(0))
     padded = pad_tasks(tasks, support_size=batch.support_size + 3, query_size=batch.query_size + 2, num_tasks=11)
-    # Garbage in padded rows must not leak either: fill them with other valid ids and huge targets.
-    fill = lambda a, m: np.where(np.expand_dims(m, tuple(range(m.ndim, a.ndim))), a, np.ones_like(a) * (2 if a.dtype.kind == "i" else 1e3))  # noqa: E731
+    # Garbage in padded rows must not leak either: fill them with other valid ids and NaN targets.
+    fill = lambda a, m: np.where(np.expand_dims(m, tuple(range(m.ndim, a.ndim))), a, np.ones_like(a) * (2 if a.dtype.kind == "i" else np.nan))  # noqa: E731
     padded = padded._replace(
         support_x=fill(padded.support_x, padded.support_mask),
         support_y=fill(padded.support_y, padded.support_mask),
@@ -124,8 +129,59 @@ def test_evaluate_before_is_the_unadapted_model(batch):
     model = tiny_model()
     per_user = [float(jnp.mean((model.apply(state.params, qx) - qy) ** 2)) for qx, qy in _query(batch)]
     np.testing.assert_allclose(metrics["query_loss_before"], np.mean(per_user), rtol=1e-5)
-    # Adapting on the support set lowers the support loss of every user.
     assert float(metrics["query_loss_after"]) != float(metrics["query_loss_before"])
+
+
+def dense_model() -> Model:
+    """``x @ w + b`` on float inputs ``[rows, 3]``; all weights fast but a slow offset."""
+
+    def init(key):
+        return {"w": jax.random.normal(key, (3,)), "b": jnp.zeros(()), "c": jnp.full((), 0.1)}
+
+    return Model(init, lambda p, x: x @ p["w"] + p["b"] + p["c"], is_fast=lambda path: path[0] != "c", is_head=lambda path: path[0] == "b")
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_non_finite_padded_inputs_and_targets_do_not_leak(name):
+    rng = np.random.default_rng(0)
+    rows = lambda n: (rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=n).astype(np.float32))  # noqa: E731
+    parts = [rows(2 + u) + rows(1 + u % 2) for u in range(4)]
+    tasks = RaggedTasks(*(list(f) for f in zip(*parts)))
+    clean = pad_tasks(tasks, num_tasks=5)
+    dirty = clean._replace(
+        support_x=np.where(clean.support_mask[..., None], clean.support_x, np.nan),
+        support_y=np.where(clean.support_mask, clean.support_y, np.inf),
+        query_x=np.where(clean.query_mask[..., None], clean.query_x, -np.inf),
+        query_y=np.where(clean.query_mask, clean.query_y, np.nan),
+    )
+    learner = learner_factories(optax.sgd(1.0))[name](dense_model())
+    state = learner.init(jax.random.key(0))
+    got, want = meta_grad(learner, state, dirty), meta_grad(learner, state, clean)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(got))
+    assert_trees_close(got, want)
+    assert_trees_close(learner.evaluate(state, dirty), learner.evaluate(state, clean))
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        optax.sgd(0.3),
+        optax.adam(0.1),
+        optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.3)),  # no derivative at a zero gradient
+    ],
+    ids=["sgd", "adam", "clip_by_global_norm"],
+)
+def test_any_inner_optimizer_with_padding_users_and_chunks(inner, tasks, batch):
+    """Padding users and chunk padding have zero support gradients; second-order
+    meta-gradients through a non-smooth inner optimizer must not turn NaN."""
+    make = lambda **kw: algorithms.maml(tiny_model(), inner_optimizer=inner, inner_steps=2, outer_optimizer=optax.sgd(1.0), **kw)  # noqa: E731
+    learner, chunked = make(), make(chunk_size=3)
+    state = learner.init(jax.random.key(0))
+    want = meta_grad(learner, state, batch)
+    padded = pad_tasks(tasks, num_tasks=9)
+    for got in (meta_grad(learner, state, padded), meta_grad(chunked, state, batch), meta_grad(chunked, state, padded)):
+        assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(got))
+        assert_trees_close(got, want)
 
 
 def _query(batch):

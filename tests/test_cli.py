@@ -47,6 +47,9 @@ def test_help_lists_train():
         (["--algo", "sgd"], "invalid choice: 'sgd'"),
         (["--steps", "0"], "steps=0"),
         (["--inner-steps", "0"], "inner_steps=0"),
+        (["--chunk-size", "0"], "chunk_size=0"),
+        (["--algo", "metasgd", "--inner-lr", "0"], "inner_lr=0.0"),
+        (["--hidden", "0"], "hidden=(0,)"),
     ],
 )
 def test_bad_flags_fail_with_a_message(args, message):
@@ -55,10 +58,13 @@ def test_bad_flags_fail_with_a_message(args, message):
     assert message in out.stderr
 
 
-def test_quickstart_example_runs():
+@pytest.mark.parametrize(
+    "script, expected", [("quickstart.py", "500 new users: query MSE"), ("flax_nnx.py", "NNX model, 500 new users")]
+)
+def test_examples_run(script, expected):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--steps", "100"],
+        [sys.executable, str(ROOT / "examples" / script), "--steps", "100"],
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr
-    assert "500 new users: query MSE" in out.stdout
+    assert expected in out.stdout

@@ -47,13 +47,14 @@ class MetaState(NamedTuple):
 
 
 class MetaLearner(NamedTuple):
-    """The pure functions of one algorithm; all are ``jax.jit``-compiled.
+    """The pure functions of one algorithm; all but ``init`` are ``jax.jit``-compiled.
 
     Attributes:
       init: ``init(key) -> MetaState``.
       step: ``step(state, batch) -> (state, metrics)``: one outer (meta-training)
-        step; ``metrics`` has ``"loss"`` and ``"inner_loss"`` (means over real
-        users) and ``"tasks"`` (how many real users).
+        step; ``metrics`` has ``"loss"`` (the objective's value), for algorithms
+        with an inner loop ``"inner_loss"`` (means over real users), and
+        ``"tasks"`` (how many real users).
       adapt: ``adapt(state, batch) -> fast``: per-user fast weights adapted on the
         support sets, leaves ``[tasks, ...]`` (``None`` at slow leaves).
       evaluate: ``evaluate(state, batch) -> metrics``: mean query loss over real
@@ -72,15 +73,35 @@ class MetaLearner(NamedTuple):
     is_fast: Callable[[tuple[str, ...]], bool]
 
 
-def rows_loss(model: Model, loss_fn: LossFn, params: Params, x, y, mask) -> jax.Array:
-    """Masked mean loss of ``model`` over one task's rows.
+def masked_loss(loss_fn: LossFn, predictions: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked mean of ``loss_fn`` over one task's rows.
 
     Padded predictions and targets are zeroed before the loss, not only masked
     after it: a NaN target in a padded row would otherwise reach the gradient
     (as ``0 * d loss / d prediction = 0 * nan``).
     """
-    predictions = jnp.where(mask, model.apply(params, x), 0)
-    return masked_mean(loss_fn(predictions, jnp.where(mask, y, 0)), mask)
+    return masked_mean(loss_fn(jnp.where(mask, predictions, 0), jnp.where(mask, targets, 0)), mask)
+
+
+def zero_padded_rows(x, mask: jax.Array):
+    """``x`` (a pytree of ``[rows, ...]`` leaves) with the rows where ``mask`` is False zeroed."""
+    return jax.tree.map(lambda a: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, 0), x)
+
+
+def rows_loss(model: Model, loss_fn: LossFn, params: Params, x, y, mask) -> jax.Array:
+    """Masked mean loss of ``model`` over one task's rows; padded inputs are zeroed
+    too, so that nothing non-finite in a padded row reaches a value or gradient."""
+    return masked_loss(loss_fn, model.apply(params, zero_padded_rows(x, mask)), y, mask)
+
+
+def support_loss(model: Model, loss_fn: LossFn, params: Params, task: TaskBatch) -> jax.Array:
+    """:func:`rows_loss` over one task's support rows."""
+    return rows_loss(model, loss_fn, params, task.support_x, task.support_y, task.support_mask)
+
+
+def query_loss(model: Model, loss_fn: LossFn, params: Params, task: TaskBatch) -> jax.Array:
+    """:func:`rows_loss` over one task's query rows."""
+    return rows_loss(model, loss_fn, params, task.query_x, task.query_y, task.query_mask)
 
 
 def split_fast(params: Params, is_fast: Callable) -> tuple[Params, Params]:
@@ -117,8 +138,9 @@ def _chunks(batch: TaskBatch, chunk_size: int) -> TaskBatch:
 
 
 def _unfold(tree, n: int):
-    """Inverse of the task folding of :func:`_chunks`, dropping the padding tasks."""
-    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], tree)
+    """Inverse of the task folding of :func:`_chunks`: the first ``n`` tasks (all
+    of them, padding included, for ``n = -1``)."""
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[: None if n < 0 else n], tree)
 
 
 def _check_chunk_size(chunk_size: int | None) -> None:
@@ -134,6 +156,18 @@ def map_tasks(fn: Callable[[TaskBatch], Any], batch: TaskBatch, chunk_size: int 
     return _unfold(jax.lax.map(jax.vmap(fn), _chunks(batch, chunk_size)), batch.num_tasks)
 
 
+def _fill_padding_tasks(batch: TaskBatch, valid: jax.Array) -> TaskBatch:
+    """Gives each padding task (``valid`` False) the rows of the first real task.
+
+    Their objective is masked out with a zero cotangent, but a zero cotangent
+    times an infinite local derivative is NaN: an all-masked task has an exactly
+    zero support gradient, where inner optimizers such as global-norm clipping
+    have no derivative. Real rows keep every such derivative finite.
+    """
+    source = jnp.where(valid, jnp.arange(valid.shape[0]), jnp.argmax(valid))
+    return jax.tree.map(lambda a: a[source], batch)
+
+
 def mean_task_grad(
     objective: Callable[[Meta, TaskBatch], tuple[jax.Array, Metrics]],
     meta: Meta,
@@ -143,33 +177,41 @@ def mean_task_grad(
     """Mean over real tasks of ``grad objective``, and the mean of its metrics.
 
     With ``chunk_size``, gradients are accumulated chunk by chunk in a ``scan``, so
-    the backward pass holds the intermediates of one chunk only.
+    the backward pass holds the intermediates of one chunk only. A batch with no
+    real task gives zero gradients.
     """
     _check_chunk_size(chunk_size)
+    n = batch.num_tasks
+    chunked = chunk_size is not None and chunk_size < n
+    if chunked:
+        batch = _unfold(_chunks(batch, chunk_size), -1)  # pad the task axis to whole chunks
+    valid = task_mask(batch)
+    batch = _fill_padding_tasks(batch, valid)
 
-    def chunk_grad(chunk: TaskBatch):
+    def chunk_grad(chunk: TaskBatch, chunk_valid: jax.Array):
         def total(m):
             values, aux = jax.vmap(objective, in_axes=(None, 0))(m, chunk)
-            return jnp.sum(jnp.where(task_mask(chunk), values, 0)), aux
+            return jnp.sum(jnp.where(chunk_valid, values, 0)), aux
 
         (_, aux), grads = jax.value_and_grad(total, has_aux=True)(meta)
         return grads, aux
 
-    if chunk_size is None or chunk_size >= batch.num_tasks:
-        grads, aux = chunk_grad(batch)
+    if not chunked:
+        grads, aux = chunk_grad(batch, valid)
     else:
 
-        def body(acc, chunk):
-            grads, aux = chunk_grad(chunk)
+        def body(acc, chunk_and_valid):
+            grads, aux = chunk_grad(*chunk_and_valid)
             return jax.tree.map(jnp.add, acc, grads), aux
 
-        grads, aux = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, meta), _chunks(batch, chunk_size))
-        aux = _unfold(aux, batch.num_tasks)
-    valid = task_mask(batch)
-    count = jnp.maximum(valid.sum(), 1)
-    grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grads)
+        fold = lambda a: a.reshape((-1, chunk_size) + a.shape[1:])  # noqa: E731
+        zeros = jax.tree.map(jnp.zeros_like, meta)
+        grads, aux = jax.lax.scan(body, zeros, jax.tree.map(fold, (batch, valid)))
+        aux = _unfold(aux, -1)
+    count = valid.sum()
+    grads = jax.tree.map(lambda g: jnp.where(count > 0, g / jnp.maximum(count, 1).astype(g.dtype), 0), grads)
     metrics = {k: masked_mean(v, valid) for k, v in aux.items()}
-    metrics["tasks"] = valid.sum()
+    metrics["tasks"] = count
     return grads, metrics
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import optax
 
-from jaxmeta.algorithms._core import MetaLearner, all_rows, build, rows_loss, split_fast
+from jaxmeta.algorithms._core import MetaLearner, all_rows, build, rows_loss, split_fast, support_loss
 from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
@@ -41,10 +41,12 @@ def _global_model(
 
     def adapt_task(meta, task):
         fast, slow = split_fast(meta[0], is_fast)
-        support = lambda f: rows_loss(  # noqa: E731
-            model, loss_fn, combine(f, slow), task.support_x, task.support_y, task.support_mask
+        return inner_adapt(
+            lambda f: support_loss(model, loss_fn, combine(f, slow), task),
+            fast,
+            optimizer=inner_optimizer,
+            steps=inner_steps,
         )
-        return inner_adapt(support, fast, optimizer=inner_optimizer, steps=inner_steps)
 
     return build(
         model,

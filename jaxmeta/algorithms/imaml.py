@@ -29,10 +29,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.algorithms._core import MetaLearner, build, rows_loss, split_fast, tree_vdot
+from jaxmeta.algorithms._core import (
+    MetaLearner,
+    build,
+    masked_loss,
+    query_loss,
+    split_fast,
+    support_loss,
+    tree_vdot,
+    zero_padded_rows,
+)
 from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS
 from jaxmeta.inner import inner_adapt
-from jaxmeta.losses import LossFn, get_loss, masked_mean
+from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine
 
 
@@ -111,21 +120,21 @@ def imaml(
     if reg <= 0:
         raise ValueError(f"reg={reg}: the proximal strength must be positive.")
     if inner_steps < 1 or cg_steps < 1:
-        raise ValueError(f"inner_steps={inner_steps}, cg_steps={cg_steps}: pass at least 1 of each.")
+        raise ValueError(f"inner_steps={inner_steps}, cg_steps={cg_steps}: pass a positive number of each.")
     loss_fn = get_loss(loss)
     is_fast = model.is_fast if is_fast is None else is_fast
     sg = jax.lax.stop_gradient
 
-    def support_loss(fast, slow, task):
-        return rows_loss(model, loss_fn, combine(fast, slow), task.support_x, task.support_y, task.support_mask)
+    def support(fast, slow, task):
+        return support_loss(model, loss_fn, combine(fast, slow), task)
 
-    def query_loss(fast, slow, task):
-        return rows_loss(model, loss_fn, combine(fast, slow), task.query_x, task.query_y, task.query_mask)
+    def query(fast, slow, task):
+        return query_loss(model, loss_fn, combine(fast, slow), task)
 
     def solve_proximal(theta, slow, task):
         def proximal(phi):
             dist = sum(jnp.sum(jnp.square(p - t)) for p, t in zip(jax.tree.leaves(phi), jax.tree.leaves(theta)))
-            return support_loss(phi, slow, task) + 0.5 * reg * dist
+            return support(phi, slow, task) + 0.5 * reg * dist
 
         return inner_adapt(proximal, theta, optimizer=inner_optimizer, steps=inner_steps, first_order=True)
 
@@ -134,11 +143,13 @@ def imaml(
         phi, losses = solve_proximal(sg(theta), sg(slow), task)
         phi = sg(phi)
         if curvature == "hessian":
-            support_grad = lambda f: jax.grad(support_loss)(f, sg(slow), task)  # noqa: E731
+            support_grad = lambda f: jax.grad(support)(f, sg(slow), task)  # noqa: E731
             curve = lambda v: jax.jvp(support_grad, (phi,), (v,))[1]  # noqa: E731
         else:  # Gauss-Newton: J^T (d^2 loss / d predictions^2) J, positive semi-definite.
-            predict = lambda f: model.apply(combine(f, sg(slow)), task.support_x)  # noqa: E731
-            loss_of = lambda p: masked_mean(loss_fn(p, task.support_y), task.support_mask)  # noqa: E731
+            mask = task.support_mask
+            x = zero_padded_rows(task.support_x, mask)
+            predict = lambda f: model.apply(combine(f, sg(slow)), x)  # noqa: E731
+            loss_of = lambda p: masked_loss(loss_fn, p, task.support_y, mask)  # noqa: E731
             preds, pullback = jax.vjp(predict, phi)
 
             def curve(v):
@@ -148,11 +159,11 @@ def imaml(
         def matvec(v):
             return jax.tree.map(lambda h, x: h + reg * x, curve(v), v)
 
-        v = sg(conjugate_gradient(matvec, jax.grad(query_loss)(phi, sg(slow), task), steps=cg_steps))
-        value = query_loss(phi, slow, task)
+        v = sg(conjugate_gradient(matvec, jax.grad(query)(phi, sg(slow), task), steps=cg_steps))
+        value = query(phi, slow, task)
         surrogate = reg * tree_vdot(v, theta) + value
         if slow_grad == "implicit":
-            surrogate = surrogate - tree_vdot(jax.grad(support_loss)(phi, slow, task), v)
+            surrogate = surrogate - tree_vdot(jax.grad(support)(phi, slow, task), v)
         return surrogate, {"loss": value, "inner_loss": losses[0]}
 
     def adapt_task(meta, task):

@@ -18,7 +18,7 @@ from typing import Any
 
 import optax
 
-from jaxmeta.algorithms._core import MetaLearner, build, rows_loss, split_fast
+from jaxmeta.algorithms._core import MetaLearner, build, query_loss, split_fast, support_loss
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine
@@ -55,11 +55,8 @@ def maml_family(
     def adapt(meta, task, *, first_order=False, remat=False):
         params, hyper = meta
         fast, slow = split_fast(params, is_fast)
-        support_loss = lambda f: rows_loss(  # noqa: E731
-            model, loss_fn, combine(f, slow), task.support_x, task.support_y, task.support_mask
-        )
         adapted, losses = inner_adapt(
-            support_loss,
+            lambda f: support_loss(model, loss_fn, combine(f, slow), task),
             fast,
             optimizer=inner_optimizer(hyper),
             steps=inner_steps,
@@ -70,10 +67,8 @@ def maml_family(
 
     def objective(meta, task):
         (adapted, slow), losses = adapt(meta, task, first_order=first_order, remat=remat)
-        query_loss = rows_loss(
-            model, loss_fn, combine(adapted, slow), task.query_x, task.query_y, task.query_mask
-        )
-        return query_loss, {"loss": query_loss, "inner_loss": losses[0]}
+        value = query_loss(model, loss_fn, combine(adapted, slow), task)
+        return value, {"loss": value, "inner_loss": losses[0]}
 
     def adapt_task(meta, task):
         (adapted, _), losses = adapt(meta, task)
@@ -108,7 +103,8 @@ def maml(
     Args:
       model: the model; its ``is_fast`` leaves are adapted per user.
       inner_optimizer: optax transformation of the inner loop (plain SGD, lr 0.03,
-        by default); its state starts fresh for every user.
+        by default); its state starts fresh for every user. For Adam in second
+        order, pass ``eps_root > 0`` (see :func:`jaxmeta.inner.inner_adapt`).
       inner_steps: inner steps ``K`` on the support set.
       outer_optimizer: optax transformation of the meta-parameters.
       loss: ``"mse"`` (ratings), ``"bce"`` (clicks, model outputs logits) or an

@@ -4,12 +4,11 @@ The inner update is ``fast - lr * grad`` with ``lr`` a pytree shaped like the fa
 weights, trained by the outer optimizer together with the initialisation.
 
 Unlike the paper, whose rates are unconstrained, the rates are kept positive as
-``lr = exp(log_lr)`` with ``log_lr`` in ``MetaState.hyper["log_inner_lr"]``
-With unconstrained rates on the built-in
-data, training converged but the inner loop diverged for a few new users with
-5-6 support ratings (rates had spread to [-1.4, 1.1]; new-user query MSE above
-1e16 in 2 of 3 seeds); in log space an outer step changes a rate by a bounded
-factor, and the same runs gave 0.33-0.42.
+``lr = exp(log_lr)`` with ``log_lr`` in ``MetaState.hyper["log_inner_lr"]``. With
+unconstrained rates on the built-in data, training converged but the inner loop
+diverged for a few new users with 5-6 support ratings (rates had spread to
+[-1.4, 1.1]; new-user query MSE above 1e16 in 2 of 3 seeds); in log space an
+outer step changes a rate by a bounded factor, and the same runs gave 0.33-0.42.
 
 References:
   Li, Zhou, Chen, Li, "Meta-SGD: Learning to Learn Quickly for Few-Shot

@@ -70,8 +70,17 @@ def generate(
             f"support_range={support_range} with query_size={query_size} and num_items={num_items}: "
             "pass 1 <= low <= high and high + query_size <= num_items."
         )
-    if min(num_train_users, num_new_users, num_genres, num_groups, latent_dim, query_size) < 1:
-        raise ValueError("every count passed to synthetic.generate must be at least 1.")
+    counts = dict(
+        num_train_users=num_train_users,
+        num_new_users=num_new_users,
+        num_genres=num_genres,
+        num_groups=num_groups,
+        latent_dim=latent_dim,
+        query_size=query_size,
+    )
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name}={value}: pass a positive integer.")
     rng = np.random.default_rng(seed)
     genre = rng.integers(num_genres, size=num_items)
     attributes = rng.normal(size=(num_genres, latent_dim))[genre] + 0.7 * rng.normal(size=(num_items, latent_dim))
