@@ -11,13 +11,13 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 import jaxmeta
 from jaxmeta.data import synthetic
 from jaxmeta.models import from_nnx
+from jaxmeta.train import TrainConfig, fit
 
 
 class Recommender(nnx.Module):
@@ -39,16 +39,8 @@ def main(steps: int) -> None:
         is_head=lambda path: path[0] == "out",
     )
     learner = jaxmeta.algorithms.maml(model, inner_optimizer=optax.sgd(0.03), outer_optimizer=optax.adam(3e-3))
-    state = learner.init(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    buckets = jaxmeta.bucket_by_support(data.train.support_sizes, num_buckets=4)
-    step = 0
-    while step < steps:
-        for batch in jaxmeta.epoch_batches(data.train, 32, rng=rng, buckets=buckets):
-            state, metrics = learner.step(state, batch)
-            step += 1
-            if step == steps:
-                break
+    # The driver's loop: bucketed fixed-shape batches, progress bar, divergence check.
+    state, _ = fit(learner, data.train, TrainConfig(steps=steps), desc="nnx")
     result = learner.evaluate(state, jaxmeta.pad_tasks(data.new))
     print(
         f"NNX model, {int(result['tasks'])} new users: query MSE {float(result['query_loss_before']):.4f} "

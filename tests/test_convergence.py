@@ -4,14 +4,14 @@ Settings are those of ``jaxmeta train`` (1,500 steps, batch 32, 5 inner SGD step
 at 0.03, one hidden layer of 32), seed 0. Measured query MSE on the 500 new users
 (2-core CPU, seeds 0 / 1 / 2 / 3):
 
-    no adaptation   1.344 1.640 1.431 1.346
-    fine-tune       1.110 1.254 1.277 1.182   (the better baseline in every seed)
-    maml            0.552 0.465 0.462 0.493
-    fomaml          0.644 0.579 0.581 0.634
-    reptile         0.771 0.805 0.867 0.826
-    anil            0.597 0.683 0.977 0.479
-    metasgd         0.398 0.350 0.331 0.371
-    imaml           0.660 0.616 0.729 0.681
+    no adaptation   1.345 1.640 1.432 1.347
+    fine-tune       1.110 1.254 1.275 1.181   (the better baseline in every seed)
+    maml            0.549 0.465 0.464 0.491
+    fomaml          0.645 0.578 0.581 0.633
+    reptile         0.772 0.798 0.885 0.841
+    anil            0.600 0.680 0.961 0.480
+    metasgd         0.400 0.351 0.330 0.373
+    imaml           0.656 0.624 0.726 0.688
 
 Each margin below is about half of the algorithm's smallest gap to the better
 baseline over those seeds, so the test fails when an algorithm stops learning to

@@ -258,17 +258,16 @@ def build(
         meta = (state.params, state.hyper)
         return map_tasks(lambda task: adapt_task(meta, task)[0], batch, chunk_size)
 
-    def adapted_query(state: MetaState, task: TaskBatch):
+    def adapted_params(state: MetaState, task: TaskBatch):
         fast, _ = adapt_task((state.params, state.hyper), task)
         return combine(fast, split_fast(state.params, is_fast)[1])
 
     @jax.jit
     def evaluate(state: MetaState, batch: TaskBatch) -> Metrics:
         def one(task):
-            query = (task.query_x, task.query_y, task.query_mask)
             return {
-                "query_loss_before": rows_loss(model, loss_fn, state.params, *query),
-                "query_loss_after": rows_loss(model, loss_fn, adapted_query(state, task), *query),
+                "query_loss_before": query_loss(model, loss_fn, state.params, task),
+                "query_loss_after": query_loss(model, loss_fn, adapted_params(state, task), task),
             }
 
         per_task = map_tasks(one, batch, chunk_size)
@@ -277,7 +276,7 @@ def build(
 
     @jax.jit
     def predict(state: MetaState, batch: TaskBatch) -> jax.Array:
-        one = lambda task: model.apply(adapted_query(state, task), task.query_x)  # noqa: E731
+        one = lambda task: model.apply(adapted_params(state, task), task.query_x)  # noqa: E731
         return map_tasks(one, batch, chunk_size)
 
     return MetaLearner(init, step, adapt, evaluate, predict, is_fast)
