@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +20,17 @@ from jaxmeta.tasks import RaggedTasks, pad_tasks
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 VOCAB = (3, 5)
+
+# The real MovieLens files are read in place, never copied (their licence forbids it).
+DATA = Path(os.environ.get("JAXMETA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def real(sub: str) -> Path:
+    """``DATA / sub``, or skip the test with the reason when that folder is absent."""
+    path = DATA / sub
+    if not path.is_dir():
+        pytest.skip(f"real data absent: {path} not found (set JAXMETA_DATA to the folder holding ml-100k/ and ml-1m/)")
+    return path
 
 
 def tiny_model(dtype=jnp.float32) -> Model:

@@ -9,8 +9,6 @@ skipped, saying why, only where the files are absent.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +17,8 @@ import pytest
 from jaxmeta.data import movielens as ml
 from jaxmeta.data.features import FeatureEncoder, FieldSpec, Vocabulary, melu_encoder
 from jaxmeta.tasks import RaggedTasks, pad_tasks
+
+from conftest import real
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -276,14 +276,6 @@ def test_melu_encoder_has_melus_eight_fields(tables):
 
 # ----------------------------------------------------------------------------- the real data
 
-DATA = Path(os.environ.get("JAXMETA_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
-def real(sub: str) -> Path:
-    path = DATA / sub
-    if not path.is_dir():
-        pytest.skip(f"real data absent: {path} not found (set JAXMETA_DATA to the folder holding ml-100k/ and ml-1m/)")
-    return path
 
 
 def test_real_melu_vocabularies_are_melus_lists():

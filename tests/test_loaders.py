@@ -10,7 +10,6 @@ from the repository root) and are skipped, saying why, only where it is absent.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from jaxmeta.data.interactions import (
     read_features,
     read_interactions,
 )
+
+from conftest import real
 
 # ----------------------------------------------------------------------------- synthetic files
 
@@ -512,14 +513,6 @@ def test_ids_missing_from_features_are_counted():
 
 # ----------------------------------------------------------------------------- the real data
 
-DATA = Path(os.environ.get("JAXMETA_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
-def real(sub: str) -> Path:
-    path = DATA / sub
-    if not path.is_dir():
-        pytest.skip(f"real data absent: {path} not found (set JAXMETA_DATA to the folder holding ml-100k/ and ml-1m/)")
-    return path
 
 
 @pytest.fixture(scope="module")

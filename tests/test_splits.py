@@ -10,7 +10,6 @@ skipped, saying why, only where the files are absent.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from jaxmeta.data import movielens as ml
 from jaxmeta.data import splits
 from jaxmeta.data.features import FeatureEncoder, melu_encoder
 from jaxmeta.tasks import pad_tasks
+
+from conftest import real
 
 # ----------------------------------------------------------------------------- hand-made data
 
@@ -288,14 +289,6 @@ def test_melu_split_from_state_files(tmp_path):
 
 # ----------------------------------------------------------------------------- the real data
 
-DATA = Path(os.environ.get("JAXMETA_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
-def real(sub: str) -> Path:
-    path = DATA / sub
-    if not path.is_dir():
-        pytest.skip(f"real data absent: {path} not found (set JAXMETA_DATA to the folder holding ml-100k/ and ml-1m/)")
-    return path
 
 
 def test_real_melu_split_and_its_raw_data_reconstruction():

@@ -7,15 +7,21 @@ from jaxmeta.models._model import partition as partition
 from jaxmeta.models._model import path_names as path_names
 from jaxmeta.models.flax_bridge import from_linen as from_linen
 from jaxmeta.models.flax_bridge import from_nnx as from_nnx
+from jaxmeta.models.melu import melu as melu
+from jaxmeta.models.mf import biased_mf as biased_mf
 from jaxmeta.models.mlp import embedding_mlp as embedding_mlp
+from jaxmeta.models.two_tower import two_tower as two_tower
 
 __all__ = (
     "Model",
+    "biased_mf",
     "combine",
     "embedding_mlp",
     "from_linen",
     "from_nnx",
     "mask_where",
+    "melu",
     "partition",
     "path_names",
+    "two_tower",
 )
