@@ -9,6 +9,7 @@ is one ``jax.jit``-compiled function.
 from jaxmeta import algorithms as algorithms
 from jaxmeta import data as data
 from jaxmeta import losses as losses
+from jaxmeta import metrics as metrics
 from jaxmeta import models as models
 from jaxmeta.algorithms import MetaLearner as MetaLearner
 from jaxmeta.algorithms import MetaState as MetaState
@@ -33,6 +34,7 @@ __all__ = (
     "epoch_batches",
     "inner_adapt",
     "losses",
+    "metrics",
     "models",
     "pad_tasks",
     "padded_fraction",
