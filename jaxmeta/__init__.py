@@ -8,6 +8,7 @@ is one ``jax.jit``-compiled function.
 
 from jaxmeta import algorithms as algorithms
 from jaxmeta import data as data
+from jaxmeta import evaluation as evaluation
 from jaxmeta import losses as losses
 from jaxmeta import metrics as metrics
 from jaxmeta import models as models
@@ -32,6 +33,7 @@ __all__ = (
     "bucket_by_support",
     "data",
     "epoch_batches",
+    "evaluation",
     "inner_adapt",
     "losses",
     "metrics",

@@ -34,11 +34,13 @@ def test_train_prints_table_and_json_last_line():
     assert f"{result['query_mse']['after']:9.4f}" in out.stdout
 
 
-def test_help_lists_train():
+def test_help_lists_the_commands():
     out = jaxmeta("--help")
-    assert out.returncode == 0 and "train" in out.stdout
+    assert out.returncode == 0 and "train" in out.stdout and "reproduce" in out.stdout
     out = jaxmeta("train", "--help")
     assert out.returncode == 0 and "--algo" in out.stdout and "imaml" in out.stdout
+    out = jaxmeta("reproduce", "--help")
+    assert out.returncode == 0 and "--dataset" in out.stdout and "ml-100k" in out.stdout
 
 
 @pytest.mark.parametrize(
