@@ -1,4 +1,11 @@
-"""The ``jaxmeta`` command."""
+"""The ``jaxmeta`` command: train, eval, recommend, plot, data describe, reproduce.
+
+Settings come from the defaults of :class:`jaxmeta.train.TrainConfig`, then a
+``--config`` file (TOML or YAML), then the flags given. Errors a user can fix
+(a bad flag value, a missing file, a checkpoint of another run, a diverged loss)
+print one line and exit with status 2; Ctrl-C during training saves a
+checkpoint and exits with status 130.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +15,102 @@ import sys
 from collections.abc import Sequence
 
 from jaxmeta import algorithms
+from jaxmeta.checkpoint import CheckpointError
 from jaxmeta.reproduce import add_arguments as add_reproduce_arguments
 from jaxmeta.reproduce import run_from_args as run_reproduce
-from jaxmeta.train import TrainConfig, format_table, run
+from jaxmeta.train import DATA_SOURCES, TrainConfig, TrainingInterrupted
 
 DEFAULTS = TrainConfig()
+# (flag, TrainConfig field, type, help); nargs="+" for tuples
+TRAIN_FLAGS = (
+    ("--algo", "algo", str, "meta-learning algorithm"),
+    ("--data", "data", str, "data source"),
+    ("--data-dir", "data_dir", str, "folder holding ml-100k/ and ml-1m/ (MovieLens sources)"),
+    ("--steps", "steps", int, "outer steps"),
+    ("--batch-size", "batch_size", int, "users per outer step"),
+    ("--inner-steps", "inner_steps", int, "inner steps"),
+    ("--inner-lr", "inner_lr", float, "inner SGD learning rate"),
+    ("--outer-lr", "outer_lr", float, "outer Adam learning rate"),
+    ("--clip-norm", "clip_norm", float, "meta-gradient clip"),
+    ("--hidden", "hidden", int, "MLP hidden widths (synthetic data)"),
+    ("--embed-dim", "embed_dim", int, "embedding width per field (synthetic data)"),
+    ("--num-buckets", "num_buckets", int, "support-size buckets"),
+    ("--chunk-size", "chunk_size", int, "users per chunk in a step"),
+    ("--seed", "seed", int, "initialisation and data order"),
+    ("--data-seed", "data_seed", int, "the synthetic data; the MovieLens queries and validation users"),
+    ("--eval-every", "eval_every", int, "steps between validation checks"),
+    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (with --out)"),
+    ("--keep-last", "keep_last", int, "checkpoints kept besides the best"),
+)
+
+
+class _Usage(Exception):
+    """A mistake of the user's: printed as one line, exit status 2."""
+
+
+def _train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="meta-train and compare with the baselines on new users (built-in data by default)",
+        description=(
+            "Meta-trains an algorithm, trains the baselines' global model for the same steps, and prints the "
+            "query MSE on held-out new users. With --out it is a resumable job: config.yaml, metrics.jsonl and "
+            "orbax checkpoints go to that folder. Settings: defaults < --config FILE < flags."
+        ),
+        argument_default=argparse.SUPPRESS,  # only flags actually given override the config file
+    )
+    for flag, field, kind, text in TRAIN_FLAGS:
+        default = getattr(DEFAULTS, field)
+        extra = {"nargs": "+"} if field == "hidden" else {}
+        if field == "algo":
+            extra["choices"] = sorted(algorithms.META_LEARNERS)
+        if field == "data":
+            extra["choices"] = DATA_SOURCES
+        train.add_argument(flag, dest=field, type=kind, help=f"{text} (default: {default})", **extra)
+    train.add_argument("--resplit", dest="resplit", action="store_true",
+                       help="deal support and query afresh every epoch (default: off)")
+    train.add_argument("--config", help="a TOML or YAML file of settings (the TrainConfig field names)")
+    train.add_argument("--out", help="run folder: config, metrics.jsonl, checkpoints, results")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--json", action="store_true", help="print the results as one JSON line, last")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxmeta", description="Meta-learning for recommender systems in JAX.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(commands)
 
-    train = commands.add_parser(
-        "train",
-        help="meta-train on the built-in data and compare with the baselines on new users",
-        description=(
-            "Meta-trains an algorithm on the built-in synthetic data, trains the baselines' global model "
-            "for the same steps, and prints the query MSE on held-out new users."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    train.add_argument("--algo", default=DEFAULTS.algo, choices=sorted(algorithms.META_LEARNERS))
-    train.add_argument("--steps", type=int, default=DEFAULTS.steps, help="outer steps")
-    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="users per outer step")
-    train.add_argument("--inner-steps", type=int, default=DEFAULTS.inner_steps, help="inner steps")
-    train.add_argument("--inner-lr", type=float, default=DEFAULTS.inner_lr, help="inner SGD learning rate")
-    train.add_argument("--outer-lr", type=float, default=DEFAULTS.outer_lr, help="outer Adam learning rate")
-    train.add_argument("--clip-norm", type=float, default=DEFAULTS.clip_norm, help="meta-gradient clip")
-    train.add_argument("--hidden", type=int, nargs="+", default=list(DEFAULTS.hidden), help="MLP hidden widths")
-    train.add_argument("--embed-dim", type=int, default=DEFAULTS.embed_dim, help="embedding width per field")
-    train.add_argument("--num-buckets", type=int, default=DEFAULTS.num_buckets, help="support-size buckets")
-    train.add_argument("--chunk-size", type=int, default=DEFAULTS.chunk_size, help="users per chunk in a step")
-    train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="initialisation and data order")
-    train.add_argument("--data-seed", type=int, default=DEFAULTS.data_seed, help="synthetic data")
-    train.add_argument("--json", action="store_true", help="print the results as one JSON line, last")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate = commands.add_parser(
+        "eval", help="score a saved run on every cold-start scenario",
+        description="Scores a run's checkpoint, the no-adaptation and fine-tuning baselines on each scenario; "
+                    "writes eval.json and adaptation.json into the run folder.")
+    evaluate.add_argument("--run", required=True, help="the --out folder of jaxmeta train")
+    evaluate.add_argument("--checkpoint", default="best", help="'best' (validation MAE), 'latest' or a step")
+    evaluate.add_argument("--json", action="store_true", help="print {scenario: {metric: value}} as the last line")
+
+    recommend = commands.add_parser(
+        "recommend", help="adapt to one new user's ratings and print the top-k unseen items",
+        description="Adapts a saved run to the ratings in FILE (CSV with columns user, item, rating) and prints "
+                    "each user's top-k items they have not rated.")
+    recommend.add_argument("--run", required=True, help="the --out folder of jaxmeta train")
+    recommend.add_argument("--ratings", required=True, help="CSV file: user,item,rating rows")
+    recommend.add_argument("-k", type=int, default=10, help="items per user")
+    recommend.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
+
+    plot = commands.add_parser("plot", help="write the run's figures (PNG)",
+                               description="Writes learning_curves.png, adaptation.png and scenarios.png "
+                                           "(from metrics.jsonl, adaptation.json and eval.json).")
+    plot.add_argument("--run", required=True, help="the --out folder of jaxmeta train")
+    plot.add_argument("--out", help="where to write the PNGs (default: RUN/plots)")
+
+    data = commands.add_parser("data", help="look at a ratings file", description="Data utilities.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    describe = data_commands.add_parser(
+        "describe", help="users, items, ratings, ratings per user, what the support/query split gives",
+        description="Describes a ratings table: a CSV/Parquet file with user, item, rating columns, or a "
+                    "MovieLens folder (ml-100k or ml-1m).")
+    describe.add_argument("path", help="a ratings file, or a MovieLens folder")
 
     reproduce = commands.add_parser(
         "reproduce",
@@ -57,23 +125,88 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train(args: argparse.Namespace) -> int:
+    from jaxmeta.runs import format_table, load_config, run
+
+    given = {field: getattr(args, field) for _, field, _, _ in TRAIN_FLAGS if hasattr(args, field)}
+    if getattr(args, "resplit", False):
+        given["resplit"] = True
+    settings = load_config(args.config) if getattr(args, "config", None) else {}
+    settings.update(given)
+    if "hidden" in settings:
+        settings["hidden"] = tuple(settings["hidden"])
+    config = TrainConfig(**settings)
+    resume = getattr(args, "resume", False)
+    if resume and not getattr(args, "out", None):
+        raise _Usage("--resume needs --out: the folder of the run to continue.")
+    result = run(config, out=getattr(args, "out", None), resume=resume, progress=not getattr(args, "quiet", False))
+    print(format_table(result), flush=True)
+    if getattr(args, "json", False):
+        print(json.dumps({k: result[k] for k in ("algo", "query_mse", "new_users", "seconds")}))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from jaxmeta.runs import evaluate_run, format_eval
+
+    results = evaluate_run(args.run, which=args.checkpoint)
+    print(format_eval(results), flush=True)
+    if args.json:
+        algo = next(iter(next(iter(results.values()))))
+        print(json.dumps({scenario: methods[algo] for scenario, methods in results.items()}))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    try:
+        from jaxmeta.plots import write_plots
+
+        paths = write_plots(args.run, args.out)
+    except ImportError as error:
+        raise _Usage(str(error)) from error
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from jaxmeta.serve import Recommender
+
+    recommender = Recommender.load(args.run, checkpoint=args.checkpoint)
+    ratings = recommender.read_ratings(args.ratings)
+    table = recommender.recommend(ratings, k=args.k)
+    print(table.to_string(index=False), flush=True)
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from jaxmeta.data.describe import describe, format_description, read_ratings_source
+
+    print(format_description(describe(read_ratings_source(args.path))), flush=True)
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "recommend": _recommend, "data": _describe}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.command == "reproduce":
         return run_reproduce(args, " ".join(["jaxmeta", *argv]))
-    if args.command == "train":
-        options = {k: v for k, v in vars(args).items() if k not in ("command", "json", "quiet")}
-        try:
-            config = TrainConfig(**options)
-        except ValueError as error:
-            print(f"jaxmeta train: error: {error}", file=sys.stderr)
-            return 2
-        result = run(config, progress=not args.quiet)
-        print(format_table(result), flush=True)
-        if args.json:
-            print(json.dumps({k: result[k] for k in ("algo", "query_mse", "new_users", "seconds")}))
-    return 0
+    name = args.command if args.command != "data" else f"data {args.data_command}"
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingInterrupted as stop:
+        saved = f"; checkpoint saved: resume with --resume --out {getattr(args, 'out', '')}" if stop.saved else ""
+        print(f"jaxmeta {name}: interrupted after step {stop.step}{saved}", file=sys.stderr)
+        return 130
+    except (_Usage, CheckpointError, FileNotFoundError, FloatingPointError, ValueError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, FileNotFoundError) and error.filename and str(error.filename) not in message:
+            message = f"{error.filename}: {message}"
+        print(f"jaxmeta {name}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -154,6 +154,43 @@ class RaggedTasks:
         )
 
 
+
+def resplit(tasks: RaggedTasks, rng: np.random.Generator | int | None = None) -> RaggedTasks:
+    """Each user's rows dealt afresh between support and query, sizes kept.
+
+    Meta-augmentation for training: a user seen again in a later epoch is
+    judged on different held-back ratings, so the meta-learner cannot lower
+    its query loss by memorising fixed query rows (the memorisation problem of
+    meta-learning, Yin et al., ICLR 2020), and every rating serves in both
+    roles. Support and query sizes stay as they were, so the support-size
+    buckets of :func:`bucket_by_support` remain valid. For training only:
+    evaluation keeps its fixed split.
+
+    Args:
+      tasks: the users; each keeps ``len(support_y[i])`` support rows and
+        ``len(query_y[i])`` query rows.
+      rng: a numpy Generator or a seed.
+
+    Example:
+      >>> t = RaggedTasks([np.arange(3.0)], [np.arange(3.0)], [np.arange(3.0, 5.0)], [np.arange(3.0, 5.0)])
+      >>> r = resplit(t, rng=0)
+      >>> len(r.support_y[0]), len(r.query_y[0]), np.sort(np.concatenate([r.support_y[0], r.query_y[0]])).tolist()
+      (3, 2, [0.0, 1.0, 2.0, 3.0, 4.0])
+    """
+    rng = np.random.default_rng(rng)
+    support_x, support_y, query_x, query_y = [], [], [], []
+    for sx, sy, qx, qy in zip(tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y):
+        n = len(sy)
+        x = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]), sx, qx)
+        y = np.concatenate([np.asarray(sy), np.asarray(qy)])
+        order = rng.permutation(len(y))
+        first, rest = order[:n], order[n:]
+        support_x.append(jax.tree.map(lambda a, rows=first: a[rows], x))
+        query_x.append(jax.tree.map(lambda a, rows=rest: a[rows], x))
+        support_y.append(y[first])
+        query_y.append(y[rest])
+    return RaggedTasks(support_x, support_y, query_x, query_y)
+
 def _pad_rows(parts: Sequence[PyTree], size: int, num_tasks: int) -> PyTree:
     """Stacks per-user pytrees of ``[rows, ...]`` leaves into ``[num_tasks, size, ...]``."""
 
@@ -287,6 +324,36 @@ def bucket_by_support(support_sizes: Sequence[int] | np.ndarray, num_buckets: in
     return Buckets(tuple(indices), tuple(padded))
 
 
+def epoch_plan(
+    support_sizes: Sequence[int] | np.ndarray,
+    batch_size: int,
+    *,
+    rng: np.random.Generator,
+    buckets: Buckets | None = None,
+) -> list[tuple[np.ndarray, int]]:
+    """The batches of one shuffled pass, as ``(user indices, padded support size)``.
+
+    Users are shuffled within each bucket; batches are drawn bucket by bucket in
+    a shuffled order. :func:`epoch_batches` pads them; a resumable stream
+    (:class:`jaxmeta.train.BatchStream`) replans an epoch from a saved generator
+    state without padding the batches it skips.
+
+    Example:
+      >>> plan = epoch_plan([3, 3, 9], 2, rng=np.random.default_rng(0))
+      >>> sorted(int(i) for idx, _ in plan for i in idx), {size for _, size in plan}
+      ([0, 1, 2], {9})
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: pass a positive number of users per batch.")
+    if buckets is None:
+        buckets = bucket_by_support(support_sizes, num_buckets=1)
+    chunks = []
+    for idx, size in zip(buckets.indices, buckets.support_sizes):
+        idx = rng.permutation(idx)
+        chunks += [(idx[s : s + batch_size], size) for s in range(0, len(idx), batch_size)]
+    return [chunks[c] for c in rng.permutation(len(chunks))]
+
+
 def epoch_batches(
     tasks: RaggedTasks,
     batch_size: int,
@@ -298,9 +365,9 @@ def epoch_batches(
     """One shuffled pass over all users, as fixed-shape TaskBatches.
 
     Users are shuffled within each bucket; batches are drawn bucket by bucket in a
-    shuffled order. Every batch has exactly ``batch_size`` task slots (the last
-    batch of a bucket is filled with padding users), so there is one compiled shape
-    per bucket.
+    shuffled order (:func:`epoch_plan`). Every batch has exactly ``batch_size``
+    task slots (the last batch of a bucket is filled with padding users), so there
+    is one compiled shape per bucket.
 
     Args:
       tasks: the users.
@@ -310,17 +377,7 @@ def epoch_batches(
         longest support set.
       query_size: padded query size; default the longest query set.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: pass a positive number of users per batch.")
-    if buckets is None:
-        buckets = bucket_by_support(tasks.support_sizes, num_buckets=1)
     query_size = int(tasks.query_sizes.max()) if query_size is None else query_size
-    chunks = []
-    for idx, size in zip(buckets.indices, buckets.support_sizes):
-        idx = rng.permutation(idx)
-        chunks += [(idx[s : s + batch_size], size) for s in range(0, len(idx), batch_size)]
-    for c in rng.permutation(len(chunks)):
-        idx, size = chunks[c]
-        yield pad_tasks(
-            tasks.take(idx), support_size=size, query_size=query_size, num_tasks=batch_size
-        )
+    plan = epoch_plan(tasks.support_sizes, batch_size, rng=rng, buckets=buckets)
+    for idx, size in plan:
+        yield pad_tasks(tasks.take(idx), support_size=size, query_size=query_size, num_tasks=batch_size)

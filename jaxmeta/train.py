@@ -13,9 +13,15 @@ number of steps, and reports the query MSE on held-out *new* users:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import os
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,9 +32,15 @@ from tqdm.auto import tqdm
 from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.algorithms.maml import DEFAULT_INNER_STEPS
+from jaxmeta.checkpoint import Checkpoints
 from jaxmeta.data import synthetic
 from jaxmeta.models import Model, embedding_mlp
-from jaxmeta.tasks import RaggedTasks, TaskBatch, bucket_by_support, epoch_batches, pad_tasks
+from jaxmeta.tasks import RaggedTasks, TaskBatch, bucket_by_support, epoch_plan, pad_tasks, resplit
+
+
+DATA_SOURCES = ("synthetic", "ml-100k", "ml-1m")
+# Fields a resumed run may change: they do not alter the computation of the steps already taken.
+RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +58,22 @@ class TrainConfig:
     clip_norm: float = 1.0  # global-norm clip of the meta-gradient
     num_buckets: int = 4  # support-size buckets (compiled shapes)
     chunk_size: int | None = None  # users per chunk inside the compiled step
+    resplit: bool = False  # deal each user's rows afresh into support and query every epoch
     seed: int = 0  # initialisation and data order
     data_seed: int = 0  # the synthetic data
+    data: str = "synthetic"  # one of DATA_SOURCES
+    data_dir: str = "../shared/data"  # the folder holding ml-100k/ and ml-1m/ (MovieLens sources)
+    eval_every: int = 100  # steps between validation checks (they rank the checkpoints)
+    checkpoint_every: int = 500  # steps between checkpoints of a run with an output folder
+    keep_last: int = 3  # checkpoints kept besides the best
 
     def __post_init__(self):
         if self.algo not in algorithms.META_LEARNERS:
             raise ValueError(f"algo={self.algo!r}: pass one of {sorted(algorithms.META_LEARNERS)}.")
-        for name in ("steps", "batch_size", "inner_steps", "num_buckets", "embed_dim"):
+        if self.data not in DATA_SOURCES:
+            raise ValueError(f"data={self.data!r}: pass one of {DATA_SOURCES}.")
+        for name in ("steps", "batch_size", "inner_steps", "num_buckets", "embed_dim", "eval_every",
+                     "checkpoint_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: pass a positive integer.")
         for name in ("inner_lr", "outer_lr", "clip_norm"):
@@ -88,12 +109,158 @@ def make_learner(config: TrainConfig, model: Model) -> MetaLearner:
     return algorithms.META_LEARNERS[config.algo](model, **kwargs)
 
 
-def batches(tasks: RaggedTasks, config: TrainConfig) -> Iterator[TaskBatch]:
-    """Endless shuffled, bucketed, fixed-shape batches of training users."""
-    rng = np.random.default_rng(config.seed)
-    buckets = bucket_by_support(tasks.support_sizes, config.num_buckets)
-    while True:
-        yield from epoch_batches(tasks, config.batch_size, rng=rng, buckets=buckets)
+class BatchStream:
+    """Endless shuffled, bucketed, fixed-shape batches of training users, resumable.
+
+    Iterating gives :func:`jaxmeta.tasks.epoch_batches` epoch after epoch, all
+    drawn from one numpy generator seeded with ``config.seed``; with
+    ``config.resplit`` each epoch first deals every user's rows afresh between
+    support and query (:func:`jaxmeta.tasks.resplit`). :meth:`position` is a
+    JSON-ready record of where the stream is (the generator's state at the start
+    of the current epoch and the batches taken since); :meth:`restore` puts a
+    new stream over the same users there, so a resumed run sees the same
+    batches as an uninterrupted one.
+    """
+
+    def __init__(self, tasks: RaggedTasks, config: TrainConfig):
+        self._tasks, self._batch_size, self._resplit = tasks, config.batch_size, config.resplit
+        self._seed = config.seed
+        self._buckets = bucket_by_support(tasks.support_sizes, config.num_buckets)
+        self._query_size = int(tasks.query_sizes.max())
+        self._reset()
+
+    def _reset(self) -> None:
+        self._rng = np.random.default_rng(self._seed)
+        self._epoch, self._index, self._plan, self._start_state = -1, 0, [], None
+        self._epoch_tasks = self._tasks
+
+    def _next_epoch(self) -> None:
+        self._start_state = copy.deepcopy(self._rng.bit_generator.state)
+        self._epoch += 1
+        self._epoch_tasks = resplit(self._tasks, self._rng) if self._resplit else self._tasks
+        self._plan = epoch_plan(self._tasks.support_sizes, self._batch_size, rng=self._rng, buckets=self._buckets)
+        self._index = 0
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> TaskBatch:
+        if self._index >= len(self._plan):
+            self._next_epoch()
+        idx, size = self._plan[self._index]
+        self._index += 1
+        return pad_tasks(self._epoch_tasks.take(idx), support_size=size, query_size=self._query_size,
+                         num_tasks=self._batch_size)
+
+    def position(self) -> dict[str, Any]:
+        """``{"epoch", "index", "rng"}``: the epoch (0-based; -1 before the first
+        batch), batches taken in it, the generator state at its start."""
+        return {"epoch": self._epoch, "index": self._index, "rng": copy.deepcopy(self._start_state)}
+
+    def restore(self, position: Mapping[str, Any]) -> None:
+        """Moves the stream to ``position`` (from :meth:`position` of a stream
+        over the same users with the same config)."""
+        missing = {"epoch", "index", "rng"} - set(position)
+        if missing:
+            raise ValueError(f"position lacks {sorted(missing)}: pass a dict from BatchStream.position().")
+        self._reset()
+        if position["rng"] is None:
+            return
+        self._rng.bit_generator.state = copy.deepcopy(dict(position["rng"]))
+        self._epoch = int(position["epoch"]) - 1
+        self._next_epoch()
+        if not 0 <= int(position["index"]) <= len(self._plan):
+            raise ValueError(f"position index {position['index']} is outside an epoch of {len(self._plan)} "
+                             "batches: the position belongs to other users or another batch size.")
+        self._index = int(position["index"])
+
+
+def batches(tasks: RaggedTasks, config: TrainConfig) -> BatchStream:
+    """Endless shuffled, bucketed, fixed-shape batches of training users (a :class:`BatchStream`)."""
+    return BatchStream(tasks, config)
+
+
+class MetricsLog:
+    """Appends one JSON record per line to ``path`` (``metrics.jsonl``), flushed at once.
+
+    Every record has ``"kind"`` (``"train"`` or ``"valid"``), ``"step"`` and
+    ``"wall_time"`` (seconds since the log was opened, plus ``offset``: a resumed
+    run continues the clock of the records before it).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, offset: float = 0.0):
+        self.path = Path(path)
+        self._start, self._offset = time.perf_counter(), offset
+
+    def write(self, kind: str, step: int, **values: float) -> dict[str, Any]:
+        record = {"kind": kind, "step": int(step),
+                  "wall_time": round(self._offset + time.perf_counter() - self._start, 3),
+                  **{k: float(v) for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+    @staticmethod
+    def last_wall_time(path: str | os.PathLike) -> float:
+        """The largest ``wall_time`` in an existing log (0 when none): where a resumed run's clock starts."""
+        times = [0.0]
+        if Path(path).exists():
+            for line in Path(path).read_text().splitlines():
+                try:
+                    times.append(float(json.loads(line)["wall_time"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a half-written last line after a crash
+        return max(times)
+
+
+def validation_metrics(learner: MetaLearner, state: MetaState, batches: Sequence[TaskBatch]) -> dict[str, float]:
+    """Query ``loss`` (the learner's loss after adaptation), ``mae`` and ``rmse``
+    of the validation users, per user then averaged over users."""
+    losses, weights, predictions, targets, masks = [], [], [], [], []
+    for batch in batches:
+        out = learner.evaluate(state, batch)
+        losses.append(float(out["query_loss_after"]) * float(out["tasks"]))
+        weights.append(float(out["tasks"]))
+        predictions.append(np.asarray(learner.predict(state, batch)))
+        targets.append(np.asarray(batch.query_y))
+        masks.append(np.asarray(batch.query_mask))
+    p, y, m = (np.concatenate(v) for v in (predictions, targets, masks))
+    users = m.any(axis=1)
+    err = np.where(m, p - y, 0.0)
+    count = np.maximum(m.sum(axis=1), 1)
+    return {"loss": sum(losses) / max(sum(weights), 1.0),
+            "mae": float((np.abs(err).sum(axis=1) / count)[users].mean()),
+            "rmse": float(np.sqrt((err**2).sum(axis=1) / count)[users].mean())}
+
+
+class _Interrupt:
+    """Turns Ctrl-C (SIGINT) into a flag the training loop checks between steps."""
+
+    def __init__(self):
+        self.hit = False
+        self._old = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.hit:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training between steps; ``step`` was saved when checkpoints were on."""
+
+    def __init__(self, step: int, saved: bool):
+        self.step, self.saved = step, saved
+        super().__init__(f"interrupted after step {step}" + ("; checkpoint saved" if saved else ""))
 
 
 def fit(
@@ -104,91 +271,87 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     log_every: int = 50,
+    valid: Sequence[TaskBatch] | None = None,
+    eval_every: int | None = None,
+    checkpoints: Checkpoints | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    log: MetricsLog | None = None,
 ) -> tuple[MetaState, list[dict[str, float]]]:
-    """Runs ``config.steps`` outer steps; returns the state and a log of metrics.
+    """Runs outer steps up to ``config.steps``; returns the state and a log of metrics.
 
     The log holds one record every ``log_every`` steps (and at the last step):
     the step, the step's metrics and the real users per second since the last
-    record (the first record includes compilation).
+    record (the first record includes compilation). With ``log``, each record
+    (``kind="train"``) is also appended to ``metrics.jsonl``.
+
+    Args:
+      valid: validation batches, scored every ``eval_every`` steps and at the
+        end (:func:`validation_metrics`, records of ``kind="valid"``); their
+        ``mae`` ranks the checkpoints.
+      checkpoints: where to save the state every ``checkpoint_every`` steps and
+        at the end, with the data-stream position and ``extra`` (JSON-ready,
+        e.g. the vocabularies and the config).
+      resume: continue from the latest checkpoint (state and data position), so
+        the run ends exactly where an uninterrupted one would.
+
+    Raises:
+      FloatingPointError: the loss became NaN or infinite; the message names the
+        step and the last good checkpoint (nothing corrupt is saved).
+      TrainingInterrupted: Ctrl-C; the current step is finished and saved first.
     """
     state = learner.init(jax.random.key(config.seed))
+    stream = BatchStream(tasks, config)
+    if resume and checkpoints is not None and checkpoints.latest_step() is not None:
+        state, saved = checkpoints.restore(state)
+        stream.restore(saved["position"])
+    first = int(state.step) + 1
+    last_good = None if checkpoints is None else checkpoints.latest_step()
+    where = "" if checkpoints is None else f" in {checkpoints.directory}"
     history: list[dict[str, float]] = []
-    stream = batches(tasks, config)
-    bar = tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, unit="step", leave=False)
-    last_time, users = time.perf_counter(), 0
-    for step in bar:
-        state, metrics = learner.step(state, next(stream))
-        users = users + metrics["tasks"]  # stays on device: no sync per step
-        if step % log_every == 0 or step == config.steps:
-            record = {k: float(v) for k, v in metrics.items()}
-            now = time.perf_counter()
-            record.update(step=step, users_per_s=float(users) / (now - last_time))
-            last_time, users = now, 0
-            history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", users_s=f"{record['users_per_s']:.0f}")
-            if not np.isfinite(record["loss"]):
-                raise FloatingPointError(
-                    f"{desc}: training diverged (loss {record['loss']} at step {step}); "
-                    "try a lower --inner-lr or --outer-lr."
-                )
+    every = {"log": log_every, "eval": eval_every or config.steps, "save": checkpoint_every or config.steps}
+
+    def due(kind: str, step: int) -> bool:
+        return step % every[kind] == 0 or step == config.steps
+
+    def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
+        nonlocal last_good
+        checkpoints.save(step, state, extra={"position": stream.position(), "seed": config.seed, **(extra or {})},
+                         metrics=metrics)
+        last_good = step
+
+    bar = tqdm(range(first, config.steps + 1), desc=desc, disable=not progress, unit="step", leave=False,
+               initial=first - 1, total=config.steps)
+    last_time, users, step = time.perf_counter(), 0, first - 1
+    with _Interrupt() as interrupt:
+        for step in bar:
+            state, metrics = learner.step(state, next(stream))
+            users = users + metrics["tasks"]  # stays on device: no sync per step
+            if due("log", step) or due("eval", step) or due("save", step) or interrupt.hit:
+                loss = float(metrics["loss"])
+                if not np.isfinite(loss):
+                    good = "no checkpoint yet" if last_good is None else f"last good checkpoint: step {last_good}{where}"
+                    raise FloatingPointError(f"{desc}: the loss is {loss} at step {step}; stopped ({good}). "
+                                             "Try a lower --inner-lr or --outer-lr.")
+            if due("log", step):
+                record = {k: float(v) for k, v in metrics.items()}
+                now = time.perf_counter()
+                record.update(step=step, users_per_s=float(users) / (now - last_time))
+                last_time, users = now, 0
+                history.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", users_s=f"{record['users_per_s']:.0f}")
+                if log is not None:
+                    log.write("train", step, loss=record["loss"], users_per_s=record["users_per_s"])
+            scores = None
+            if valid is not None and due("eval", step):
+                scores = validation_metrics(learner, state, valid)
+                if log is not None:
+                    log.write("valid", step, **scores)
+            if checkpoints is not None and (due("save", step) or scores is not None):
+                save(step, None if scores is None else {"valid_mae": scores["mae"]})
+            if interrupt.hit:
+                if checkpoints is not None and last_good != step:
+                    save(step)
+                raise TrainingInterrupted(step, checkpoints is not None)
     return state, history
-
-
-def run(config: TrainConfig = TrainConfig(), *, progress: bool = True) -> dict[str, Any]:
-    """Meta-trains ``config.algo`` and the baselines; evaluates them on new users.
-
-    Returns:
-      ``{"algo", "query_mse": {"before", "after", "no_adaptation", "finetune"},
-      "new_users", "seconds", "config"}``.
-    """
-    start = time.perf_counter()
-    data = synthetic.generate(seed=config.data_seed)
-    model = make_model(config, data)
-    new_users = pad_tasks(data.new)
-
-    learner = make_learner(config, model)
-    state, _ = fit(learner, data.train, config, desc=config.algo, progress=progress)
-    meta = learner.evaluate(state, new_users)
-
-    outer = outer_optimizer(config)
-    global_state, _ = fit(
-        algorithms.no_adaptation(model, outer_optimizer=outer, chunk_size=config.chunk_size),
-        data.train,
-        config,
-        desc="global model",
-        progress=progress,
-    )
-    tuned = algorithms.finetune(
-        model, inner_optimizer=optax.sgd(config.inner_lr), inner_steps=config.inner_steps, chunk_size=config.chunk_size
-    ).evaluate(global_state, new_users)
-    return {
-        "algo": config.algo,
-        "query_mse": {
-            "before": float(meta["query_loss_before"]),
-            "after": float(meta["query_loss_after"]),
-            "no_adaptation": float(tuned["query_loss_before"]),
-            "finetune": float(tuned["query_loss_after"]),
-        },
-        "new_users": int(meta["tasks"]),
-        "seconds": round(time.perf_counter() - start, 2),
-        "config": dataclasses.asdict(config),
-    }
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The results of :func:`run` as a plain-text table."""
-    rows = [
-        (f"{result['algo']}, before adaptation", "before"),
-        (f"{result['algo']}, after adaptation", "after"),
-        ("baseline: no adaptation", "no_adaptation"),
-        ("baseline: pretrain + fine-tune", "finetune"),
-    ]
-    width = max(len(label) for label, _ in rows)
-    lines = [
-        f"query MSE on {result['new_users']} new users (synthetic data)",
-        f"{'model':<{width}}  query MSE",
-        f"{'-' * width}  ---------",
-    ]
-    lines += [f"{label:<{width}}  {result['query_mse'][key]:9.4f}" for label, key in rows]
-    lines.append(f"({result['seconds']:.1f} s)")
-    return "\n".join(lines)

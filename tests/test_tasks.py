@@ -18,6 +18,7 @@ from jaxmeta.tasks import (
     epoch_batches,
     pad_tasks,
     padded_fraction,
+    resplit,
     task_mask,
 )
 
@@ -354,3 +355,53 @@ def test_epoch_batches_query_size_and_errors():
     assert all(b.query_size == 6 for b in batches)
     with pytest.raises(ValueError, match="batch_size=0"):
         next(epoch_batches(tasks, 0, rng=np.random.default_rng(0)))
+
+
+def pair_tasks(sizes):
+    """Users whose rows hold a code (user * 100 + row) in x (a dict of two leaves) and y alike."""
+    parts = []
+    for u, (ns, nq) in enumerate(sizes):
+        codes = u * 100 + np.arange(ns + nq)
+        x = {"a": codes.astype(np.int32), "b": np.stack([codes, -codes], 1).astype(np.float32)}
+        parts.append(({k: v[:ns] for k, v in x.items()}, codes[:ns].astype(np.float32),
+                      {k: v[ns:] for k, v in x.items()}, codes[ns:].astype(np.float32)))
+    return RaggedTasks(*(list(f) for f in zip(*parts)))
+
+
+def test_resplit_keeps_sizes_rows_and_alignment():
+    tasks = pair_tasks([(3, 2), (5, 4), (1, 1)])
+    out = resplit(tasks, rng=1)
+    np.testing.assert_array_equal(out.support_sizes, tasks.support_sizes)
+    np.testing.assert_array_equal(out.query_sizes, tasks.query_sizes)
+    for u in range(len(tasks)):
+        before = np.concatenate([tasks.support_y[u], tasks.query_y[u]])
+        after = np.concatenate([out.support_y[u], out.query_y[u]])
+        np.testing.assert_array_equal(np.sort(after), np.sort(before))  # same rows, none lost or repeated
+        for x, y in ((out.support_x[u], out.support_y[u]), (out.query_x[u], out.query_y[u])):
+            np.testing.assert_array_equal(x["a"], y)  # inputs travel with their targets
+            np.testing.assert_array_equal(x["b"][:, 1], -y)
+
+
+def test_resplit_is_seeded_and_moves_rows():
+    tasks = pair_tasks([(30, 10)] * 4)
+    a, b, c = resplit(tasks, rng=0), resplit(tasks, rng=0), resplit(tasks, rng=1)
+    assert all(np.array_equal(x, y) for x, y in zip(a.query_y, b.query_y))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.query_y, c.query_y))
+    # over the 4 users, rows from the original support set reach the query set
+    moved = sum(int(np.isin(q, s).sum()) for q, s in zip(a.query_y, tasks.support_y))
+    assert moved > 0
+
+
+def test_training_batches_resplit_every_epoch_with_fixed_shapes():
+    from jaxmeta.train import TrainConfig, batches
+
+    tasks = pair_tasks([(4, 2), (6, 2), (5, 2), (3, 2)])
+    config = TrainConfig(batch_size=4, num_buckets=1, resplit=True)
+    stream = batches(tasks, config)  # 4 users, one batch of 4: one batch per epoch
+    first, second = next(stream), next(stream)
+    assert first.support_x["a"].shape == second.support_x["a"].shape == (4, 6)
+    assert first.query_y.shape == second.query_y.shape == (4, 2)
+    codes = lambda b: sorted(np.asarray(b.query_y)[np.asarray(b.query_mask)].tolist())  # noqa: E731
+    assert codes(first) != codes(second)  # new query rows in the second epoch
+    fixed = next(batches(tasks, TrainConfig(batch_size=4, num_buckets=1)))
+    assert codes(fixed) == sorted(np.concatenate(tasks.query_y).tolist())

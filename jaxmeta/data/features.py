@@ -562,6 +562,14 @@ class FeatureEncoder:
             out._lookups[table] = self._lookups[table] if frame is None else out._encode_table(table, frame)
         return out
 
+    def ids(self, table: str) -> np.ndarray:
+        """The ids of the rows of the ``"user"`` or ``"item"`` table held (those :meth:`encode_ids` can look up)."""
+        if table not in ("user", "item"):
+            raise ValueError(f"table={table!r}: pass 'user' or 'item'.")
+        if table not in self._lookups:
+            return np.array([], dtype=object)
+        return self._lookups[table].ids.to_numpy()
+
     def encode_ids(self, users: Sequence | np.ndarray, items: Sequence | np.ndarray) -> dict[str, np.ndarray]:
         """Encodes pairs given as two aligned sequences of ids.
 

@@ -1,0 +1,269 @@
+"""The driver: exact resume, checkpoints that survive a kill, NaN stops, Ctrl-C,
+the metrics log, config files and the one-line errors of the commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_tasks, tiny_model
+
+from jaxmeta.checkpoint import CheckpointError, Checkpoints
+from jaxmeta.runs import load_config
+from jaxmeta.tasks import pad_tasks
+from jaxmeta.train import (
+    BatchStream,
+    MetricsLog,
+    TrainConfig,
+    TrainingInterrupted,
+    fit,
+    make_learner,
+)
+
+CONFIG = TrainConfig(algo="maml", steps=12, batch_size=4, inner_lr=0.3, outer_lr=0.05, num_buckets=2, resplit=True)
+
+
+def setup():
+    learner = make_learner(CONFIG, tiny_model())
+    return learner, random_tasks(24, seed=2), [pad_tasks(random_tasks(5, seed=8))]
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path):
+    learner, tasks, valid = setup()
+    whole, _ = fit(learner, tasks, CONFIG, progress=False, valid=valid, eval_every=4)
+    half = Checkpoints(tmp_path / "ckpt")
+    fit(learner, tasks, dataclasses.replace(CONFIG, steps=7), progress=False, valid=valid, eval_every=4,
+        checkpoints=half, checkpoint_every=3)
+    assert half.latest_step() == 7
+    resumed, _ = fit(learner, tasks, CONFIG, progress=False, valid=valid, eval_every=4,
+                     checkpoints=Checkpoints(tmp_path / "ckpt"), checkpoint_every=3, resume=True)
+    assert int(resumed.step) == CONFIG.steps
+    for a, b in zip(leaves(whole), leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise: same batches, same order, same arithmetic
+
+
+def test_batch_stream_position_survives_json_and_continues_exactly():
+    tasks = random_tasks(30, seed=4)
+    config = TrainConfig(batch_size=4, num_buckets=2, resplit=True, seed=3)
+    first = BatchStream(tasks, config)
+    expected = [next(first) for _ in range(20)]
+    second = BatchStream(tasks, config)
+    for _ in range(11):  # into the second epoch (8 batches per epoch)
+        next(second)
+    third = BatchStream(tasks, config)
+    third.restore(json.loads(json.dumps(second.position())))
+    for want in expected[11:]:
+        got = next(third)
+        np.testing.assert_array_equal(got.support_x, want.support_x)
+        np.testing.assert_array_equal(got.query_y, want.query_y)
+
+
+def test_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
+    learner, tasks, _ = setup()
+    calls = {"n": 0}
+
+    def poisoned(state, batch):
+        calls["n"] += 1
+        state, metrics = learner.step(state, batch)
+        if calls["n"] >= 7:  # from step 7 on the parameters and the loss are NaN
+            state = state._replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+            metrics = {**metrics, "loss": jnp.nan}
+        return state, metrics
+
+    store = Checkpoints(tmp_path / "ckpt")
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 7; stopped \(last good checkpoint: step 5"):
+        fit(learner._replace(step=poisoned), tasks, CONFIG, progress=False, log_every=1, checkpoints=store,
+            checkpoint_every=5)
+    assert store.all_steps() == [5]  # nothing written from the poisoned steps
+
+
+def test_checkpoints_refuse_a_non_finite_state(tmp_path):
+    store = Checkpoints(tmp_path)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        store.save(1, {"w": jnp.array([1.0, jnp.inf])})
+    assert store.all_steps() == []
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
+    learner, tasks, _ = setup()
+    calls = {"n": 0}
+
+    def interrupted(state, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 4
+        return learner.step(state, batch)
+
+    store = Checkpoints(tmp_path / "ckpt")
+    with pytest.raises(TrainingInterrupted) as stop:
+        fit(learner._replace(step=interrupted), tasks, CONFIG, progress=False, checkpoints=store, checkpoint_every=10)
+    assert stop.value.step == 4 and stop.value.saved and store.all_steps() == [4]
+    resumed, _ = fit(learner, tasks, CONFIG, progress=False, checkpoints=Checkpoints(tmp_path / "ckpt"),
+                     checkpoint_every=10, resume=True)
+    whole, _ = fit(learner, tasks, CONFIG, progress=False)
+    for a, b in zip(leaves(whole), leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+KILLER = textwrap.dedent("""
+    import sys, numpy as np
+    from jaxmeta.checkpoint import Checkpoints
+    store = Checkpoints(sys.argv[1])
+    big = {"w": np.ones((64, 1024, 1024), np.float32)}  # 256 MiB: a save takes a while
+    store.save(1, {"w": np.full(3, 1.0, np.float32)})
+    print("saved", flush=True)
+    store.save(2, big)
+""")
+
+
+def test_a_kill_during_a_save_leaves_the_last_checkpoint_usable(tmp_path):
+    folder = tmp_path / "ckpt"
+    child = subprocess.Popen([sys.executable, "-c", KILLER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "saved"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # kill while step 2 is being written (its temporary folder exists)
+            if any("tmp" in p.name for p in folder.iterdir()) or (folder / "2").exists():
+                break
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    store = Checkpoints(folder)
+    assert store.all_steps() == [1], sorted(p.name for p in folder.iterdir())
+    state, _ = store.restore({"w": np.zeros(3, np.float32)})
+    np.testing.assert_array_equal(state["w"], np.ones(3))
+
+
+def test_restoring_into_another_model_is_a_clear_error(tmp_path):
+    store = Checkpoints(tmp_path)
+    store.save(1, {"w": jnp.zeros(3)})
+    with pytest.raises(CheckpointError, match="does not fit|other shapes"):
+        store.restore({"w": jnp.zeros(4)})
+    with pytest.raises(CheckpointError, match="no checkpoint at step 9"):
+        store.restore({"w": jnp.zeros(3)}, step=9)
+
+
+def test_metrics_log_records_and_resumed_clock(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    log.write("train", 1, loss=0.5, users_per_s=10)
+    log.write("valid", 1, loss=0.4, mae=0.3, rmse=0.35)
+    with path.open("a") as f:
+        f.write('{"kind": "train", "st')  # a half-written line after a crash
+    records = [json.loads(line) for line in path.read_text().splitlines()[:2]]
+    assert [r["kind"] for r in records] == ["train", "valid"] and records[1]["mae"] == 0.3
+    assert all(r["wall_time"] >= 0 for r in records)
+    resumed = MetricsLog(path, offset=MetricsLog.last_wall_time(path) + 100)
+    assert resumed.write("train", 2, loss=0.1)["wall_time"] >= 100
+
+
+def test_config_files_toml_and_yaml(tmp_path):
+    (tmp_path / "a.toml").write_text('algo = "fomaml"\nsteps = 7\nhidden = [4, 4]\n')
+    (tmp_path / "b.yaml").write_text("algo: anil\ninner_lr: 0.2\n")
+    assert load_config(tmp_path / "a.toml") == {"algo": "fomaml", "steps": 7, "hidden": [4, 4]}
+    assert load_config(tmp_path / "b.yaml") == {"algo": "anil", "inner_lr": 0.2}
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ValueError, match="must end in .toml, .yaml or .yml"):
+        load_config(tmp_path / "c.json")
+    (tmp_path / "d.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="a table of settings"):
+        load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.toml").write_text("steps = = 3\n")
+    with pytest.raises(ValueError, match="cannot parse it"):
+        load_config(tmp_path / "e.toml")
+
+
+def jaxmeta(*args, cwd=None):
+    exe = Path(sys.executable).with_name("jaxmeta")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_train_resume_eval_and_plot_commands(tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "job.toml").write_text("steps = 30\neval_every = 10\ncheckpoint_every = 10\nbatch_size = 16\n")
+    first = jaxmeta("train", "--config", str(tmp_path / "job.toml"), "--steps", "20", "--out", str(run), "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert "steps: 20" in (run / "config.yaml").read_text()  # the flag overrode the file
+    resumed = jaxmeta("train", "--config", str(tmp_path / "job.toml"), "--out", str(run), "--resume", "--quiet",
+                      "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 30
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records if r["kind"] == "valid"} == {10, 20, 30}
+    other = jaxmeta("train", "--config", str(tmp_path / "job.toml"), "--out", str(run), "--resume", "--inner-lr", "0.5",
+                    "--quiet")
+    assert other.returncode == 2 and "inner_lr=0.5" in other.stderr and "Traceback" not in other.stderr
+    evaluated = jaxmeta("eval", "--run", str(run), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    last = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert set(last) == {"user_cold"} and {"mae", "rmse", "ndcg@3"} <= set(last["user_cold"])
+    curve = json.loads((run / "adaptation.json").read_text())
+    assert len(curve["curves"]) == 2 and all(len(v) == len(curve["inner_steps"]) for v in curve["curves"].values())
+    pytest.importorskip("matplotlib")
+    plotted = jaxmeta("plot", "--run", str(run))
+    assert plotted.returncode == 0, plotted.stderr
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["adaptation.png", "learning_curves.png",
+                                                                  "scenarios.png"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--resume", "--steps", "5"], "--resume needs --out"),
+        (["train", "--config", "missing.toml"], "missing.toml: no such config file"),
+        (["train", "--steps", "0"], "steps=0"),
+        (["train", "--eval-every", "0"], "eval_every=0"),
+        (["eval", "--run", "nowhere"], "nowhere: not a run folder"),
+        (["plot", "--run", "nowhere"], "nowhere"),
+    ],
+)
+def test_bad_input_gives_one_line(tmp_path, args, message):
+    out = jaxmeta(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_recommend_and_describe_on_movielens_100k(tmp_path):
+    from conftest import real
+
+    folder = real("ml-100k")
+    run = tmp_path / "run"
+    trained = jaxmeta("train", "--data", "ml-100k", "--data-dir", str(folder.parent), "--steps", "10",
+                      "--eval-every", "10", "--out", str(run), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    (tmp_path / "me.csv").write_text("user,item,rating\n1,1,5\n1,50,5\n1,100,4\n1,181,1\n")
+    shown = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"), "-k", "3")
+    assert shown.returncode == 0, shown.stderr
+    rows = shown.stdout.strip().splitlines()
+    assert rows[0].split() == ["user", "rank", "item", "score"] and len(rows) == 4
+    assert not {"1", "50", "100", "181"} & {r.split()[2] for r in rows[1:]}  # rated items are not recommended
+    (tmp_path / "bad.csv").write_text("who,what\n1,2\n")
+    bad = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "bad.csv"))
+    assert bad.returncode == 2 and "missing column(s)" in bad.stderr
+    described = jaxmeta("data", "describe", str(folder))
+    assert described.returncode == 0 and "943" in described.stdout and "users kept" in described.stdout
+
+
+def test_recommend_on_a_synthetic_run_says_what_to_do(tmp_path):
+    run = tmp_path / "run"
+    assert jaxmeta("train", "--steps", "5", "--out", str(run), "--quiet").returncode == 0
+    (tmp_path / "me.csv").write_text("user,item,rating\n1,1,5\n")
+    out = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"))
+    assert out.returncode == 2 and "--data ml-100k" in out.stderr
