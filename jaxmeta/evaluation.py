@@ -59,6 +59,8 @@ __all__ = (
     "global_mean_predictions",
     "item_mean_predictions",
     "popularity_scores",
+    "paired_difference",
+    "per_user_metrics",
     "predict_tasks",
     "query_metrics",
     "with_item_ids",
@@ -128,6 +130,50 @@ def query_metrics(
     for k in ks:
         out[f"ndcg@{k}"] = float(metrics.mean_over_users(metrics.ndcg(scores, targets, mask, k=k, gain="exp"), users))
     return out
+
+
+def per_user_metrics(
+    predictions: Any, batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, np.ndarray]:
+    """The per-user values behind :func:`query_metrics`: ``{"mae", "rmse",
+    "ndcg@k"}``, each float ``[users]`` over the batch's real users (``nan``
+    where a value is undefined, e.g. nDCG of a user whose query ratings are all 0).
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxmeta.tasks import TaskBatch
+      >>> q = np.array([[5.0, 1.0], [3.0, 0.0]])
+      >>> mask = np.array([[True, True], [True, False]])
+      >>> batch = TaskBatch(None, np.zeros((2, 0)), np.zeros((2, 0), bool), None, q, mask)
+      >>> per_user_metrics(np.array([[4.0, 2.0], [3.5, 99.0]]), batch, ks=())["mae"].tolist()
+      [1.0, 0.5]
+    """
+    scores, targets, mask = _query_arrays(predictions, batch)
+    users = np.asarray(task_mask(batch))
+    out = {"mae": np.asarray(metrics.mae(scores, targets, mask))[users],
+           "rmse": np.asarray(metrics.rmse(scores, targets, mask))[users]}
+    for k in ks:
+        out[f"ndcg@{k}"] = np.asarray(metrics.ndcg(scores, targets, mask, k=k, gain="exp"))[users]
+    return out
+
+
+def paired_difference(a: Any, b: Any) -> tuple[float, float, int]:
+    """Mean of ``a - b`` over the users where both are finite, its standard
+    error (sample standard deviation over the square root of the count), and
+    that count: is method A better than method B on the same users, beyond noise?
+
+    Example:
+      >>> mean, se, n = paired_difference([0.5, 0.7, 0.9, np.nan], [0.6, 0.9, 1.0, 0.2])
+      >>> round(mean, 4), round(se, 4), n
+      (-0.1333, 0.0333, 3)
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_difference: shapes {a.shape} and {b.shape}: pass two per-user arrays of one shape.")
+    diff = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    if len(diff) < 2:
+        return float(np.mean(diff)) if len(diff) else float("nan"), float("nan"), len(diff)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))), len(diff)
 
 
 def floor_metrics(batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[str, float | None]]:

@@ -17,23 +17,30 @@ query ratings (:func:`jaxmeta.evaluation.query_metrics`: per user, then the mean
 over users). Methods: each meta-learner on MeLU
 (:data:`jaxmeta.algorithms.META_LEARNERS`), the global MeLU without adaptation
 (``no_adaptation``) and fine-tuned per user (``finetune``, same trained weights),
-biased MF trained on all warm users' ratings and fine-tuned per user on the user
-part (``mf``), and the baselines of :mod:`jaxmeta.evaluation` computed from all
-warm ratings (``global_mean``, ``item_mean``, ``popularity``, ``constant``,
-``random``). Every trained model runs the same number of outer steps on the same
-bucketed, fixed-shape batches (:func:`jaxmeta.train.batches`).
+biased MF trained on the training users' ratings and fine-tuned per user on the
+user part (``mf``), and the baselines of :mod:`jaxmeta.evaluation` computed from
+the training users' ratings (``global_mean``, ``item_mean``, ``popularity``,
+``constant``, ``random``). Every trained model runs up to the same number of
+outer steps on the same bucketed, fixed-shape batches
+(:func:`jaxmeta.train.batches`, support and query re-dealt every epoch by
+default) and is selected on held-out validation users (early stopping; the
+fine-tuning rate too), so the baselines get the same care as the meta-learners.
 
 The ``warm`` scenario scores the meta-training users themselves (MeLU's protocol):
 their query ratings were seen in training, by the models and by the item means.
 
 Outputs, in ``out_dir``: ``results.json``, ``{"dataset", "split", "results":
 {scenario: {method: {"mae", "rmse", "ndcg@3", "ndcg@5", "train_seconds",
-"users_per_s"}}}}`` (``train_seconds``: wall time of training, compilation
-and batching included; ``users_per_s``: real training users over it; ``null``
-where a value does not apply: timings of untrained baselines, MAE and RMSE of
-ranking-only ones), and ``results.md``, one Markdown table per scenario under
-the command that made it. ``finetune`` shares the trained global model, and
-so its timing, with ``no_adaptation``.
+"users_per_s"}}}, "selected": {method: {"step", "valid_mae", rate}}, "paired":
+{scenario: {algo: {baseline: {metric: [mean, standard error]}}}}}``
+(``train_seconds``: wall time of the outer steps, compilation and batching
+included, validation excluded; ``users_per_s``: real training users over it;
+``null`` where a value does not apply: timings of untrained baselines, MAE and
+RMSE of ranking-only ones; ``paired``: each meta-learner minus
+``no_adaptation`` and ``finetune`` per user, on MAE and nDCG@3), and
+``results.md``, the same as Markdown tables under the command that made them.
+``finetune`` shares the trained global model, and so its timing, with
+``no_adaptation``.
 
 References:
   H. Lee et al. MeLU: Meta-Learned User Preference Estimator for Cold-Start
@@ -49,7 +56,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -70,6 +78,8 @@ from jaxmeta.evaluation import (
     baseline_metrics,
     evaluation_batches,
     fit_item_stats,
+    paired_difference,
+    per_user_metrics,
     predict_tasks,
     query_metrics,
     with_item_ids,
@@ -81,6 +91,7 @@ from jaxmeta.train import TrainConfig, batches, make_learner, outer_optimizer
 DATASETS = ("ml-1m", "ml-100k")
 DEFAULT_ALGOS = ("maml", "fomaml", "metasgd", "reptile", "anil")
 METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5", "train_seconds", "users_per_s")
+DEFAULT_FINETUNE_LRS = (0.01, 0.03, 0.1)
 BASELINE_METHODS = ("no_adaptation", "finetune", "mf", "global_mean", "item_mean", "popularity", "constant", "random")
 
 __all__ = ("DATASETS", "DEFAULT_ALGOS", "METRICS", "Data", "format_markdown", "load", "main", "reproduce")
@@ -92,8 +103,9 @@ class Data(NamedTuple):
     dataset: str  # written to the results
     split: str  # written to the results
     train: RaggedTasks  # the meta-training users (inputs with "item_id")
+    valid: RaggedTasks  # held-out training-side users for model selection (inputs with "item_id")
     scenarios: dict[str, RaggedTasks]  # {scenario: users to evaluate} (inputs with "item_id")
-    warm_ratings: pd.DataFrame  # every training rating (user, item, rating): the simple baselines' data
+    warm_ratings: pd.DataFrame  # every rating of the training users (user, item, rating): the simple baselines' data
     encoder: FeatureEncoder  # the fitted feature encoder (its spec sizes MeLU)
 
 
@@ -106,44 +118,94 @@ def _tasks(table: pd.DataFrame, encoder: FeatureEncoder) -> RaggedTasks:
     return with_item_ids(splits.build_tasks(table, encoder), table)
 
 
-def load(dataset: str, data_dir: str | os.PathLike, *, seed: int = 0, item_field: bool = False) -> Data:
+def _fit_encoder(fit: Callable[..., FeatureEncoder], users: pd.DataFrame, items: pd.DataFrame,
+                 train: pd.DataFrame, vocab: str) -> FeatureEncoder:
+    """``fit(users, items)`` on every row (``vocab="all"``) or on the training
+    users and the items they rated only (``"train"``), looking all rows up."""
+    if vocab == "all":
+        return fit(users, items)
+    seen = fit(users[users["user"].isin(train["user"])], items[items["item"].isin(train["item"])])
+    return seen.with_tables(users, items)
+
+
+def load(
+    dataset: str,
+    data_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    item_field: bool = False,
+    vocab: str = "train",
+    min_count: int = 5,
+    valid_fraction: float = 0.1,
+) -> Data:
     """Reads and splits ``dataset`` (``"ml-1m"`` or ``"ml-100k"``) from ``data_dir``.
 
     ``data_dir`` is the folder holding ``ml-1m/`` and ``ml-100k/`` (or the
-    dataset's folder itself). ``seed`` draws the query items (and, on ML-100K,
-    the user split). ``item_field`` adds the item id as one more categorical
-    item field (``"movie"``) on ML-100K, whose only item feature is otherwise
-    its genres (ML-1M's MeLU fields are left as published).
+    dataset's folder itself). ``seed`` draws the query items, the validation
+    users (and, on ML-100K, the user split). ``item_field`` adds the item id as
+    one more categorical item field (``"movie"``) on ML-100K, whose only item
+    feature is otherwise its genres (ML-1M's MeLU fields are left as published).
+
+    Vocabularies: ``vocab="train"`` (default) builds them from the training
+    users and the items they rated, keeping values seen in at least
+    ``min_count`` rows of those tables; every other value (a new user's zip
+    code, a new movie's director, a rare actor) is the field's
+    out-of-vocabulary bucket, which the rare training values teach. ``"all"``
+    builds them from every user and item, as MeLU's code does: values seen only
+    in cold users or items then keep untrained embeddings.
+
+    Validation users, for model selection, never meta-train: on ML-1M a seeded
+    ``valid_fraction`` of MeLU's warm users, on ML-100K RecBole's ``valid`` part.
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset={dataset!r}: pass one of {DATASETS}.")
+    if vocab not in ("train", "all"):
+        raise ValueError(f"vocab={vocab!r}: pass 'train' (training users and items) or 'all'.")
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction={valid_fraction!r}: pass a fraction strictly between 0 and 1.")
     folder = _folder(data_dir, dataset)
+    split_rng, query_rng = np.random.default_rng(seed).spawn(2)
     if dataset == "ml-1m":
         ratings = ml.load_ml1m_ratings(folder, filename="ratings_no_timestamp.dat", duplicates="keep")
-        frames = splits.melu_scenarios(folder / "melu_states", ratings=ratings)
-        encoder = melu_encoder(ml.load_ml1m_users(folder), ml.load_melu_items(folder / "melu_extra"))
-        tables = splits.split_tables(frames, rng=seed)
+        states = splits.melu_scenarios(folder / "melu_states", ratings=ratings)
+        warm = states["warm"]
+        users = np.unique(warm["user"].to_numpy())
+        held = split_rng.choice(users, size=max(1, round(valid_fraction * len(users))), replace=False)
+        frames = {"warm": warm[~warm["user"].isin(held)], "valid": warm[warm["user"].isin(held)],
+                  **{s: f for s, f in states.items() if s != "warm"}}
+
+        def fit(u, i):
+            return melu_encoder(u, i, min_count=min_count)
+
+        encoder = _fit_encoder(fit, ml.load_ml1m_users(folder), ml.load_melu_items(folder / "melu_extra"),
+                               frames["warm"], vocab)
         train_name, names = "warm", {s: s for s in splits.SCENARIOS}
         split = "melu"
     else:
         ratings = ml.load_ml100k_ratings(folder)
         items = ml.load_ml100k_items(folder)
         items = items.assign(movie=items["item"]) if item_field else items
-        encoder = FeatureEncoder.fit(
-            ml.load_ml100k_users(folder), items,
-            user_categorical=["gender", "occupation", "zip"], user_numeric=["age"], item_multi=["genres"],
-            item_categorical=["movie"] if item_field else [],
-            prefix={"zip": 3},  # a full 5-digit zip is nearly a user id: useless for a new user
-        )
-        users_rng, query_rng = np.random.default_rng(seed).spawn(2)  # as splits.recbole_split
-        frames = splits.recbole_user_split(ratings, rng=users_rng)
-        tables = splits.split_tables(frames, rng=query_rng)
+        frames = splits.recbole_user_split(ratings, rng=split_rng)
+
+        def fit(u, i):
+            return FeatureEncoder.fit(
+                u, i, user_categorical=["gender", "occupation", "zip"], user_numeric=["age"], item_multi=["genres"],
+                item_categorical=["movie"] if item_field else [],
+                prefix={"zip": 3},  # a full 5-digit zip is nearly a user id: useless for a new user
+                # counts are rows of the user and item tables: an id field has one row per value
+                min_count={"gender": min_count, "occupation": min_count, "zip": min_count, "genres": min_count,
+                           **({"movie": 1} if item_field else {})},
+            )
+
+        encoder = _fit_encoder(fit, ml.load_ml100k_users(folder), items, frames["train"], vocab)
         train_name, names = "train", {"user_cold": "test"}
         split = "recbole-metarec user split (8:1:1)"
+    tables = splits.split_tables(frames, rng=query_rng)
     train = _tasks(tables[train_name], encoder)
+    valid = _tasks(tables["valid"], encoder)
     scenarios = {s: _tasks(tables[part], encoder) for s, part in names.items() if len(tables[part])}
-    warm = frames[train_name][["user", "item", "rating"]]
-    return Data(dataset, split, train, scenarios, warm, encoder)
+    warm_ratings = frames[train_name][["user", "item", "rating"]]
+    return Data(dataset, split, train, valid, scenarios, warm_ratings, encoder)
 
 
 # ----------------------------------------------------------------------------- models
@@ -164,21 +226,60 @@ def _mf_model(warm_items: np.ndarray, *, global_bias: float, dim: int = 32) -> M
     return Model(init=mf.init, apply=apply, is_fast=mf.is_fast, is_head=mf.is_head)
 
 
-def _train(learner: MetaLearner, tasks: RaggedTasks, config: TrainConfig, *, desc: str, progress: bool):
-    """``config.steps`` outer steps on :func:`jaxmeta.train.batches`; returns
-    ``(state, train_seconds, users_per_s)`` (wall time, compilation included)."""
+class Selected(NamedTuple):
+    """The checkpoint of one method that scored best on the validation users."""
+
+    state: MetaState
+    step: int  # outer steps it had taken
+    valid_mae: float  # its query MAE on the validation users
+
+
+def _train(
+    learner: MetaLearner,
+    tasks: RaggedTasks,
+    config: TrainConfig,
+    *,
+    desc: str,
+    progress: bool,
+    methods: dict[str, Callable[[MetaState], Callable[[TaskBatch], Any]]],
+    valid: Sequence[TaskBatch],
+    every: int,
+) -> tuple[dict[str, Selected], float, float]:
+    """``config.steps`` outer steps on :func:`jaxmeta.train.batches`, with model selection.
+
+    Every ``every`` steps (and after the last) each of ``methods`` (name to
+    ``state -> predict``) is scored on the ``valid`` users' query MAE; each
+    keeps its best checkpoint (early stopping). Returns ``({name: Selected},
+    train_seconds, users_per_s)``: wall time of the outer steps, compilation and
+    batching included, validation excluded.
+    """
     state = learner.init(jax.random.key(config.seed))
     stream = batches(tasks, config)
-    start, users, metrics = time.perf_counter(), 0, {}
-    for _ in tqdm(range(config.steps), desc=desc, disable=not progress, unit="step", leave=False):
+    best: dict[str, Selected] = {}
+    seconds, users, metrics = 0.0, 0, {}
+    start = time.perf_counter()
+    for step in tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, unit="step", leave=False):
         state, metrics = learner.step(state, next(stream))
         users = users + metrics["tasks"]  # stays on device: no sync per step
-    jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"{desc}: training diverged (final loss {loss}); lower inner_lr or outer_lr.")
-    return state, seconds, float(users) / seconds
+        if step % every == 0 or step == config.steps:
+            jax.block_until_ready(state)
+            seconds += time.perf_counter() - start
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"{desc}: training diverged at step {step} (loss {loss}); "
+                                         "lower inner_lr or outer_lr.")
+            for name, make in methods.items():
+                predictions, queries = predict_tasks(make(state), valid)
+                if not np.isfinite(predictions[np.asarray(queries.query_mask)]).all():
+                    continue  # this method diverged here (e.g. fine-tuning at too high a rate)
+                mae = query_metrics(predictions, queries, ks=())["mae"]
+                if name not in best or mae < best[name].valid_mae:
+                    best[name] = Selected(state, step, float(mae))
+            start = time.perf_counter()
+    missing = sorted(set(methods) - set(best))
+    if missing:
+        raise FloatingPointError(f"{desc}: {missing} never gave finite validation predictions; lower the rates.")
+    return best, seconds, float(users) / seconds
 
 
 def _row(metrics: dict[str, float | None], seconds: float | None = None, users_per_s: float | None = None):
@@ -200,8 +301,14 @@ def reproduce(
     steps: int = 2000,
     batch_size: int = 32,
     inner_steps: int = 5,
-    inner_lr: float = 0.05,
+    inner_lr: float | Mapping[str, float] = 0.1,
     outer_lr: float = 1e-3,
+    finetune_lrs: Sequence[float] = DEFAULT_FINETUNE_LRS,
+    resplit: bool = True,
+    eval_every: int = 100,
+    vocab: str = "train",
+    min_count: int = 5,
+    valid_fraction: float = 0.1,
     seed: int = 0,
     progress: bool = True,
     baselines: bool = True,
@@ -209,10 +316,15 @@ def reproduce(
     num_buckets: int = 4,
     eval_batch_size: int = 128,
     item_field: bool = False,
-    finetune_lr: float | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Meta-trains MeLU with each algorithm, scores every method in every scenario.
+
+    Every trained model is selected on held-out validation users (see
+    :func:`load`): each ``eval_every`` outer steps its query MAE there is
+    measured, and the best checkpoint is the one scored (early stopping). The
+    fine-tuning rate of ``finetune`` and ``mf`` is selected the same way, from
+    ``finetune_lrs``, jointly with the checkpoint.
 
     Args:
       dataset: ``"ml-1m"`` (MeLU's split, four scenarios) or ``"ml-100k"``
@@ -222,20 +334,26 @@ def reproduce(
         ``None`` writes nothing.
       algos: meta-learners to train, names of :data:`jaxmeta.algorithms.META_LEARNERS`.
       steps: outer steps of every trained model (meta-learners, the global
-        MeLU, MF).
+        MeLU, MF), the most it may take: the selected checkpoint may be earlier.
       batch_size: users per outer step.
       inner_steps: inner SGD steps, in training and at test time (fine-tuning too).
-      inner_lr: inner SGD rate (Meta-SGD: the initial rates; fine-tuning: the rate).
+      inner_lr: inner SGD rate (Meta-SGD: the initial rates); one number, or
+        ``{algo: rate}`` for every algorithm of ``algos``.
       outer_lr: Adam rate of the outer step (global-norm clip 1).
-      seed: initialisation, batch order, the query items (and the ML-100K user split).
+      finetune_lrs: the per-user SGD rates tried for ``finetune`` and ``mf``.
+      resplit: deal each training user's ratings afresh into support and query
+        every epoch (:func:`jaxmeta.tasks.resplit`); evaluation keeps MeLU's split.
+      eval_every: outer steps between validation checks.
+      vocab, min_count, valid_fraction: the vocabularies and the validation
+        users (see :func:`load`).
+      seed: initialisation, batch order, the query items, the validation users
+        (and the ML-100K user split).
       progress: show progress bars.
       baselines: also the global model and fine-tuning (``no_adaptation``,
         ``finetune``) and the simple baselines.
       mf: also biased MF (``mf``).
       num_buckets: support-size buckets of the training batches.
       eval_batch_size: users per evaluation batch.
-      finetune_lr: the SGD rate of the ``finetune`` and ``mf`` baselines
-        per-user steps (default ``inner_lr``).
       item_field: ML-100K only: the item id as one more MeLU field (see :func:`load`).
       command: the command line written at the top of ``results.md``; default
         the Python call.
@@ -246,52 +364,86 @@ def reproduce(
     unknown = [a for a in algos if a not in algorithms.META_LEARNERS]
     if unknown or isinstance(algos, str):
         raise ValueError(f"algos={algos!r}: pass a list drawn from {sorted(algorithms.META_LEARNERS)}.")
-    config = TrainConfig(steps=steps, batch_size=batch_size, inner_steps=inner_steps, inner_lr=inner_lr,
-                         outer_lr=outer_lr, num_buckets=num_buckets, seed=seed)
+    rates = dict(inner_lr) if isinstance(inner_lr, Mapping) else {a: inner_lr for a in algos}
+    if set(algos) - set(rates):
+        raise ValueError(f"inner_lr={inner_lr!r} has no rate for {sorted(set(algos) - set(rates))}: "
+                         "pass one number or a rate for every algorithm.")
+    if not finetune_lrs or any(not lr > 0 for lr in finetune_lrs):
+        raise ValueError(f"finetune_lrs={finetune_lrs!r}: pass one or more positive rates.")
+    if eval_every < 1:
+        raise ValueError(f"eval_every={eval_every}: pass a positive number of outer steps.")
+    config = TrainConfig(steps=steps, batch_size=batch_size, inner_steps=inner_steps, outer_lr=outer_lr,
+                         num_buckets=num_buckets, seed=seed, resplit=resplit)
     if command is None:
         args = {"algos": tuple(algos), "steps": steps, "batch_size": batch_size, "inner_steps": inner_steps,
-                "inner_lr": inner_lr, "outer_lr": outer_lr, "seed": seed, "baselines": baselines, "mf": mf,
-                "item_field": item_field, "finetune_lr": finetune_lr}
+                "inner_lr": inner_lr, "outer_lr": outer_lr, "finetune_lrs": tuple(finetune_lrs),
+                "resplit": resplit, "eval_every": eval_every, "vocab": vocab, "min_count": min_count,
+                "valid_fraction": valid_fraction, "seed": seed, "baselines": baselines, "mf": mf,
+                "item_field": item_field}
         command = (f"python -c 'from jaxmeta.reproduce import reproduce; reproduce({dataset!r}, {str(data_dir)!r}, "
                    f"{None if out_dir is None else str(out_dir)!r}, " + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")'")
-    finetune_lr = inner_lr if finetune_lr is None else finetune_lr
     start = time.perf_counter()
-    data = load(dataset, data_dir, seed=seed, item_field=item_field)
+    data = load(dataset, data_dir, seed=seed, item_field=item_field, vocab=vocab, min_count=min_count,
+                valid_fraction=valid_fraction)
     mean = float(data.warm_ratings["rating"].mean())
     model = melu(data.encoder.spec, output_bias=mean)
     # One support size for every evaluation batch: one compilation per method, not per scenario and bucket.
-    support = max(int(t.support_sizes.max()) for t in data.scenarios.values())
-    query = max(int(t.query_sizes.max()) for t in data.scenarios.values())
-    eval_batches = {
-        s: list(evaluation_batches(t, eval_batch_size, support_size=support, query_size=query))
-        for s, t in data.scenarios.items()
-    }
+    every_user = [data.valid, *data.scenarios.values()]
+    support = max(int(t.support_sizes.max()) for t in every_user)
+    query = max(int(t.query_sizes.max()) for t in every_user)
+
+    def shaped(tasks: RaggedTasks) -> list[TaskBatch]:
+        return list(evaluation_batches(tasks, eval_batch_size, support_size=support, query_size=query))
+
+    valid = shaped(data.valid)
+    eval_batches = {s: shaped(t) for s, t in data.scenarios.items()}
     results: dict[str, dict[str, Any]] = {s: {} for s in data.scenarios}
+    selected: dict[str, dict[str, Any]] = {}
+
+    per_user: dict[str, dict[str, dict[str, np.ndarray]]] = {s: {} for s in data.scenarios}
 
     def score(method: str, predict: Callable[[TaskBatch], Any], seconds=None, users_per_s=None):
         for s, bs in eval_batches.items():
             predictions, queries = predict_tasks(predict, bs)
             results[s][method] = _row(query_metrics(predictions, queries, ks=DEFAULT_KS), seconds, users_per_s)
+            per_user[s][method] = per_user_metrics(predictions, queries, ks=(3,))
+
+    def train(learner, desc, methods):
+        return _train(learner, data.train, config, desc=desc, progress=progress, methods=methods, valid=valid,
+                      every=eval_every)
+
+    def keep(method: str, best: Selected, **extra):
+        selected[method] = {"step": best.step, "valid_mae": round(best.valid_mae, 4), **extra}
 
     for algo in algos:
-        learner = make_learner(dataclasses.replace(config, algo=algo), model)
-        state, seconds, rate = _train(learner, data.train, config, desc=algo, progress=progress)
-        score(algo, _predictor(learner, state), seconds, rate)
+        learner = make_learner(dataclasses.replace(config, algo=algo, inner_lr=rates[algo]), model)
+        best, seconds, rate = train(learner, algo, {algo: partial(_predictor, learner)})
+        keep(algo, best[algo], inner_lr=rates[algo])
+        score(algo, _predictor(learner, best[algo].state), seconds, rate)
+
+    def finetuners(name: str, model: Model):
+        """Fine-tuning at each rate, and its validation predictors ``{"name@rate": state -> predict}``."""
+        tuners = {lr: algorithms.finetune(model, inner_optimizer=optax.sgd(lr), inner_steps=inner_steps)
+                  for lr in finetune_lrs}
+        return tuners, {f"{name}@{lr}": partial(_predictor, t) for lr, t in tuners.items()}
+
+    def keep_tuned(name: str, tuners, best, seconds, rate):
+        lr = min(finetune_lrs, key=lambda r: best[f"{name}@{r}"].valid_mae)
+        keep(name, best[f"{name}@{lr}"], finetune_lr=lr)
+        score(name, _predictor(tuners[lr], best[f"{name}@{lr}"].state), seconds, rate)
 
     if baselines:
-        outer = outer_optimizer(config)
-        glob = algorithms.no_adaptation(model, outer_optimizer=outer)
-        state, seconds, rate = _train(glob, data.train, config, desc="global model", progress=progress)
-        score("no_adaptation", _predictor(glob, state), seconds, rate)
-        tune = algorithms.finetune(model, inner_optimizer=optax.sgd(finetune_lr), inner_steps=inner_steps,
-                                   outer_optimizer=outer)
-        score("finetune", _predictor(tune, state), seconds, rate)
+        glob = algorithms.no_adaptation(model, outer_optimizer=outer_optimizer(config))
+        tuners, methods = finetuners("finetune", model)
+        best, seconds, rate = train(glob, "global model", {"no_adaptation": partial(_predictor, glob), **methods})
+        keep("no_adaptation", best["no_adaptation"])
+        score("no_adaptation", _predictor(glob, best["no_adaptation"].state), seconds, rate)
+        keep_tuned("finetune", tuners, best, seconds, rate)
     if mf:
         mf_model = _mf_model(data.warm_ratings["item"].to_numpy(), global_bias=mean)
         glob = algorithms.no_adaptation(mf_model, outer_optimizer=outer_optimizer(config))
-        state, seconds, rate = _train(glob, data.train, config, desc="mf", progress=progress)
-        tune = algorithms.finetune(mf_model, inner_optimizer=optax.sgd(finetune_lr), inner_steps=inner_steps)
-        score("mf", _predictor(tune, state), seconds, rate)
+        tuners, methods = finetuners("mf", mf_model)
+        keep_tuned("mf", tuners, *train(glob, "mf", methods))
     if baselines:
         stats = fit_item_stats(data.warm_ratings)
         for s, bs in eval_batches.items():
@@ -299,7 +451,8 @@ def reproduce(
             for method, m in baseline_metrics(stats, queries, ks=DEFAULT_KS).items():
                 results[s][method] = _row(m)
 
-    out = {"dataset": dataset, "split": data.split, "results": results}
+    out = {"dataset": dataset, "split": data.split, "results": results, "selected": selected,
+           "paired": _paired(per_user, algos)}
     total = time.perf_counter() - start
     if out_dir is not None:
         path = Path(out_dir)
@@ -307,7 +460,23 @@ def reproduce(
         (path / "results.json").write_text(json.dumps(out, indent=2) + "\n")
         (path / "results.md").write_text(format_markdown(out, command=command, seconds=total,
                                                          users={s: len(t) for s, t in data.scenarios.items()},
-                                                         train_users=len(data.train)))
+                                                         train_users=len(data.train), valid_users=len(data.valid)))
+    return out
+
+
+def _paired(per_user: dict[str, dict[str, dict[str, np.ndarray]]], algos: Sequence[str]) -> dict[str, Any]:
+    """``{scenario: {algo: {baseline: {metric: [mean, standard error]}}}}``: each
+    meta-learner minus ``no_adaptation`` and ``finetune``, paired over the
+    scenario's users (:func:`jaxmeta.evaluation.paired_difference`)."""
+    out: dict[str, Any] = {}
+    for s, methods in per_user.items():
+        for algo in algos:
+            for base in ("no_adaptation", "finetune"):
+                if algo in methods and base in methods:
+                    for metric in ("mae", "ndcg@3"):
+                        mean, se, _ = paired_difference(methods[algo][metric], methods[base][metric])
+                        cell = out.setdefault(s, {}).setdefault(algo, {}).setdefault(base, {})
+                        cell[metric] = [round(mean, 5), round(se, 5)]
     return out
 
 
@@ -320,13 +489,23 @@ def _cell(value: float | None, digits: int) -> str:
 
 
 def format_markdown(results: dict[str, Any], *, command: str, seconds: float | None = None,
-                    users: dict[str, int] | None = None, train_users: int | None = None) -> str:
+                    users: dict[str, int] | None = None, train_users: int | None = None,
+                    valid_users: int | None = None) -> str:
     """``results`` (as :func:`reproduce` returns it) as Markdown: the command,
-    then one table per scenario, then a note for each scenario where no
-    meta-learner beats the per-item mean on RMSE."""
+    the checkpoints model selection chose, one table per scenario, then a note
+    for each scenario where no meta-learner beats the per-item mean on RMSE."""
     lines = [f"# {results['dataset']}, {results['split']}", "", "```", command, "```", ""]
     if seconds is not None:
-        lines += [f"Whole run: {seconds:.0f} s" + (f"; {train_users} meta-training users." if train_users else "."), ""]
+        counts = [f"{train_users} meta-training users"] if train_users else []
+        counts += [f"{valid_users} validation users"] if valid_users else []
+        lines += [f"Whole run: {seconds:.0f} s" + (f"; {', '.join(counts)}." if counts else "."), ""]
+    if results.get("selected"):
+        lines += ["Checkpoints chosen on the validation users (query MAE):", "",
+                  "| method | step | validation MAE | rate |", "|---|---:|---:|---:|"]
+        for method, pick in results["selected"].items():
+            rate = pick.get("inner_lr", pick.get("finetune_lr"))
+            lines.append(f"| {method} | {pick['step']} | {pick['valid_mae']:.4f} | {'–' if rate is None else rate} |")
+        lines += ["", "Rate: the inner rate of a meta-learner, the per-user rate chosen for `finetune` and `mf`.", ""]
     notes = []
     for scenario, methods in results["results"].items():
         count = f" ({users[scenario]} users)" if users and scenario in users else ""
@@ -347,11 +526,48 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
             else:
                 notes.append(f"- {scenario}: best meta-learner {best}, RMSE {meta[best]:.4f} vs per-item mean "
                              f"{item:.4f}.")
+    if results.get("paired"):
+        lines += ["## Meta-learners against the MeLU baselines, paired over users", "",
+                  "Mean per-user difference (meta-learner minus baseline) ± its standard error. "
+                  "Negative ΔMAE and positive ΔnDCG@3 favour the meta-learner; a difference within about "
+                  "two standard errors of 0 is not a clear win either way.", "",
+                  "| scenario | method | ΔMAE vs no_adaptation | ΔMAE vs finetune | ΔnDCG@3 vs no_adaptation "
+                  "| ΔnDCG@3 vs finetune |", "|---|---|---:|---:|---:|---:|"]
+        for scenario, algos in results["paired"].items():
+            for algo, bases in algos.items():
+                cells = [f"{bases[b][m][0]:+.4f} ± {bases[b][m][1]:.4f}" if b in bases else "–"
+                         for m in ("mae", "ndcg@3") for b in ("no_adaptation", "finetune")]
+                lines.append(f"| {scenario} | {algo} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += [("MAE and RMSE in stars and nDCG with the gain 2^r − 1 are per user over the 10 query items, "
                "then averaged over users; – where a value does not apply."), ""]
     if notes:
         lines += ["## Against the per-item mean (RMSE)", "", *notes, ""]
     return "\n".join(lines)
+
+
+def _inner_rates(values: Sequence[str]) -> float | dict[str, float]:
+    """``--inner-lr`` values: one rate (``0.1``), and/or ``algo=rate`` pairs
+    (``0.1 reptile=0.03``: 0.1 for every algorithm but Reptile)."""
+    default, rates = None, {}
+    for value in values:
+        name, _, rate = value.rpartition("=")
+        try:
+            number = float(rate)
+        except ValueError:
+            raise ValueError(f"--inner-lr {value!r}: pass a rate such as 0.1 or algo=rate such as reptile=0.03.")
+        if name and name not in algorithms.META_LEARNERS:
+            raise ValueError(f"--inner-lr {value!r}: {name!r} is not an algorithm; pass one of "
+                             f"{sorted(algorithms.META_LEARNERS)}.")
+        if name:
+            rates[name] = number
+        else:
+            default = number
+    if not rates:
+        return 0.1 if default is None else default
+    if default is not None:
+        rates = {**{a: default for a in algorithms.META_LEARNERS}, **rates}
+    return rates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -360,13 +576,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("JAXMETA_DATA", "../shared/data"))
     parser.add_argument("--out-dir", default="results")
     parser.add_argument("--algos", nargs="+", default=list(DEFAULT_ALGOS), choices=sorted(algorithms.META_LEARNERS))
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2000, help="most outer steps of every trained model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--inner-steps", type=int, default=5)
-    parser.add_argument("--inner-lr", type=float, default=0.05)
+    parser.add_argument("--inner-lr", nargs="+", default=["0.1"],
+                        help="inner SGD rate: one number, and/or algo=rate pairs (e.g. 0.1 reptile=0.03)")
     parser.add_argument("--outer-lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-lrs", type=float, nargs="+", default=list(DEFAULT_FINETUNE_LRS),
+                        help="per-user rates tried for finetune and mf (chosen on the validation users)")
+    parser.add_argument("--eval-every", type=int, default=100, help="outer steps between validation checks")
+    parser.add_argument("--no-resplit", action="store_true", help="keep each training user's support/query split")
+    parser.add_argument("--vocab", default="train", choices=("train", "all"),
+                        help="vocabularies from the training users and items, or from all (MeLU's code)")
+    parser.add_argument("--min-count", type=int, default=5, help="fewest rows for a value to enter a vocabulary")
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="ML-1M: warm users held out for validation")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning rate (default: --inner-lr)")
     parser.add_argument("--item-field", action="store_true", help="ML-100K: the item id as a MeLU field")
     parser.add_argument("--no-mf", action="store_true", help="skip biased MF")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -374,10 +598,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:
     """Runs :func:`reproduce` with parsed flags and prints the Markdown table."""
+    try:
+        inner_lr = _inner_rates(args.inner_lr)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     reproduce(args.dataset, args.data_dir, args.out_dir, algos=tuple(args.algos), steps=args.steps,
-              batch_size=args.batch_size, inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-              outer_lr=args.outer_lr, seed=args.seed, progress=not args.quiet, mf=not args.no_mf,
-              item_field=args.item_field, finetune_lr=args.finetune_lr, command=command)
+              batch_size=args.batch_size, inner_steps=args.inner_steps, inner_lr=inner_lr,
+              outer_lr=args.outer_lr, finetune_lrs=tuple(args.finetune_lrs), eval_every=args.eval_every,
+              resplit=not args.no_resplit, vocab=args.vocab, min_count=args.min_count,
+              valid_fraction=args.valid_fraction, seed=args.seed, progress=not args.quiet, mf=not args.no_mf,
+              item_field=args.item_field, command=command)
     print((Path(args.out_dir) / "results.md").read_text())
     return 0
 

@@ -1,12 +1,14 @@
 """A short reproduction on the real MovieLens-100K (RecBole-MetaRec's user split).
 
 Skipped, with the reason, where the data is absent (set JAXMETA_DATA to the
-folder holding ml-100k/). About 1.5 minutes on a 2-core CPU.
+folder holding ml-100k/). About 2 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from conftest import real
 
@@ -19,8 +21,14 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert out["dataset"] == "ml-100k"
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == out
-    assert set(written) == {"dataset", "split", "results"}
+    assert set(written) == {"dataset", "split", "results", "selected", "paired"}
+    picks = written["selected"]
+    assert set(picks) == {"fomaml", "no_adaptation", "finetune"}
+    assert all(p["step"] in (100, 200, 300) and 0 < p["valid_mae"] < 2 for p in picks.values()), picks
+    assert picks["finetune"]["finetune_lr"] in (0.01, 0.03, 0.1) and picks["fomaml"]["inner_lr"] == 0.1
     table = written["results"]["user_cold"]
+    mae, se = written["paired"]["user_cold"]["fomaml"]["no_adaptation"]["mae"]
+    assert mae == pytest.approx(table["fomaml"]["mae"] - table["no_adaptation"]["mae"], abs=1e-4) and se > 0
     assert set(table) == {"fomaml", "no_adaptation", "finetune", "global_mean", "item_mean", "popularity",
                           "constant", "random"}
     assert all(set(row) == set(METRICS) for row in table.values())
@@ -30,3 +38,4 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
         table["constant"]["ndcg@3"] - table["random"]["ndcg@3"]) < 1e-6
     markdown = (tmp_path / "results.md").read_text()
     assert markdown.splitlines()[3].startswith("python -c") and "| fomaml |" in markdown
+    assert "paired over users" in markdown and "| user_cold | fomaml |" in markdown
