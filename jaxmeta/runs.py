@@ -40,12 +40,13 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import optax
+import pandas as pd
 import yaml
 
 from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.checkpoint import CheckpointError, Checkpoints
-from jaxmeta.data import synthetic
+from jaxmeta.data import interactions, splits, synthetic
 from jaxmeta.data.features import FeatureEncoder
 from jaxmeta.evaluation import evaluation_batches, predict_tasks, query_metrics
 from jaxmeta.models import Model, embedding_mlp, melu
@@ -94,13 +95,59 @@ def load_data(config: TrainConfig) -> RunData:
                               output_bias=data.mean_rating)
         return RunData(data.train.take(order[held:]), data.train.take(order[:held]), {"user_cold": data.new},
                        model, None)
-    from jaxmeta import (
-        reproduce,  # reproduce builds on this module's driver: import it when needed
-    )
+    if config.data == "table":
+        return _table_data(config)
+    from jaxmeta import reproduce  # noqa: I001 (reproduce builds on this module's driver: import it when needed)
 
     data = reproduce.load(config.data, config.data_dir, seed=config.data_seed)
     model = melu(data.encoder.spec, output_bias=float(data.warm_ratings["rating"].mean()))
     return RunData(data.train, data.valid, data.scenarios, model, data.encoder)
+
+
+def _table_data(config: TrainConfig) -> RunData:
+    """Any ratings table: the four cold-start scenarios computed from it, the item id as the one feature.
+
+    Cold users: a seeded random 20%. Cold items: those first rated in the
+    latest 20% of first-rating times when the table has a ``timestamp``
+    column, else a seeded random 20%. The item vocabulary holds the warm items
+    only, so every cold item is the OOV item. Validation: 10% of the warm users.
+    """
+    ratings = interactions.read_interactions(config.path, user="user", item="item", rating="rating",
+                                             timestamp=_timestamp_column(config.path))
+    users_rng, items_rng, valid_rng, query_rng = np.random.default_rng(config.data_seed).spawn(4)
+    if "timestamp" in ratings:
+        cold_items: Any = "first_rating"
+    else:
+        ids = np.sort(ratings["item"].unique())
+        cold_items = set(items_rng.choice(ids, size=round(0.2 * len(ids)), replace=False).tolist())
+    frames = splits.cold_start_scenarios(ratings, cold_items=cold_items, cold_users="random", rng=users_rng)
+    warm = frames["warm"]
+    ids = np.sort(warm["user"].unique())
+    held = valid_rng.choice(ids, size=max(1, round(VALID_FRACTION * len(ids))), replace=False)
+    frames = {"warm": warm[~warm["user"].isin(held)], "valid": warm[warm["user"].isin(held)],
+              **{s: f for s, f in frames.items() if s != "warm"}}
+    items = pd.DataFrame({"item": np.sort(ratings["item"].unique())})
+    encoder = FeatureEncoder.fit(None, items[items["item"].isin(frames["warm"]["item"])],
+                                 item_categorical=["item"]).with_tables(items=items)
+    tables = splits.split_tables(frames, rng=query_rng)
+    tasks = {name: splits.build_tasks(t, encoder) for name, t in tables.items() if len(t)}
+    if "warm" not in tasks or "valid" not in tasks:
+        raise ValueError(f"{config.path}: too few users with {splits.MIN_RATINGS}-{splits.MAX_RATINGS} ratings "
+                         "to train and validate on; pass a larger table.")
+    scenarios = {s: tasks[s] for s in splits.SCENARIOS if s in tasks}
+    model = melu(encoder.spec, output_bias=float(frames["warm"]["rating"].mean()))
+    return RunData(tasks["warm"], tasks["valid"], scenarios, model, encoder)
+
+
+def _timestamp_column(path: str) -> str | None:
+    """``"timestamp"`` when the table's header has it."""
+    if Path(path).suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+    else:
+        names = pd.read_csv(path, nrows=0, sep=None, engine="python").columns
+    return "timestamp" if "timestamp" in names else None
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:

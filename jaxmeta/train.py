@@ -38,7 +38,7 @@ from jaxmeta.models import Model, embedding_mlp
 from jaxmeta.tasks import RaggedTasks, TaskBatch, bucket_by_support, epoch_plan, pad_tasks, resplit
 
 
-DATA_SOURCES = ("synthetic", "ml-100k", "ml-1m")
+DATA_SOURCES = ("synthetic", "ml-100k", "ml-1m", "table")
 # Fields a resumed run may change: they do not alter the computation of the steps already taken.
 RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last")
 
@@ -63,6 +63,7 @@ class TrainConfig:
     data_seed: int = 0  # the synthetic data
     data: str = "synthetic"  # one of DATA_SOURCES
     data_dir: str = "../shared/data"  # the folder holding ml-100k/ and ml-1m/ (MovieLens sources)
+    path: str = ""  # data="table": a CSV or Parquet file with user, item, rating (and optional timestamp) columns
     eval_every: int = 100  # steps between validation checks (they rank the checkpoints)
     checkpoint_every: int = 500  # steps between checkpoints of a run with an output folder
     keep_last: int = 3  # checkpoints kept besides the best
@@ -72,6 +73,9 @@ class TrainConfig:
             raise ValueError(f"algo={self.algo!r}: pass one of {sorted(algorithms.META_LEARNERS)}.")
         if self.data not in DATA_SOURCES:
             raise ValueError(f"data={self.data!r}: pass one of {DATA_SOURCES}.")
+        if (self.data == "table") != bool(self.path):
+            raise ValueError(f"data={self.data!r}, path={self.path!r}: pass a ratings file as path with "
+                             "data='table' (--data table --path FILE), and a path only then.")
         for name in ("steps", "batch_size", "inner_steps", "num_buckets", "embed_dim", "eval_every",
                      "checkpoint_every", "keep_last"):
             if getattr(self, name) < 1:

@@ -267,3 +267,22 @@ def test_recommend_on_a_synthetic_run_says_what_to_do(tmp_path):
     (tmp_path / "me.csv").write_text("user,item,rating\n1,1,5\n")
     out = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"))
     assert out.returncode == 2 and "--data ml-100k" in out.stderr
+
+
+def test_train_and_eval_on_any_ratings_table(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [(u, int(i), int(rng.integers(1, 6)), 1000 * u + int(i))
+            for u in range(240) for i in rng.choice(120, size=int(rng.integers(14, 40)), replace=False)]
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating,timestamp\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    run = tmp_path / "run"
+    trained = jaxmeta("train", "--data", "table", "--path", str(path), "--steps", "6", "--eval-every", "3",
+                      "--out", str(run), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    assert "(table)" in trained.stdout
+    evaluated = jaxmeta("eval", "--run", str(run), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert set(scores) <= {"warm", "user_cold", "item_cold", "user_item_cold"} and "user_cold" in scores
+    missing = jaxmeta("train", "--data", "table", "--quiet")
+    assert missing.returncode == 2 and "--data table --path FILE" in missing.stderr

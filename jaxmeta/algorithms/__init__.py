@@ -2,6 +2,11 @@
 
 from jaxmeta.algorithms._core import MetaLearner as MetaLearner
 from jaxmeta.algorithms._core import MetaState as MetaState
+from jaxmeta.algorithms._core import build as build  # the engine, for new algorithms (examples/custom_algorithm.py)
+from jaxmeta.algorithms._core import query_loss as query_loss
+from jaxmeta.algorithms._core import split_fast as split_fast
+from jaxmeta.algorithms._core import support_loss as support_loss
+from jaxmeta.algorithms._core import tree_vdot as tree_vdot
 from jaxmeta.algorithms.anil import anil as anil
 from jaxmeta.algorithms.baselines import finetune as finetune
 from jaxmeta.algorithms.baselines import no_adaptation as no_adaptation
@@ -30,11 +35,16 @@ __all__ = (
     "MetaLearner",
     "MetaState",
     "anil",
+    "build",
     "finetune",
     "fomaml",
     "imaml",
     "maml",
     "metasgd",
     "no_adaptation",
+    "query_loss",
     "reptile",
+    "split_fast",
+    "support_loss",
+    "tree_vdot",
 )
