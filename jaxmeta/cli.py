@@ -27,6 +27,7 @@ TRAIN_FLAGS = (
     ("--data", "data", str, "data source"),
     ("--data-dir", "data_dir", str, "folder holding ml-100k/ and ml-1m/ (MovieLens sources)"),
     ("--path", "path", str, "--data table: a CSV/Parquet file with user, item, rating (and timestamp) columns"),
+    ("--scenario", "scenario", str, "the scenario whose new users the table reports"),
     ("--steps", "steps", int, "outer steps"),
     ("--batch-size", "batch_size", int, "users per outer step"),
     ("--inner-steps", "inner_steps", int, "inner steps"),

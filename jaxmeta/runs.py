@@ -233,7 +233,7 @@ def run(
 
     Returns:
       ``{"algo", "query_mse": {"before", "after", "no_adaptation", "finetune"},
-      "new_users", "seconds", "config"}`` (new users: the first scenario's).
+      "new_users", "seconds", "config"}`` (new users: those of ``config.scenario``).
 
     Raises:
       CheckpointError: ``resume`` without a run in ``out``, or with other settings.
@@ -248,7 +248,10 @@ def run(
         _check_resumable(yaml.safe_load((folder / CONFIG_FILE).read_text()), config, folder)
     data = load_data(config)
     valid = _valid_batches(data.valid)
-    new_users = pad_tasks(next(iter(data.scenarios.values())))
+    if config.scenario not in data.scenarios:
+        raise ValueError(f"scenario={config.scenario!r}: the {config.data} data has the scenarios "
+                         f"{sorted(data.scenarios)}; pass one of them.")
+    new_users = pad_tasks(data.scenarios[config.scenario])
     extra = {"config": json.loads(json.dumps(dataclasses.asdict(config)))}
     if data.encoder is not None:
         extra["encoder"] = data.encoder.to_dict()
@@ -382,7 +385,8 @@ def format_table(result: dict[str, Any]) -> str:
     width = max(len(label) for label, _ in rows)
     data = result["config"].get("data", "synthetic")
     lines = [
-        f"query MSE on {result['new_users']} new users ({'synthetic data' if data == 'synthetic' else data})",
+        f"query MSE on {result['new_users']} new users ({'synthetic data' if data == 'synthetic' else data}, "
+        f"{result['config'].get('scenario', 'user_cold')})",
         f"{'model':<{width}}  query MSE",
         f"{'-' * width}  ---------",
     ]

@@ -1,14 +1,11 @@
-"""The thin training driver: data in, a meta-trained learner and a results table out.
+"""The thin training loop: configs, the resumable data stream, and :func:`fit`.
 
-``run(TrainConfig(...))`` meta-trains one algorithm on the built-in synthetic
-data, trains the global model of the baselines on the same users for the same
-number of steps, and reports the query MSE on held-out *new* users:
-
-* ``before``: the meta-learned initialisation, not adapted;
-* ``after``: the meta-learned initialisation adapted on each new user's support set;
-* ``no_adaptation``: the global model;
-* ``finetune``: the global model with all its fast weights adapted per user by
-  plain SGD at the config's inner rate for the config's inner steps.
+:class:`TrainConfig` holds a job's settings (the flags of ``jaxmeta train``);
+:class:`BatchStream` gives the shuffled, bucketed, fixed-shape training batches
+and can be saved and restored mid-epoch; :func:`fit` runs the outer steps with
+validation, ``metrics.jsonl`` records and orbax checkpoints
+(:mod:`jaxmeta.checkpoint`), stops on a NaN loss and saves on Ctrl-C. The job
+around it (data sources, run folders, evaluation) is :mod:`jaxmeta.runs`.
 """
 
 from __future__ import annotations
@@ -64,6 +61,7 @@ class TrainConfig:
     data: str = "synthetic"  # one of DATA_SOURCES
     data_dir: str = "../shared/data"  # the folder holding ml-100k/ and ml-1m/ (MovieLens sources)
     path: str = ""  # data="table": a CSV or Parquet file with user, item, rating (and optional timestamp) columns
+    scenario: str = "user_cold"  # the new users the training table reports (jaxmeta eval scores every scenario)
     eval_every: int = 100  # steps between validation checks (they rank the checkpoints)
     checkpoint_every: int = 500  # steps between checkpoints of a run with an output folder
     keep_last: int = 3  # checkpoints kept besides the best

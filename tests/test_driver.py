@@ -279,10 +279,15 @@ def test_train_and_eval_on_any_ratings_table(tmp_path):
     trained = jaxmeta("train", "--data", "table", "--path", str(path), "--steps", "6", "--eval-every", "3",
                       "--out", str(run), "--quiet")
     assert trained.returncode == 0, trained.stderr
-    assert "(table)" in trained.stdout
+    assert "(table, user_cold)" in trained.stdout
     evaluated = jaxmeta("eval", "--run", str(run), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert set(scores) <= {"warm", "user_cold", "item_cold", "user_item_cold"} and "user_cold" in scores
     missing = jaxmeta("train", "--data", "table", "--quiet")
     assert missing.returncode == 2 and "--data table --path FILE" in missing.stderr
+
+
+def test_an_unknown_scenario_names_the_ones_there(tmp_path):
+    out = jaxmeta("train", "--steps", "2", "--scenario", "item_cold", "--quiet", cwd=tmp_path)
+    assert out.returncode == 2 and "['user_cold']" in out.stderr and "scenario='item_cold'" in out.stderr
