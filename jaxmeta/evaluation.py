@@ -121,14 +121,10 @@ def query_metrics(
       >>> round(m["mae"], 4), round(m["rmse"], 4), m["ndcg@1"]  # user means (1, 0.5), (1, 0.5)
       (0.75, 0.75, 1.0)
     """
-    scores, targets, mask = _query_arrays(predictions, batch)
-    users = np.asarray(task_mask(batch))
-    out: dict[str, float | None] = {"mae": None, "rmse": None}
-    if ratings:
-        out["mae"] = float(metrics.mean_over_users(metrics.mae(scores, targets, mask), users))
-        out["rmse"] = float(metrics.mean_over_users(metrics.rmse(scores, targets, mask), users))
-    for k in ks:
-        out[f"ndcg@{k}"] = float(metrics.mean_over_users(metrics.ndcg(scores, targets, mask, k=k, gain="exp"), users))
+    values = per_user_metrics(predictions, batch, ks=ks)
+    out: dict[str, float | None] = {name: float(metrics.mean_over_users(v)) for name, v in values.items()}
+    if not ratings:
+        out["mae"] = out["rmse"] = None
     return out
 
 

@@ -30,6 +30,7 @@ from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.algorithms.maml import DEFAULT_INNER_STEPS
 from jaxmeta.checkpoint import Checkpoints
+from jaxmeta.evaluation import predict_tasks, query_metrics
 from jaxmeta.data import synthetic
 from jaxmeta.models import Model, embedding_mlp
 from jaxmeta.tasks import RaggedTasks, TaskBatch, bucket_by_support, epoch_plan, pad_tasks, resplit
@@ -216,23 +217,14 @@ class MetricsLog:
 
 
 def validation_metrics(learner: MetaLearner, state: MetaState, batches: Sequence[TaskBatch]) -> dict[str, float]:
-    """Query ``loss`` (the learner's loss after adaptation), ``mae`` and ``rmse``
-    of the validation users, per user then averaged over users."""
-    losses, weights, predictions, targets, masks = [], [], [], [], []
-    for batch in batches:
-        out = learner.evaluate(state, batch)
-        losses.append(float(out["query_loss_after"]) * float(out["tasks"]))
-        weights.append(float(out["tasks"]))
-        predictions.append(np.asarray(learner.predict(state, batch)))
-        targets.append(np.asarray(batch.query_y))
-        masks.append(np.asarray(batch.query_mask))
-    p, y, m = (np.concatenate(v) for v in (predictions, targets, masks))
-    users = m.any(axis=1)
-    err = np.where(m, p - y, 0.0)
-    count = np.maximum(m.sum(axis=1), 1)
-    return {"loss": sum(losses) / max(sum(weights), 1.0),
-            "mae": float((np.abs(err).sum(axis=1) / count)[users].mean()),
-            "rmse": float(np.sqrt((err**2).sum(axis=1) / count)[users].mean())}
+    """Query ``loss`` (the learner's loss after adaptation, mean over users),
+    ``mae`` and ``rmse`` (:func:`jaxmeta.evaluation.query_metrics`) of the validation users."""
+    losses = [learner.evaluate(state, batch) for batch in batches]
+    users = sum(float(out["tasks"]) for out in losses)
+    loss = sum(float(out["query_loss_after"]) * float(out["tasks"]) for out in losses) / max(users, 1.0)
+    predictions, queries = predict_tasks(lambda batch: learner.predict(state, batch), batches)
+    scores = query_metrics(predictions, queries, ks=())
+    return {"loss": loss, "mae": scores["mae"], "rmse": scores["rmse"]}
 
 
 class _Interrupt:
