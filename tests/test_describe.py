@@ -168,3 +168,17 @@ def test_rejects_a_split_without_support():
 def test_format_rejects_other_dicts():
     with pytest.raises(ValueError, match="pass the dict that describe"):
         format_description({"users": 3})
+
+
+def test_read_ratings_source_finds_movielens_files_and_says_what_is_missing(tmp_path):
+    from jaxmeta.data.describe import read_ratings_source
+
+    (tmp_path / "ratings_no_timestamp.dat").write_text("1::10::5\n1::11::3\n2::10::4\n")  # MeLU's copy of ML-1M
+    table = read_ratings_source(tmp_path)
+    assert table[["user", "item", "rating"]].values.tolist() == [[1, 10, 5], [1, 11, 3], [2, 10, 4]]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="neither u.data"):
+        read_ratings_source(empty)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        read_ratings_source(tmp_path / "nope.csv")

@@ -256,15 +256,17 @@ def read_ratings_source(path: str | os.PathLike) -> pd.DataFrame:
     """The ratings behind ``jaxmeta data describe PATH``.
 
     ``path`` is a MovieLens folder (one holding ``u.data``: ML-100K; or
-    ``ratings.dat``: ML-1M), or a CSV/Parquet file with ``user``, ``item`` and
+    ``ratings.dat`` or MeLU's ``ratings_no_timestamp.dat``: ML-1M, every row
+    kept), or a CSV/Parquet file with ``user``, ``item`` and
     ``rating`` columns (:func:`jaxmeta.data.interactions.read_interactions`).
     """
     path = Path(path)
     if path.is_dir():
         if (path / "u.data").is_file():
             return movielens.load_ml100k_ratings(path)
-        if (path / "ratings.dat").is_file():
-            return movielens.load_ml1m_ratings(path)
+        for name in ("ratings.dat", "ratings_no_timestamp.dat"):  # MovieLens-1M, or MeLU's copy of it
+            if (path / name).is_file():
+                return movielens.load_ml1m_ratings(path, filename=name, duplicates="keep")
         raise FileNotFoundError(f"{path}: a folder, but neither u.data (MovieLens-100K) nor ratings.dat "
                                 "(MovieLens-1M) is in it; pass a MovieLens folder or a ratings file.")
     if not path.is_file():
