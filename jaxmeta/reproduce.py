@@ -168,11 +168,7 @@ def load(
     if dataset == "ml-1m":
         ratings = ml.load_ml1m_ratings(folder, filename="ratings_no_timestamp.dat", duplicates="keep")
         states = splits.melu_scenarios(folder / "melu_states", ratings=ratings)
-        warm = states["warm"]
-        users = np.unique(warm["user"].to_numpy())
-        held = split_rng.choice(users, size=max(1, round(valid_fraction * len(users))), replace=False)
-        frames = {"warm": warm[~warm["user"].isin(held)], "valid": warm[warm["user"].isin(held)],
-                  **{s: f for s, f in states.items() if s != "warm"}}
+        frames = splits.hold_out_users(states, valid_fraction, rng=split_rng)
 
         def fit(u, i):
             return melu_encoder(u, i, min_count=min_count)

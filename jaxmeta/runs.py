@@ -121,11 +121,7 @@ def _table_data(config: TrainConfig) -> RunData:
         ids = np.sort(ratings["item"].unique())
         cold_items = set(items_rng.choice(ids, size=round(0.2 * len(ids)), replace=False).tolist())
     frames = splits.cold_start_scenarios(ratings, cold_items=cold_items, cold_users="random", rng=users_rng)
-    warm = frames["warm"]
-    ids = np.sort(warm["user"].unique())
-    held = valid_rng.choice(ids, size=max(1, round(VALID_FRACTION * len(ids))), replace=False)
-    frames = {"warm": warm[~warm["user"].isin(held)], "valid": warm[warm["user"].isin(held)],
-              **{s: f for s, f in frames.items() if s != "warm"}}
+    frames = splits.hold_out_users(frames, VALID_FRACTION, rng=valid_rng)
     items = pd.DataFrame({"item": np.sort(ratings["item"].unique())})
     encoder = FeatureEncoder.fit(None, items[items["item"].isin(frames["warm"]["item"])],
                                  item_categorical=["item"]).with_tables(items=items)

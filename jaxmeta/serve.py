@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from jaxmeta.algorithms import MetaLearner, MetaState
+from jaxmeta.data import splits
 from jaxmeta.data.features import FeatureEncoder
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
@@ -276,14 +277,7 @@ class Recommender:
 
     def _check_ratings(self, ratings: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """The ratings table checked, and its ratings as float32."""
-        if not isinstance(ratings, pd.DataFrame):
-            raise TypeError(f"ratings must be a pandas DataFrame, got {type(ratings).__name__}.")
-        missing = [c for c in RATINGS_COLUMNS if c not in ratings.columns]
-        if missing:
-            raise ValueError(
-                f"ratings lacks the column(s) {missing}; available columns: {list(ratings.columns)}. "
-                "Pass one row per rating with columns user, item, rating."
-            )
+        splits._columns(ratings, RATINGS_COLUMNS, "ratings", "Pass one row per rating with columns user, item, rating.")
         if len(ratings) == 0:
             raise ValueError(
                 "ratings has no rows: every user to score needs at least one rating to adapt on; pass each "

@@ -85,6 +85,7 @@ __all__ = (
     "build_tasks",
     "cold_start_scenarios",
     "cold_start_split",
+    "hold_out_users",
     "melu_scenarios",
     "melu_split",
     "recbole_split",
@@ -139,6 +140,29 @@ def _fraction(name: str, value: float) -> float:
 
 
 # ----------------------------------------------------------------------------- task tables
+
+
+def hold_out_users(
+    scenarios: Mapping[str, pd.DataFrame], fraction: float, *, rng: np.random.Generator
+) -> dict[str, pd.DataFrame]:
+    """Moves a random ``fraction`` of the ``"warm"`` users (at least one) to a new ``"valid"`` scenario.
+
+    The validation users' ratings leave ``warm``, so they never train; the
+    other scenarios are kept as they are. Returns ``{"warm", "valid", *others}``.
+
+    Example:
+      >>> warm = pd.DataFrame({"user": [1, 1, 2, 3], "item": [5, 6, 5, 7], "rating": [4.0, 3.0, 5.0, 1.0]})
+      >>> out = hold_out_users({"warm": warm}, 0.3, rng=np.random.default_rng(0))
+      >>> list(out), len(out["warm"]) + len(out["valid"]), out["valid"]["user"].nunique()
+      (['warm', 'valid'], 4, 1)
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction={fraction!r}: pass a fraction strictly between 0 and 1.")
+    warm = scenarios["warm"]
+    users = np.unique(warm["user"].to_numpy())
+    held = rng.choice(users, size=max(1, round(fraction * len(users))), replace=False)
+    chosen = warm["user"].isin(held)
+    return {"warm": warm[~chosen], "valid": warm[chosen], **{s: f for s, f in scenarios.items() if s != "warm"}}
 
 
 def select_queries(
