@@ -330,6 +330,7 @@ def epoch_plan(
     *,
     rng: np.random.Generator,
     buckets: Buckets | None = None,
+    spill: bool = False,
 ) -> list[tuple[np.ndarray, int]]:
     """The batches of one shuffled pass, as ``(user indices, padded support size)``.
 
@@ -337,6 +338,13 @@ def epoch_plan(
     a shuffled order. :func:`epoch_batches` pads them; a resumable stream
     (:class:`jaxmeta.train.BatchStream`) replans an epoch from a saved generator
     state without padding the batches it skips.
+
+    With ``spill``, the users of all buckets form one sequence (bucket after
+    bucket, by increasing support size) cut into batches, so that the last
+    users of a bucket share a batch with the first users of the next instead
+    of padding users: such a batch is padded to the larger bucket's size (no
+    new compiled shape), and only the last batch of the pass is partial. It
+    wastes fewer rows when buckets hold few batches each.
 
     Example:
       >>> plan = epoch_plan([3, 3, 9], 2, rng=np.random.default_rng(0))
@@ -348,9 +356,15 @@ def epoch_plan(
     if buckets is None:
         buckets = bucket_by_support(support_sizes, num_buckets=1)
     chunks = []
-    for idx, size in zip(buckets.indices, buckets.support_sizes):
-        idx = rng.permutation(idx)
-        chunks += [(idx[s : s + batch_size], size) for s in range(0, len(idx), batch_size)]
+    if spill:
+        order = np.concatenate([rng.permutation(idx) for idx in buckets.indices])
+        sizes = np.concatenate([np.full(len(idx), size) for idx, size in zip(buckets.indices, buckets.support_sizes)])
+        chunks = [(order[s : s + batch_size], int(sizes[s : s + batch_size].max()))
+                  for s in range(0, len(order), batch_size)]
+    else:
+        for idx, size in zip(buckets.indices, buckets.support_sizes):
+            idx = rng.permutation(idx)
+            chunks += [(idx[s : s + batch_size], size) for s in range(0, len(idx), batch_size)]
     return [chunks[c] for c in rng.permutation(len(chunks))]
 
 

@@ -33,9 +33,10 @@ def real(sub: str) -> Path:
     return path
 
 
-def tiny_model(dtype=jnp.float32) -> Model:
+def tiny_model(dtype=jnp.float32, *, staged: bool = False) -> Model:
     """Two embedded fields (slow) -> tanh layer -> linear head (fast). Smooth, so
-    finite differences are accurate everywhere."""
+    finite differences are accurate everywhere. ``staged``: with the embedding
+    lookup declared as the model's input stage (``Model.embed``)."""
 
     def init(key):
         k = jax.random.split(key, 4)
@@ -45,12 +46,21 @@ def tiny_model(dtype=jnp.float32) -> Model:
             "head": {"w": jax.random.normal(k[3], (3, 1), dtype) * 0.7, "b": jnp.full((1,), 0.2, dtype)},
         }
 
-    def apply(params, x):
-        h = jnp.concatenate([params["emb"][0][x[:, 0]], params["emb"][1][x[:, 1]]], axis=-1)
-        h = jnp.tanh(h @ params["body"]["w"] + params["body"]["b"][None, :])
-        return (h @ params["head"]["w"] + params["head"]["b"][None, :])[:, 0]
+    def embed(params, x):
+        return jnp.concatenate([params["emb"][0][x[:, 0]], params["emb"][1][x[:, 1]]], axis=-1)
 
-    return Model(init, apply, is_fast=lambda p: p[0] != "emb", is_head=lambda p: p[0] == "head")
+    def apply_embedded(params, h):
+        return after_dense(params, h @ params["body"]["w"] + params["body"]["b"][None, :])
+
+    def after_dense(params, z):
+        return (jnp.tanh(z) @ params["head"]["w"] + params["head"]["b"][None, :])[:, 0]
+
+    model = Model(init, lambda params, x: apply_embedded(params, embed(params, x)), is_fast=lambda p: p[0] != "emb",
+                  is_head=lambda p: p[0] == "head")
+    if staged:
+        model = model._replace(embed=embed, apply_embedded=apply_embedded, is_embedding=lambda p: p[0] == "emb",
+                               dense=("body",), after_dense=after_dense)
+    return model
 
 
 def random_tasks(num_users: int, *, seed: int = 0, support=(2, 6), query=(1, 4), dtype=np.float32) -> RaggedTasks:

@@ -14,7 +14,7 @@ from jaxmeta import algorithms
 from jaxmeta.models import Model
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
-from conftest import meta_grad, random_tasks, tiny_model
+from conftest import learner_factories, meta_grad, random_tasks, tiny_model
 
 LR, K = 0.3, 3
 
@@ -201,3 +201,79 @@ def test_imaml_gradient_equals_closed_form_on_quadratic(curvature, slow_grad):
     got_theta = np.append(np.asarray(grads["w"]), grads["b"])
     np.testing.assert_allclose(got_theta, np.mean(want_theta, 0), rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(grads["c"], np.mean(want_c), rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(learner_factories(optax.sgd(1.0))))
+def test_embedding_once_per_task_changes_no_gradient(name):
+    # A model that declares its embedding stage is embedded once per task, before the
+    # inner loop; the step must equal the one that embeds at every inner step.
+    tasks = pad_tasks(random_tasks(4, seed=6, dtype=np.float64), dtype=np.float64)
+    factory = learner_factories(optax.sgd(1.0))[name]
+    plain, staged = factory(tiny_model(jnp.float64)), factory(tiny_model(jnp.float64, staged=True))
+    assert_same_learner(staged, plain, tiny_model(jnp.float64).init(jax.random.key(3)), tasks)
+
+
+def assert_same_learner(got_learner, want_learner, params, tasks, rtol=1e-10):
+    """Same meta-gradient, metrics, adapted weights, predictions and evaluation from the same state."""
+    (want, _), want_metrics = meta_grad(want_learner, _state(want_learner, params), tasks)
+    (got, _), got_metrics = meta_grad(got_learner, _state(got_learner, params), tasks)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-12)
+    for key in want_metrics:
+        np.testing.assert_allclose(got_metrics[key], want_metrics[key], rtol=rtol)
+    state = _state(got_learner, params)
+    np.testing.assert_allclose(got_learner.predict(state, tasks), want_learner.predict(state, tasks), rtol=rtol)
+    for a, b in zip(jax.tree.leaves(got_learner.adapt(state, tasks)), jax.tree.leaves(want_learner.adapt(state, tasks))):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-12)
+    for key, value in want_learner.evaluate(state, tasks).items():
+        np.testing.assert_allclose(got_learner.evaluate(state, tasks)[key], value, rtol=rtol)
+
+
+def test_an_embedding_stage_with_fast_tables_is_not_used():
+    model = tiny_model(jnp.float64, staged=True)
+    assert model.staged() and model.staged(lambda path: path[0] == "head")
+    assert not model.staged(lambda path: True)  # the tables are adapted too: embed at every inner step
+    tasks = pad_tasks(random_tasks(3, seed=2, dtype=np.float64), dtype=np.float64)
+    params = model.init(jax.random.key(0))
+    grads = []
+    for m in (model, tiny_model(jnp.float64)):
+        learner = algorithms.maml(m, inner_optimizer=optax.sgd(LR), inner_steps=K, outer_optimizer=optax.sgd(1.0),
+                                  is_fast=lambda path: True)
+        grads.append(meta_grad(learner, _state(learner, params), tasks)[0])
+    for a, b in zip(*(jax.tree.leaves(g) for g in grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="set all three or none"):
+        model._replace(is_embedding=None).staged()
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("remat", [False, True])
+def test_dense_layer_in_closed_form_equals_plain_sgd(first_order, remat):
+    # inner_optimizer given as a number: the first dense layer is adapted in closed form
+    # (jaxmeta.inner.inner_adapt_dense); step, metrics, adapted weights and predictions
+    # must be those of the plain SGD loop, and the second-order gradient that of the
+    # finite-difference-checked reference.
+    tasks = pad_tasks(random_tasks(4, seed=9, dtype=np.float64), dtype=np.float64)
+    kwargs = dict(inner_steps=K, outer_optimizer=optax.sgd(1.0), first_order=first_order, remat=remat)
+    model = tiny_model(jnp.float64, staged=True)
+    assert model.dense_fast() and not model.dense_fast(lambda path: path[0] == "head")
+    closed = algorithms.maml(model, inner_optimizer=LR, **kwargs)
+    plain = algorithms.maml(tiny_model(jnp.float64), inner_optimizer=optax.sgd(LR), **kwargs)
+    assert_same_learner(closed, plain, model.init(jax.random.key(5)), tasks, rtol=1e-9)
+
+
+def test_closed_form_maml_matches_finite_differences():
+    model = tiny_model(jnp.float64, staged=True)
+    tasks = random_tasks(3, seed=4, dtype=np.float64)
+    params = model.init(jax.random.key(1))
+    learner = algorithms.maml(model, inner_optimizer=LR, inner_steps=K, outer_optimizer=optax.sgd(1.0))
+    (grads, _), _ = meta_grad(learner, _state(learner, params), pad_tasks(tasks, dtype=np.float64))
+    numeric = central_differences(lambda p: maml_reference(model, p, users_of(tasks)), params)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(numeric)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1])
+def test_a_non_positive_inner_rate_is_refused(bad):
+    with pytest.raises(ValueError, match=f"inner_optimizer={bad}: pass a positive SGD rate"):
+        algorithms.maml(tiny_model(), inner_optimizer=bad)

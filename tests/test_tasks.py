@@ -16,6 +16,7 @@ from jaxmeta.tasks import (
     TaskBatch,
     bucket_by_support,
     epoch_batches,
+    epoch_plan,
     pad_tasks,
     padded_fraction,
     resplit,
@@ -405,3 +406,17 @@ def test_training_batches_resplit_every_epoch_with_fixed_shapes():
     assert codes(first) != codes(second)  # new query rows in the second epoch
     fixed = next(batches(tasks, TrainConfig(batch_size=4, num_buckets=1)))
     assert codes(fixed) == sorted(np.concatenate(tasks.query_y).tolist())
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=60), k=st.integers(1, 5), batch_size=st.integers(1, 9))
+def test_epoch_plan_spill_visits_every_user_once_with_one_partial_batch(sizes, k, batch_size):
+    buckets = bucket_by_support(sizes, k)
+    plan = epoch_plan(sizes, batch_size, rng=np.random.default_rng(0), buckets=buckets, spill=True)
+    seen = np.concatenate([idx for idx, _ in plan])
+    assert sorted(seen.tolist()) == list(range(len(sizes)))
+    assert sum(len(idx) < batch_size for idx, _ in plan) <= 1  # only the last users of the pass
+    for idx, width in plan:
+        assert width in buckets.support_sizes and width >= max(sizes[i] for i in idx)
+        # padded to the largest bucket it draws from, not beyond
+        assert width == min(s for s in buckets.support_sizes if s >= max(sizes[i] for i in idx))

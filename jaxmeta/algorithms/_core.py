@@ -104,6 +104,29 @@ def query_loss(model: Model, loss_fn: LossFn, params: Params, task: TaskBatch) -
     return rows_loss(model, loss_fn, params, task.query_x, task.query_y, task.query_mask)
 
 
+def embed_stage(model: Model, is_fast: Callable) -> tuple[Model, Callable[[Params, TaskBatch], TaskBatch]]:
+    """``(inner_model, embed)``: how an algorithm runs a task's inner loop.
+
+    When the model has an input stage that reads only slow weights
+    (:meth:`jaxmeta.models.Model.staged`), ``embed(params, task)`` replaces the
+    task's inputs by their features, computed once (padded rows zeroed first,
+    as :func:`rows_loss` does), and ``inner_model`` applies the rest of the
+    model to them: the inner steps then never repeat the embedding lookups, and
+    the meta-gradient reaches the tables once per user rather than once per
+    inner step. Otherwise ``embed`` returns the task unchanged and
+    ``inner_model`` is ``model``.
+    """
+    if not model.staged(is_fast):
+        return model, lambda params, task: task
+
+    def embed(params: Params, task: TaskBatch) -> TaskBatch:
+        features = lambda x, mask: model.embed(params, zero_padded_rows(x, mask))  # noqa: E731
+        return task._replace(support_x=features(task.support_x, task.support_mask),
+                             query_x=features(task.query_x, task.query_mask))
+
+    return model._replace(apply=model.apply_embedded, embed=None, apply_embedded=None, is_embedding=None), embed
+
+
 def split_fast(params: Params, is_fast: Callable) -> tuple[Params, Params]:
     """``(fast, slow)`` parts of ``params`` under the path predicate ``is_fast``."""
     return partition(params, mask_where(params, is_fast))
@@ -225,6 +248,7 @@ def build(
     outer_optimizer: optax.GradientTransformation,
     chunk_size: int | None = None,
     init_hyper: Callable[[Params], Any] = lambda params: (),
+    predict_task: Callable[[Meta, TaskBatch], jax.Array] | None = None,
 ) -> MetaLearner:
     """Assembles a :class:`MetaLearner` from an algorithm's per-task functions.
 
@@ -237,6 +261,9 @@ def build(
       outer_optimizer: optax transformation of ``(params, hyper)``.
       chunk_size: users per chunk inside the compiled functions (``None``: all).
       init_hyper: ``init_hyper(params) -> hyper``.
+      predict_task: ``predict_task(meta, task) -> [query]``, the task's query
+        predictions after adaptation, for ``predict`` and ``evaluate``; default:
+        the model applied with the weights of ``adapt_task``.
     """
     _check_chunk_size(chunk_size)
 
@@ -258,17 +285,18 @@ def build(
         meta = (state.params, state.hyper)
         return map_tasks(lambda task: adapt_task(meta, task)[0], batch, chunk_size)
 
-    def adapted_params(state: MetaState, task: TaskBatch):
-        fast, _ = adapt_task((state.params, state.hyper), task)
-        return combine(fast, split_fast(state.params, is_fast)[1])
+    def adapted_predictions(state: MetaState, task: TaskBatch) -> jax.Array:
+        meta = (state.params, state.hyper)
+        if predict_task is not None:
+            return predict_task(meta, task)
+        fast, _ = adapt_task(meta, task)
+        return model.apply(combine(fast, split_fast(state.params, is_fast)[1]), task.query_x)
 
     @jax.jit
     def evaluate(state: MetaState, batch: TaskBatch) -> Metrics:
         def one(task):
-            return {
-                "query_loss_before": query_loss(model, loss_fn, state.params, task),
-                "query_loss_after": query_loss(model, loss_fn, adapted_params(state, task), task),
-            }
+            after = masked_loss(loss_fn, adapted_predictions(state, task), task.query_y, task.query_mask)
+            return {"query_loss_before": query_loss(model, loss_fn, state.params, task), "query_loss_after": after}
 
         per_task = map_tasks(one, batch, chunk_size)
         valid = task_mask(batch)
@@ -276,7 +304,6 @@ def build(
 
     @jax.jit
     def predict(state: MetaState, batch: TaskBatch) -> jax.Array:
-        one = lambda task: model.apply(adapted_params(state, task), task.query_x)  # noqa: E731
-        return map_tasks(one, batch, chunk_size)
+        return map_tasks(lambda task: adapted_predictions(state, task), batch, chunk_size)
 
     return MetaLearner(init, step, adapt, evaluate, predict, is_fast)

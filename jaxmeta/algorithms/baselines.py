@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import optax
 
-from jaxmeta.algorithms._core import MetaLearner, all_rows, build, rows_loss, split_fast, support_loss
+from jaxmeta.algorithms._core import MetaLearner, all_rows, build, embed_stage, rows_loss, split_fast, support_loss
 from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
@@ -39,10 +39,13 @@ def _global_model(
         value = rows_loss(model, loss_fn, meta[0], *all_rows(task))
         return value, {"loss": value}
 
+    inner_model, embed = embed_stage(model, is_fast)
+
     def adapt_task(meta, task):
         fast, slow = split_fast(meta[0], is_fast)
+        task = embed(slow, task)
         return inner_adapt(
-            lambda f: support_loss(model, loss_fn, combine(f, slow), task),
+            lambda f: support_loss(inner_model, loss_fn, combine(f, slow), task),
             fast,
             optimizer=inner_optimizer,
             steps=inner_steps,

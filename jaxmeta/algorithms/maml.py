@@ -16,12 +16,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import optax
 
-from jaxmeta.algorithms._core import MetaLearner, build, query_loss, split_fast, support_loss
-from jaxmeta.inner import inner_adapt
+from jaxmeta.algorithms._core import (
+    MetaLearner,
+    build,
+    embed_stage,
+    masked_loss,
+    query_loss,
+    split_fast,
+    support_loss,
+)
+from jaxmeta.inner import dense_outputs, dense_weights, inner_adapt, inner_adapt_dense
 from jaxmeta.losses import LossFn, get_loss
-from jaxmeta.models import Model, combine
+from jaxmeta.models import Model, combine, mask_where, partition, path_names
 
 DEFAULT_INNER_OPTIMIZER = optax.sgd(0.03)
 DEFAULT_INNER_STEPS = 5
@@ -39,6 +48,7 @@ def maml_family(
     chunk_size: int | None,
     is_fast: Callable | None,
     init_hyper: Callable[[Any], Any] = lambda params: (),
+    inner_lr: float | None = None,
 ) -> MetaLearner:
     """MAML with the inner optimizer made from the meta-learned ``hyper``.
 
@@ -46,32 +56,41 @@ def maml_family(
     step, so meta-learned hyper-parameters (Meta-SGD's learning rates) receive
     gradients like any parameter. :func:`maml`, :func:`jaxmeta.algorithms.anil` and
     :func:`jaxmeta.algorithms.metasgd` are this with different arguments.
+    ``inner_lr``: the inner optimizer is plain SGD at this rate; a model with a
+    fast dense layer on its features (:meth:`jaxmeta.models.Model.dense_fast`)
+    then adapts it in closed form (:func:`jaxmeta.inner.inner_adapt_dense`).
     """
     if inner_steps < 1:
         raise ValueError(f"inner_steps={inner_steps}: meta-learning needs at least one inner step.")
     loss_fn = get_loss(loss)
     is_fast = model.is_fast if is_fast is None else is_fast
+    inner_model, embed = embed_stage(model, is_fast)
+    if inner_lr is not None and model.dense_fast(is_fast):
+        return _dense_maml(model, embed, inner_lr=inner_lr, inner_steps=inner_steps,
+                           outer_optimizer=outer_optimizer, loss_fn=loss_fn, first_order=first_order, remat=remat,
+                           chunk_size=chunk_size, is_fast=is_fast)
 
     def adapt(meta, task, *, first_order=False, remat=False):
         params, hyper = meta
         fast, slow = split_fast(params, is_fast)
+        task = embed(slow, task)
         adapted, losses = inner_adapt(
-            lambda f: support_loss(model, loss_fn, combine(f, slow), task),
+            lambda f: support_loss(inner_model, loss_fn, combine(f, slow), task),
             fast,
             optimizer=inner_optimizer(hyper),
             steps=inner_steps,
             first_order=first_order,
             remat=remat,
         )
-        return (adapted, slow), losses
+        return adapted, slow, task, losses
 
     def objective(meta, task):
-        (adapted, slow), losses = adapt(meta, task, first_order=first_order, remat=remat)
-        value = query_loss(model, loss_fn, combine(adapted, slow), task)
+        adapted, slow, task, losses = adapt(meta, task, first_order=first_order, remat=remat)
+        value = query_loss(inner_model, loss_fn, combine(adapted, slow), task)
         return value, {"loss": value, "inner_loss": losses[0]}
 
     def adapt_task(meta, task):
-        (adapted, _), losses = adapt(meta, task)
+        adapted, _, _, losses = adapt(meta, task)
         return adapted, losses
 
     return build(
@@ -86,10 +105,51 @@ def maml_family(
     )
 
 
+def _dense_maml(model: Model, embed: Callable, *, inner_lr: float, inner_steps: int,
+                outer_optimizer: optax.GradientTransformation, loss_fn: LossFn, first_order: bool, remat: bool,
+                chunk_size: int | None, is_fast: Callable) -> MetaLearner:
+    """:func:`maml_family` for plain SGD on a model whose first fast layer is dense on its
+    features: that layer is adapted in closed form (the same function, far less work)."""
+    is_dense = lambda path: path[: len(model.dense)] == tuple(model.dense)  # noqa: E731
+
+    def adapt(meta, task, *, first_order=False, remat=False):
+        fast, slow = split_fast(meta[0], is_fast)
+        task = embed(slow, task)
+        layer, rest = partition(fast, mask_where(fast, is_dense))
+        named = {path_names(p)[-1]: x for p, x in jax.tree_util.tree_leaves_with_path(layer)}
+        support = lambda z, r: masked_loss(  # noqa: E731
+            loss_fn, model.after_dense(combine(r, slow), z), task.support_y, task.support_mask)
+        result = inner_adapt_dense(support, task.support_x, named["w"], named["b"], rest, learning_rate=inner_lr,
+                                   steps=inner_steps, first_order=first_order, remat=remat)
+        return result, layer, named, slow, task
+
+    def query(meta, task, *, first_order=False, remat=False):
+        result, _, named, slow, task = adapt(meta, task, first_order=first_order, remat=remat)
+        z = dense_outputs(task.query_x, task.support_x, named["w"], named["b"], result.total,
+                          learning_rate=inner_lr, first_order=first_order)
+        return model.after_dense(combine(result.rest, slow), z), result.losses, task
+
+    def objective(meta, task):
+        predictions, losses, task = query(meta, task, first_order=first_order, remat=remat)
+        value = masked_loss(loss_fn, predictions, task.query_y, task.query_mask)
+        return value, {"loss": value, "inner_loss": losses[0]}
+
+    def adapt_task(meta, task):
+        result, layer, named, _, task = adapt(meta, task)
+        weights = dict(zip(("w", "b"), dense_weights(task.support_x, named["w"], named["b"], result.total,
+                                                    learning_rate=inner_lr)))
+        layer = jax.tree_util.tree_map_with_path(lambda p, _: weights[path_names(p)[-1]], layer)
+        return combine(layer, result.rest), result.losses
+
+    return build(model, loss_fn=loss_fn, objective=objective, adapt_task=adapt_task, is_fast=is_fast,
+                 outer_optimizer=outer_optimizer, chunk_size=chunk_size,
+                 predict_task=lambda meta, task: query(meta, task)[0])
+
+
 def maml(
     model: Model,
     *,
-    inner_optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
+    inner_optimizer: optax.GradientTransformation | float = DEFAULT_INNER_OPTIMIZER,
     inner_steps: int = DEFAULT_INNER_STEPS,
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
     loss: str | LossFn = "mse",
@@ -104,7 +164,11 @@ def maml(
       model: the model; its ``is_fast`` leaves are adapted per user.
       inner_optimizer: optax transformation of the inner loop (plain SGD, lr 0.03,
         by default); its state starts fresh for every user. For Adam in second
-        order, pass ``eps_root > 0`` (see :func:`jaxmeta.inner.inner_adapt`).
+        order, pass ``eps_root > 0`` (see :func:`jaxmeta.inner.inner_adapt`). A
+        number is plain SGD at that rate, which lets a model with a fast dense
+        layer on its features (MeLU, :func:`jaxmeta.models.embedding_mlp`) adapt
+        that layer in closed form (:func:`jaxmeta.inner.inner_adapt_dense`; the
+        same result, several times faster).
       inner_steps: inner steps ``K`` on the support set.
       outer_optimizer: optax transformation of the meta-parameters.
       loss: ``"mse"`` (ratings), ``"bce"`` (clicks, model outputs logits) or an
@@ -129,9 +193,16 @@ def maml(
       >>> sorted(metrics), int(metrics["tasks"])
       (['inner_loss', 'loss', 'tasks'], 8)
     """
+    inner_lr = None
+    if isinstance(inner_optimizer, int | float):
+        if not inner_optimizer > 0:
+            raise ValueError(f"inner_optimizer={inner_optimizer}: pass a positive SGD rate or an optax transformation.")
+        inner_lr = float(inner_optimizer)
+        inner_optimizer = optax.sgd(inner_lr)
     return maml_family(
         model,
         inner_optimizer=lambda hyper: inner_optimizer,
+        inner_lr=inner_lr,
         inner_steps=inner_steps,
         outer_optimizer=outer_optimizer,
         loss=loss,

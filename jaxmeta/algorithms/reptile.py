@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 import optax
 
-from jaxmeta.algorithms._core import MetaLearner, all_rows, build, rows_loss, split_fast, tree_vdot
+from jaxmeta.algorithms._core import MetaLearner, all_rows, build, embed_stage, rows_loss, split_fast, tree_vdot
 from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
@@ -44,23 +44,25 @@ def reptile(
     loss_fn = get_loss(loss)
     is_fast = model.is_fast if is_fast is None else is_fast
     sg = jax.lax.stop_gradient
+    inner_model, embed = embed_stage(model, is_fast)
 
     def train(fast, slow, x, y, mask):
-        rows = lambda f: rows_loss(model, loss_fn, combine(f, slow), x, y, mask)  # noqa: E731
+        rows = lambda f: rows_loss(inner_model, loss_fn, combine(f, slow), x, y, mask)  # noqa: E731
         return inner_adapt(rows, fast, optimizer=inner_optimizer, steps=inner_steps, first_order=True)
 
     def objective(meta, task):
         fast, slow = split_fast(meta[0], is_fast)
-        x, y, mask = all_rows(task)
-        adapted, losses = train(sg(fast), sg(slow), x, y, mask)
+        x, y, mask = all_rows(embed(slow, task))
+        adapted, losses = train(sg(fast), sg(slow), sg(x), y, mask)
         adapted = sg(adapted)
-        value = rows_loss(model, loss_fn, combine(adapted, slow), x, y, mask)
+        value = rows_loss(inner_model, loss_fn, combine(adapted, slow), x, y, mask)
         # d/d fast = fast - adapted (the Reptile direction); d/d slow = d value / d slow.
         surrogate = tree_vdot(jax.tree.map(lambda f, a: f - a, sg(fast), adapted), fast) + value
         return surrogate, {"loss": value, "inner_loss": losses[0]}
 
     def adapt_task(meta, task):
         fast, slow = split_fast(meta[0], is_fast)
+        task = embed(slow, task)
         return train(fast, slow, task.support_x, task.support_y, task.support_mask)
 
     return build(

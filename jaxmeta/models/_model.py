@@ -38,12 +38,55 @@ class Model(NamedTuple):
         ``("layers", "0", "w")``: True for the weights adapted per user.
       is_head: like ``is_fast``, True for the output head only (what ANIL adapts);
         ``None`` if the model has no designated head.
+      embed: optional input stage, ``embed(params, x) -> features`` (leaves
+        ``[rows, ...]``), reading only the leaves where ``is_embedding`` holds,
+        such that ``apply(params, x) == apply_embedded(params, embed(params, x))``.
+        When none of those leaves is fast, the algorithms embed each task's rows
+        once, before the inner loop, instead of at every inner step (the lookups
+        and their gradients are then taken once per user).
+      apply_embedded: the rest of ``apply``, from the features; set with ``embed``.
+      is_embedding: path predicate of the leaves ``embed`` reads; set with ``embed``.
+      dense: optional, with ``embed``: the path of a dense layer ``{"w": [in, out],
+        "b": [out]}`` that ``apply_embedded`` applies first to the features, such
+        that ``apply_embedded(params, h) == after_dense(params, h @ w + b)``. When
+        it is fast and the inner optimizer is plain SGD given as a number, MAML
+        adapts it in closed form (:func:`jaxmeta.inner.inner_adapt_dense`).
+      after_dense: the rest of ``apply_embedded``, from the dense layer's
+        pre-activation; set with ``dense``.
     """
 
     init: Callable[[jax.Array], Params]
     apply: Callable[[Params, Any], jax.Array]
     is_fast: Callable[[Path], bool] = _all_fast
     is_head: Callable[[Path], bool] | None = None
+    embed: Callable[[Params, Any], Any] | None = None
+    apply_embedded: Callable[[Params, Any], jax.Array] | None = None
+    is_embedding: Callable[[Path], bool] | None = None
+    dense: Path | None = None
+    after_dense: Callable[[Params, jax.Array], jax.Array] | None = None
+
+    def staged(self, is_fast: Callable[[Path], bool] | None = None) -> bool:
+        """Whether the input stage can run once per task: the model has one and,
+        under ``is_fast`` (default: the model's), none of its leaves is fast."""
+        if self.embed is None:
+            return False
+        if self.apply_embedded is None or self.is_embedding is None:
+            raise ValueError("Model.embed is set without apply_embedded and is_embedding: set all three or none.")
+        is_fast = self.is_fast if is_fast is None else is_fast
+        shapes = jax.eval_shape(self.init, jax.random.key(0))
+        both = mask_where(shapes, lambda path: bool(is_fast(path)) and bool(self.is_embedding(path)))
+        return not any(jax.tree.leaves(both))
+
+    def dense_fast(self, is_fast: Callable[[Path], bool] | None = None) -> bool:
+        """Whether the first dense layer on the features can be adapted in closed
+        form: the model is :meth:`staged` and declares ``dense``, whose ``w`` and
+        ``b`` are fast under ``is_fast``."""
+        if not self.staged(is_fast) or self.dense is None:
+            return False
+        if self.after_dense is None:
+            raise ValueError("Model.dense is set without after_dense: set both or neither.")
+        is_fast = self.is_fast if is_fast is None else is_fast
+        return all(bool(is_fast((*self.dense, leaf))) for leaf in ("w", "b"))
 
 
 def path_names(path) -> Path:

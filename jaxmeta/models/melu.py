@@ -237,13 +237,25 @@ def melu(
         layers[-1]["b"] = layers[-1]["b"] + output_bias
         return {"embeddings": init_field_embeddings(k_embed, fields, embed_dim, embed_scale), "layers": layers}
 
-    def apply(params, x) -> jax.Array:
+    def embed(params, x) -> jax.Array:
         check_inputs(x, fields, model="melu")
-        return apply_layers(params["layers"], embed_fields(params["embeddings"], fields, x))[:, 0]
+        return embed_fields(params["embeddings"], fields, x)
+
+    def apply_embedded(params, h: jax.Array) -> jax.Array:
+        return apply_layers(params["layers"], h)[:, 0]
+
+    def after_dense(params, z: jax.Array) -> jax.Array:
+        layers = params["layers"]
+        return (z if len(layers) == 1 else apply_layers(layers[1:], jax.nn.relu(z)))[:, 0]
 
     return Model(
         init=init,
-        apply=apply,
+        apply=lambda params, x: apply_embedded(params, embed(params, x)),
         is_fast=lambda path: path[0] == "layers",
         is_head=lambda path: path[:2] == ("layers", last),
+        embed=embed,
+        apply_embedded=apply_embedded,
+        is_embedding=lambda path: path[0] == "embeddings",
+        dense=("layers", "0"),
+        after_dense=after_dense,
     )

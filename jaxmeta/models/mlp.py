@@ -71,21 +71,31 @@ def embedding_mlp(
         layers[-1]["b"] = layers[-1]["b"] + output_bias
         return {"embeddings": tables, "layers": layers}
 
-    def apply(params, x: jax.Array) -> jax.Array:
+    def embed(params, x: jax.Array) -> jax.Array:
         if x.ndim != 2 or x.shape[-1] != len(vocab_sizes):
             raise ValueError(
                 f"embedding_mlp expects int ids of shape [rows, {len(vocab_sizes)}], got {x.shape}; "
                 "vmap over tasks outside the model."
             )
-        h = jnp.concatenate([t[x[:, f]] for f, t in enumerate(params["embeddings"])], axis=-1)
-        *hidden_layers, head = params["layers"]
-        for layer in hidden_layers:
-            h = jax.nn.relu(h @ layer["w"] + layer["b"][None, :])
-        return (h @ head["w"] + head["b"][None, :])[:, 0]
+        return jnp.concatenate([t[x[:, f]] for f, t in enumerate(params["embeddings"])], axis=-1)
+
+    def apply_embedded(params, h: jax.Array) -> jax.Array:
+        first = params["layers"][0]
+        return after_dense(params, h @ first["w"] + first["b"][None, :])
+
+    def after_dense(params, z: jax.Array) -> jax.Array:
+        for layer in params["layers"][1:]:
+            z = jax.nn.relu(z) @ layer["w"] + layer["b"][None, :]
+        return z[:, 0]
 
     return Model(
         init=init,
-        apply=apply,
+        apply=lambda params, x: apply_embedded(params, embed(params, x)),
         is_fast=lambda path: path[0] == "layers",
         is_head=lambda path: path[:2] == ("layers", last),
+        embed=embed,
+        apply_embedded=apply_embedded,
+        is_embedding=lambda path: path[0] == "embeddings",
+        dense=("layers", "0"),
+        after_dense=after_dense,
     )
