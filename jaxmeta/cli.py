@@ -1,4 +1,4 @@
-"""The ``jaxmeta`` command: train, eval, recommend, plot, data describe, reproduce.
+"""The ``jaxmeta`` command: train, eval, recommend, plot, data describe, reproduce, bench.
 
 Settings come from the defaults of :class:`jaxmeta.train.TrainConfig`, then a
 ``--config`` file (TOML or YAML), then the flags given. Errors a user can fix
@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from jaxmeta import algorithms
 from jaxmeta.checkpoint import CheckpointError
 from jaxmeta.reproduce import add_arguments as add_reproduce_arguments
 from jaxmeta.reproduce import run_from_args as run_reproduce
-from jaxmeta.train import DATA_SOURCES, TrainConfig, TrainingInterrupted
+from jaxmeta.train import DATA_SOURCES, MODELS, TrainConfig, TrainingInterrupted
 
 DEFAULTS = TrainConfig()
 # (flag, TrainConfig field, type, help); nargs="+" for tuples
@@ -34,8 +35,9 @@ TRAIN_FLAGS = (
     ("--inner-lr", "inner_lr", float, "inner SGD learning rate"),
     ("--outer-lr", "outer_lr", float, "outer Adam learning rate"),
     ("--clip-norm", "clip_norm", float, "meta-gradient clip"),
-    ("--hidden", "hidden", int, "MLP hidden widths (synthetic data)"),
-    ("--embed-dim", "embed_dim", int, "embedding width per field (synthetic data)"),
+    ("--model", "model", str, "the model: auto is mlp on the synthetic data, melu on the others"),
+    ("--hidden", "hidden", int, "hidden widths of the model's MLP (unset: mlp 32, melu 64 64)"),
+    ("--embed-dim", "embed_dim", int, "embedding width per field, MF's vector width (unset: mlp 8, melu and mf 32)"),
     ("--num-buckets", "num_buckets", int, "support-size buckets"),
     ("--chunk-size", "chunk_size", int, "users per chunk in a step"),
     ("--seed", "seed", int, "initialisation and data order"),
@@ -68,7 +70,10 @@ def _train_parser(commands) -> None:
             extra["choices"] = sorted(algorithms.META_LEARNERS)
         if field == "data":
             extra["choices"] = DATA_SOURCES
-        train.add_argument(flag, dest=field, type=kind, help=f"{text} (default: {default})", **extra)
+        if field == "model":
+            extra["choices"] = ("auto", *MODELS)
+        train.add_argument(flag, dest=field, type=kind, help=text if default is None else f"{text} (default: {default})",
+                           **extra)
     train.add_argument("--resplit", dest="resplit", action="store_true",
                        help="deal support and query afresh every epoch (default: off)")
     train.add_argument("--config", help="a TOML or YAML file of settings (the TrainConfig field names)")
@@ -124,7 +129,26 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_reproduce_arguments(reproduce)
+    commands.add_parser("bench", add_help=False, prefix_chars="\0",
+                        help="time the benchmark workloads W1-W3 (JSON lines; from a source checkout; "
+                             "jaxmeta bench --help)").add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Runs ``bench.run`` of the source checkout this package was installed from."""
+    try:
+        import bench.run as bench_run
+    except ImportError:
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "bench" / "run.py").is_file():
+            raise _Usage("the benchmarks live in the bench/ folder of a source checkout; install jaxmeta with "
+                         "pip install -e . from a clone to run them.") from None
+        sys.path.insert(0, str(root))
+        import bench.run as bench_run
+    parser = argparse.ArgumentParser(prog="jaxmeta bench", description=bench_run.__doc__.split("\n\n")[0])
+    bench_run.add_arguments(parser)
+    return bench_run.main(parser.parse_args(args.args))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -135,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
         given["resplit"] = True
     settings = load_config(args.config) if getattr(args, "config", None) else {}
     settings.update(given)
-    if "hidden" in settings:
+    if settings.get("hidden") is not None:
         settings["hidden"] = tuple(settings["hidden"])
     config = TrainConfig(**settings)
     resume = getattr(args, "resume", False)
@@ -188,7 +212,7 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "recommend": _recommend, "data": _describe}
+COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "recommend": _recommend, "data": _describe, "bench": _bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -62,7 +62,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
@@ -84,7 +83,7 @@ from jaxmeta.evaluation import (
     query_metrics,
     with_item_ids,
 )
-from jaxmeta.models import Model, biased_mf, melu
+from jaxmeta.models import Model, biased_mf_by_id, melu
 from jaxmeta.tasks import RaggedTasks, TaskBatch
 from jaxmeta.train import TrainConfig, batches, make_learner, outer_optimizer
 
@@ -205,21 +204,6 @@ def load(
 
 
 # ----------------------------------------------------------------------------- models
-
-
-def _mf_model(warm_items: np.ndarray, *, global_bias: float, dim: int = 32) -> Model:
-    """Biased MF over the warm items, read from the raw ``"item_id"`` field
-    (an item without warm ratings is the OOV item)."""
-    items = jnp.asarray(np.sort(np.unique(warm_items)).astype(np.int32))
-    mf = biased_mf(len(items), dim=dim, global_bias=global_bias)
-
-    def apply(params, x):
-        ids = x["item_id"].astype(jnp.int32)
-        pos = jnp.clip(jnp.searchsorted(items, ids), 0, len(items) - 1)
-        index = jnp.where(items[pos] == ids, pos + 1, 0).astype(jnp.int32)
-        return mf.apply(params, {"item": index})
-
-    return Model(init=mf.init, apply=apply, is_fast=mf.is_fast, is_head=mf.is_head)
 
 
 class Selected(NamedTuple):
@@ -436,7 +420,7 @@ def reproduce(
         score("no_adaptation", _predictor(glob, best["no_adaptation"].state), seconds, rate)
         keep_tuned("finetune", tuners, best, seconds, rate)
     if mf:
-        mf_model = _mf_model(data.warm_ratings["item"].to_numpy(), global_bias=mean)
+        mf_model = biased_mf_by_id(data.warm_ratings["item"].to_numpy(), global_bias=mean)
         glob = algorithms.no_adaptation(mf_model, outer_optimizer=outer_optimizer(config))
         tuners, methods = finetuners("mf", mf_model)
         keep_tuned("mf", tuners, *train(glob, "mf", methods))
@@ -524,11 +508,11 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
                              f"{item:.4f}.")
     if results.get("paired"):
         lines += ["## Meta-learners against the MeLU baselines, paired over users", "",
-                  "Mean per-user difference (meta-learner minus baseline) ± its standard error. "
+                  ("Mean per-user difference (meta-learner minus baseline) ± its standard error. "
                   "Negative ΔMAE and positive ΔnDCG@3 favour the meta-learner; a difference within about "
-                  "two standard errors of 0 is not a clear win either way.", "",
-                  "| scenario | method | ΔMAE vs no_adaptation | ΔMAE vs finetune | ΔnDCG@3 vs no_adaptation "
-                  "| ΔnDCG@3 vs finetune |", "|---|---|---:|---:|---:|---:|"]
+                  "two standard errors of 0 is not a clear win either way."), "",
+                  ("| scenario | method | ΔMAE vs no_adaptation | ΔMAE vs finetune | ΔnDCG@3 vs no_adaptation "
+                  "| ΔnDCG@3 vs finetune |"), "|---|---|---:|---:|---:|---:|"]
         for scenario, algos in results["paired"].items():
             for algo, bases in algos.items():
                 cells = [f"{bases[b][m][0]:+.4f} ± {bases[b][m][1]:.4f}" if b in bases else "–"

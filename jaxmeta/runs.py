@@ -48,8 +48,8 @@ from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.checkpoint import CheckpointError, Checkpoints
 from jaxmeta.data import interactions, splits, synthetic
 from jaxmeta.data.features import FeatureEncoder
-from jaxmeta.evaluation import evaluation_batches, predict_tasks, query_metrics
-from jaxmeta.models import Model, embedding_mlp, melu
+from jaxmeta.evaluation import ITEM_KEY, evaluation_batches, predict_tasks, query_metrics, with_item_ids
+from jaxmeta.models import Model, biased_mf_by_id, melu
 from jaxmeta.tasks import RaggedTasks, TaskBatch, pad_tasks
 from jaxmeta.train import (
     RESUMABLE_CHANGES,
@@ -57,6 +57,7 @@ from jaxmeta.train import (
     TrainConfig,
     fit,
     make_learner,
+    make_model,
     outer_optimizer,
 )
 
@@ -91,17 +92,24 @@ def load_data(config: TrainConfig) -> RunData:
         data = synthetic.generate(seed=config.data_seed)
         order = np.random.default_rng(config.data_seed).permutation(len(data.train))
         held = max(1, round(VALID_FRACTION * len(order)))
-        model = embedding_mlp(data.vocab_sizes, embed_dim=config.embed_dim, hidden=config.hidden,
-                              output_bias=data.mean_rating)
         return RunData(data.train.take(order[held:]), data.train.take(order[:held]), {"user_cold": data.new},
-                       model, None)
+                       make_model(config, data), None)
     if config.data == "table":
         return _table_data(config)
     from jaxmeta import reproduce  # noqa: I001 (reproduce builds on this module's driver: import it when needed)
 
     data = reproduce.load(config.data, config.data_dir, seed=config.data_seed)
-    model = melu(data.encoder.spec, output_bias=float(data.warm_ratings["rating"].mean()))
+    model = _featured_model(config, data.encoder, data.warm_ratings)
     return RunData(data.train, data.valid, data.scenarios, model, data.encoder)
+
+
+def _featured_model(config: TrainConfig, encoder: FeatureEncoder, warm: pd.DataFrame) -> Model:
+    """The config's model of featured data (MeLU, or biased MF on the raw item ids), biased to the mean warm rating."""
+    embed_dim, hidden = config.model_sizes()
+    mean = float(warm["rating"].mean())
+    if config.model_name() == "mf":
+        return biased_mf_by_id(warm["item"].to_numpy(), key=ITEM_KEY, dim=embed_dim, global_bias=mean)
+    return melu(encoder.spec, embed_dim=embed_dim, hidden=hidden, output_bias=mean)
 
 
 def _table_data(config: TrainConfig) -> RunData:
@@ -126,13 +134,16 @@ def _table_data(config: TrainConfig) -> RunData:
     encoder = FeatureEncoder.fit(None, items[items["item"].isin(frames["warm"]["item"])],
                                  item_categorical=["item"]).with_tables(items=items)
     tables = splits.split_tables(frames, rng=query_rng)
-    tasks = {name: splits.build_tasks(t, encoder) for name, t in tables.items() if len(t)}
+    if config.model_name() == "mf" and not pd.api.types.is_integer_dtype(ratings["item"]):
+        raise ValueError(f"{config.path}: model='mf' reads integer item ids, but the item column has dtype "
+                         f"{ratings['item'].dtype}; pass integer item ids or model='melu'.")
+    ids = with_item_ids if config.model_name() == "mf" else lambda tasks, _: tasks
+    tasks = {name: ids(splits.build_tasks(t, encoder), t) for name, t in tables.items() if len(t)}
     if "warm" not in tasks or "valid" not in tasks:
         raise ValueError(f"{config.path}: too few users with {splits.MIN_RATINGS}-{splits.MAX_RATINGS} ratings "
                          "to train and validate on; pass a larger table.")
     scenarios = {s: tasks[s] for s in splits.SCENARIOS if s in tasks}
-    model = melu(encoder.spec, output_bias=float(frames["warm"]["rating"].mean()))
-    return RunData(tasks["warm"], tasks["valid"], scenarios, model, encoder)
+    return RunData(tasks["warm"], tasks["valid"], scenarios, _featured_model(config, encoder, frames["warm"]), encoder)
 
 
 def _timestamp_column(path: str) -> str | None:
@@ -149,7 +160,8 @@ def _timestamp_column(path: str) -> str | None:
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Writes ``config`` as YAML."""
     fields = dataclasses.asdict(config)
-    fields["hidden"] = list(fields["hidden"])
+    if fields["hidden"] is not None:
+        fields["hidden"] = list(fields["hidden"])
     Path(path).write_text(yaml.safe_dump(fields, sort_keys=False))
 
 
@@ -190,13 +202,26 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, folder: Path) -> None:
-    now = dataclasses.asdict(config)
-    now["hidden"] = list(now["hidden"])
+    def resolved(fields: dict[str, Any]) -> dict[str, Any]:
+        """The fields with the model and its sizes resolved (an unset size is the model's default)."""
+        try:
+            settled = _config(fields)
+        except (TypeError, ValueError):
+            return fields
+        embed_dim, hidden = settled.model_sizes()
+        return {**fields, "model": settled.model_name(), "embed_dim": embed_dim, "hidden": list(hidden)}
+
+    now, saved = resolved(dataclasses.asdict(config)), resolved(saved)
     for key, value in saved.items():
         if key not in RESUMABLE_CHANGES and key in now and now[key] != value:
             raise CheckpointError(f"{folder}: --resume with {key}={now[key]!r}, but the run was made with "
                                   f"{key}={value!r}; resume with the same settings (only {', '.join(RESUMABLE_CHANGES)} "
                                   "may change) or start a new run in another folder.")
+
+
+def _config(fields: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of saved fields (YAML lists back to tuples)."""
+    return TrainConfig(**{k: tuple(v) if k == "hidden" and v is not None else v for k, v in fields.items()})
 
 
 def _baseline_learners(config: TrainConfig, model: Model) -> tuple[MetaLearner, MetaLearner]:
@@ -305,8 +330,7 @@ def restore_learner(run_dir: str | os.PathLike, *, which: str = "best", name: st
     folder = Path(run_dir)
     if not (folder / CONFIG_FILE).is_file():
         raise CheckpointError(f"{folder}: not a run folder (no {CONFIG_FILE}); pass the --out folder of jaxmeta train.")
-    config = TrainConfig(**{k: tuple(v) if k == "hidden" else v
-                            for k, v in yaml.safe_load((folder / CONFIG_FILE).read_text()).items()})
+    config = _config(yaml.safe_load((folder / CONFIG_FILE).read_text()))
     data = load_data(config)
     learner = make_learner(config, data.model) if name == "checkpoints" else _baseline_learners(config, data.model)[1]
     store = Checkpoints(folder / name, read_only=True)

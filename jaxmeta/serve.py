@@ -37,6 +37,7 @@ import pandas as pd
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.data import splits
 from jaxmeta.data.features import FeatureEncoder
+from jaxmeta.evaluation import ITEM_KEY
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
 MIN_TASKS = 8
@@ -167,8 +168,9 @@ class Recommender:
         config, data, learner, state, _ = restore_learner(run_dir, which=checkpoint)
         if data.encoder is None:
             raise ValueError(f"{run_dir}: a run on the {config.data} data has no user and item feature tables to "
-                             "encode new ratings; serve a run trained with --data ml-100k or --data ml-1m.")
-        return cls(learner, state, data.encoder, data.encoder.ids("item"), batch_size=batch_size)
+                             "encode new ratings; serve a run trained with --data ml-100k, ml-1m or table.")
+        item_key = ITEM_KEY if config.model_name() == "mf" else None  # biased MF reads the raw item ids
+        return cls(learner, state, data.encoder, data.encoder.ids("item"), batch_size=batch_size, item_key=item_key)
 
     @staticmethod
     def read_ratings(path: str | os.PathLike) -> pd.DataFrame:

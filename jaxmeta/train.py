@@ -37,6 +37,9 @@ from jaxmeta.tasks import RaggedTasks, TaskBatch, bucket_by_support, epoch_plan,
 
 
 DATA_SOURCES = ("synthetic", "ml-100k", "ml-1m", "table")
+# The driver's models: {name: (embed_dim, hidden) when the config leaves them unset}. "mlp" reads the
+# built-in data's integer ids; "melu" and "mf" (biased MF on the raw item ids) read featured data.
+MODELS = {"mlp": (8, (32,)), "melu": (32, (64, 64)), "mf": (32, ())}
 # Fields a resumed run may change: they do not alter the computation of the steps already taken.
 RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last")
 
@@ -49,8 +52,9 @@ class TrainConfig:
     steps: int = 1500  # outer steps, for the algorithm and for the baselines' global model
     batch_size: int = 32  # users per outer step
     inner_steps: int = DEFAULT_INNER_STEPS  # inner steps, at training and at test time
-    hidden: tuple[int, ...] = (32,)  # hidden widths of the MLP on the embeddings
-    embed_dim: int = 8  # embedding width per field
+    model: str = "auto"  # one of MODELS, or "auto": "mlp" for the synthetic data, "melu" for the others
+    hidden: tuple[int, ...] | None = None  # hidden widths of the MLP on the embeddings (None: the model's default)
+    embed_dim: int | None = None  # embedding width per field; MF's vector width (None: the model's default)
     inner_lr: float = 0.03  # plain-SGD rate of the inner loop (Meta-SGD: initial rates)
     outer_lr: float = 3e-3  # Adam rate of the outer step
     clip_norm: float = 1.0  # global-norm clip of the meta-gradient
@@ -75,7 +79,17 @@ class TrainConfig:
         if (self.data == "table") != bool(self.path):
             raise ValueError(f"data={self.data!r}, path={self.path!r}: pass a ratings file as path with "
                              "data='table' (--data table --path FILE), and a path only then.")
-        for name in ("steps", "batch_size", "inner_steps", "num_buckets", "embed_dim", "eval_every",
+        if self.model != "auto" and self.model not in MODELS:
+            raise ValueError(f"model={self.model!r}: pass 'auto' or one of {tuple(MODELS)}.")
+        if self.model_name() == "mlp" and self.data != "synthetic":
+            raise ValueError(f"model='mlp' reads the synthetic data's integer ids, not data={self.data!r}; "
+                             "pass model='melu' or 'mf' (or 'auto').")
+        if self.model_name() != "mlp" and self.data == "synthetic":
+            raise ValueError(f"model={self.model!r} reads featured data; the synthetic data has only integer ids: "
+                             "pass model='mlp' (or 'auto'), or another data source.")
+        if self.model_name() == "mf" and self.hidden:
+            raise ValueError(f"hidden={self.hidden}: biased MF has no hidden layers; leave hidden unset with model='mf'.")
+        for name in ("steps", "batch_size", "inner_steps", "num_buckets", "eval_every",
                      "checkpoint_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: pass a positive integer.")
@@ -84,9 +98,24 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: pass a positive number.")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size={self.chunk_size}: pass a positive number of users, or leave it unset.")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden={self.hidden}: pass positive layer widths.")
+        if self.embed_dim is not None and self.embed_dim < 1:
+            raise ValueError(f"embed_dim={self.embed_dim}: pass a positive integer, or leave it unset.")
+        if self.hidden is not None:
+            object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+            if any(h < 1 for h in self.hidden):
+                raise ValueError(f"hidden={self.hidden}: pass positive layer widths.")
+
+    def model_name(self) -> str:
+        """The model the run builds: ``model``, with ``"auto"`` resolved for the data source."""
+        if self.model != "auto":
+            return self.model
+        return "mlp" if self.data == "synthetic" else "melu"
+
+    def model_sizes(self) -> tuple[int, tuple[int, ...]]:
+        """``(embed_dim, hidden)``, the unset ones taken from the model's defaults in :data:`MODELS`."""
+        embed_dim, hidden = MODELS[self.model_name()]
+        return (embed_dim if self.embed_dim is None else self.embed_dim,
+                hidden if self.hidden is None else self.hidden)
 
 
 def outer_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -95,9 +124,8 @@ def outer_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 def make_model(config: TrainConfig, data: synthetic.SyntheticData) -> Model:
     """The MLP on embeddings of the built-in data's three fields."""
-    return embedding_mlp(
-        data.vocab_sizes, embed_dim=config.embed_dim, hidden=config.hidden, output_bias=data.mean_rating
-    )
+    embed_dim, hidden = config.model_sizes()
+    return embedding_mlp(data.vocab_sizes, embed_dim=embed_dim, hidden=hidden, output_bias=data.mean_rating)
 
 
 def make_learner(config: TrainConfig, model: Model) -> MetaLearner:
@@ -107,6 +135,8 @@ def make_learner(config: TrainConfig, model: Model) -> MetaLearner:
     )
     if config.algo == "metasgd":
         kwargs["inner_lr"] = config.inner_lr
+    elif config.algo in ("maml", "fomaml", "anil"):
+        kwargs["inner_optimizer"] = config.inner_lr  # plain SGD as a number: MeLU's first layer in closed form
     else:
         kwargs["inner_optimizer"] = optax.sgd(config.inner_lr)
     return algorithms.META_LEARNERS[config.algo](model, **kwargs)

@@ -52,6 +52,11 @@ def test_help_lists_the_commands():
         (["--chunk-size", "0"], "chunk_size=0"),
         (["--algo", "metasgd", "--inner-lr", "0"], "inner_lr=0.0"),
         (["--hidden", "0"], "hidden=(0,)"),
+        (["--model", "melu"], "model='melu' reads featured data"),
+        (["--model", "mf"], "model='mf' reads featured data"),
+        (["--model", "svd"], "invalid choice: 'svd'"),
+        (["--data", "table", "--path", "r.csv", "--model", "mlp"], "model='mlp' reads the synthetic data's integer ids"),
+        (["--data", "table", "--path", "r.csv", "--model", "mf", "--hidden", "8"], "biased MF has no hidden layers"),
     ],
 )
 def test_bad_flags_fail_with_a_message(args, message):

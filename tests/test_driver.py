@@ -288,6 +288,37 @@ def test_train_and_eval_on_any_ratings_table(tmp_path):
     assert missing.returncode == 2 and "--data table --path FILE" in missing.stderr
 
 
+def test_model_flag_trains_serves_and_guards_resume(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(200) for i in rng.choice(80, size=int(rng.integers(14, 30)),
+                                                                                         replace=False)]
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    run = tmp_path / "run"
+    trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "mf", "--embed-dim", "4",
+                      "--steps", "4", "--eval-every", "2", "--out", str(run), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    saved = load_config(run / "config.yaml")
+    assert saved["model"] == "mf" and saved["embed_dim"] == 4 and saved["hidden"] is None
+    from jaxmeta.runs import restore_learner
+
+    _, data, _, state, _ = restore_learner(run)
+    warm = {int(i) for xs in (data.train.support_x, data.train.query_x) for x in xs for i in x["item_id"]}
+    assert 40 < len(warm) < 80  # the cold items (a random 20%) are not among them
+    assert state.params["items"]["vectors"].shape == (1 + len(warm), 4)  # biased MF: the OOV row and the warm items
+    (tmp_path / "me.csv").write_text("user,item,rating\nme,3,5\nme,4,1\nme,7,4\n")
+    shown = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"), "-k", "5")
+    assert shown.returncode == 0, shown.stderr
+    items = [r.split()[2] for r in shown.stdout.strip().splitlines()[1:]]
+    assert len(items) == 5 and not {"3", "4", "7"} & set(items)
+    other = jaxmeta("train", "--data", "table", "--path", str(path), "--steps", "6", "--out", str(run), "--resume",
+                    "--quiet")
+    assert other.returncode == 2 and "--resume with model='melu', but the run was made with model='mf'" in other.stderr
+    resumed = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "mf", "--embed-dim", "4",
+                      "--steps", "6", "--eval-every", "2", "--out", str(run), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+
+
 def test_an_unknown_scenario_names_the_ones_there(tmp_path):
     out = jaxmeta("train", "--steps", "2", "--scenario", "item_cold", "--quiet", cwd=tmp_path)
     assert out.returncode == 2 and "['user_cold']" in out.stderr and "scenario='item_cold'" in out.stderr

@@ -20,7 +20,7 @@ from jaxmeta import algorithms
 from jaxmeta.models import Model, mask_where
 from jaxmeta.data.features import FieldSpec
 from jaxmeta.models.melu import melu
-from jaxmeta.models.mf import biased_mf
+from jaxmeta.models.mf import biased_mf, biased_mf_by_id
 from jaxmeta.models.two_tower import two_tower
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
@@ -378,3 +378,17 @@ def test_meta_trains_under_maml_without_recompiling(name):
     after = learner.evaluate(state, new_users)
     assert float(after["query_loss_after"]) < 0.6 * float(before["query_loss_after"]), (before, after)
     assert float(after["query_loss_after"]) < float(after["query_loss_before"]), after
+
+
+def test_biased_mf_by_id_is_biased_mf_on_the_mapped_ids():
+    known = np.array([907, 12, 40, 12])  # distinct and sorted: 12 -> 1, 40 -> 2, 907 -> 3
+    by_id = biased_mf_by_id(known, dim=3, global_bias=3.5)
+    plain = biased_mf(3, dim=3, global_bias=3.5)
+    params = by_id.init(jax.random.key(1))
+    raw = np.array([40, 5, 907, 12, 13, 40])
+    mapped = np.array([2, 0, 3, 1, 0, 2])
+    np.testing.assert_allclose(by_id.apply(params, {"item_id": raw}), plain.apply(params, {"item": mapped}), rtol=1e-6)
+    with pytest.raises(ValueError, match="no field 'item_id'"):
+        by_id.apply(params, {"item": mapped})
+    with pytest.raises(ValueError, match="known_items is empty"):
+        biased_mf_by_id([])

@@ -563,12 +563,15 @@ class FeatureEncoder:
         return out
 
     def ids(self, table: str) -> np.ndarray:
-        """The ids of the rows of the ``"user"`` or ``"item"`` table held (those :meth:`encode_ids` can look up)."""
+        """The ids of the rows of the ``"user"`` or ``"item"`` table held (those :meth:`encode_ids` can look up).
+
+        The dtype is inferred from the ids (int64 for integer ids, object for strings or mixed ids).
+        """
         if table not in ("user", "item"):
             raise ValueError(f"table={table!r}: pass 'user' or 'item'.")
         if table not in self._lookups:
             return np.array([], dtype=object)
-        return self._lookups[table].ids.to_numpy()
+        return self._lookups[table].ids.infer_objects().to_numpy()
 
     def encode_ids(self, users: Sequence | np.ndarray, items: Sequence | np.ndarray) -> dict[str, np.ndarray]:
         """Encodes pairs given as two aligned sequences of ids.

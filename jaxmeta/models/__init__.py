@@ -9,12 +9,14 @@ from jaxmeta.models.flax_bridge import from_linen as from_linen
 from jaxmeta.models.flax_bridge import from_nnx as from_nnx
 from jaxmeta.models.melu import melu as melu
 from jaxmeta.models.mf import biased_mf as biased_mf
+from jaxmeta.models.mf import biased_mf_by_id as biased_mf_by_id
 from jaxmeta.models.mlp import embedding_mlp as embedding_mlp
 from jaxmeta.models.two_tower import two_tower as two_tower
 
 __all__ = (
     "Model",
     "biased_mf",
+    "biased_mf_by_id",
     "combine",
     "embedding_mlp",
     "from_linen",

@@ -18,9 +18,11 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmeta.models._model import Model
 
@@ -116,5 +118,48 @@ def biased_mf(
         user = params["user"]
         return params["global_bias"] + user["bias"] + biases + vectors @ user["vector"]
 
-    is_user = lambda path: path[0] == "user"  # noqa: E731
+    is_user = lambda path: path[0] == "user"
     return Model(init=init, apply=apply, is_fast=is_user, is_head=is_user)
+
+
+def biased_mf_by_id(
+    known_items: Any,
+    *,
+    key: str = "item_id",
+    dim: int = 32,
+    global_bias: float = 0.0,
+    init_scale: float = 0.1,
+) -> Model:
+    """:func:`biased_mf` read from raw item ids, for data whose item features hold no id field.
+
+    The input's ``key`` entry holds the raw item ids (what
+    :func:`jaxmeta.evaluation.with_item_ids` adds to every task, and what
+    :class:`jaxmeta.serve.Recommender` passes); the ``V`` distinct
+    ``known_items`` (the items with training ratings) get rows ``1 .. V`` and
+    every other id is the OOV item. Parameters and fast/slow split are those of
+    :func:`biased_mf` with ``num_items = V``.
+
+    Example:
+      >>> model = biased_mf_by_id([40, 7, 40], dim=2, global_bias=3.0)
+      >>> params = model.init(jax.random.key(0))
+      >>> params["items"]["vectors"].shape  # OOV + items 7 and 40
+      (3, 2)
+      >>> model.apply(params, {"item_id": jnp.array([5])}).tolist()  # an unknown item
+      [3.0]
+    """
+    items = np.unique(np.asarray(known_items).astype(np.int64))
+    if items.size == 0:
+        raise ValueError("biased_mf_by_id: known_items is empty; pass the ids of the items with training ratings.")
+    table = jnp.asarray(items.astype(np.int32))
+    mf = biased_mf(items.size, dim=dim, global_bias=global_bias, init_scale=init_scale)
+
+    def apply(params, x) -> jax.Array:
+        if not isinstance(x, Mapping) or key not in x:
+            got = sorted(map(str, x)) if isinstance(x, Mapping) else type(x).__name__
+            raise ValueError(f"biased_mf_by_id: the input has no field {key!r} (got {got}); pass the raw item ids "
+                             "there (jaxmeta.evaluation.with_item_ids adds them to tasks).")
+        ids = jnp.asarray(x[key]).astype(jnp.int32)
+        pos = jnp.clip(jnp.searchsorted(table, ids), 0, items.size - 1)
+        return mf.apply(params, {"item": jnp.where(table[pos] == ids, pos + 1, 0).astype(jnp.int32)})
+
+    return Model(init=mf.init, apply=apply, is_fast=mf.is_fast, is_head=mf.is_head)
