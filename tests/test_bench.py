@@ -1,0 +1,66 @@
+"""Smoke tests of the benchmark workloads (bench/): each runs for a couple of steps at
+a tiny batch and prints records with the documented keys. Nothing here is timed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import run, workloads  # noqa: E402
+
+KEYS = {"workload", "variant", "batch", "tasks_per_s", "step_ms", "compile_s", "peak_mem_mb", "padded_fraction",
+        "device", "jax_version"}
+
+
+def check(record, workload, variant, batch):
+    assert KEYS <= set(record)
+    assert (record["workload"], record["variant"], record["batch"]) == (workload, variant, batch)
+    assert record["tasks_per_s"] > 0 and record["step_ms"] > 0 and record["compile_s"] > 0
+    assert 0 <= record["padded_fraction"] < 1
+
+
+@pytest.mark.parametrize("variant", workloads.WORKLOADS["melu"])
+def test_w1_variants(variant):
+    record = run.measure_w1(variant, 3, steps=2, warmup=1)
+    check(record, "melu", variant, 3)
+    assert record["padded_fraction"] == 0.0 and record["support"] == workloads.SUPPORT
+
+
+def test_w1_batch_has_the_workload_shapes():
+    batch = workloads.batch(np.random.default_rng(0), 5, num_real=4)
+    assert set(batch.support_x) == {name for name, _ in workloads.FIELDS}
+    assert batch.support_x["actor"].shape == (5, workloads.SUPPORT) and batch.query_y.shape == (5, workloads.QUERY)
+    assert batch.support_mask[:4].all() and not batch.support_mask[4].any() and not batch.query_mask[4].any()
+    for name, size in workloads.FIELDS:
+        assert 0 <= batch.support_x[name].min() and batch.support_x[name].max() < size
+
+
+def test_w2_ragged_buckets_and_padding():
+    batches = run.ragged_batches(8, seed=1, num_buckets=3)
+    sizes = np.concatenate([np.asarray(b.support_mask).sum(1) for b in batches])
+    assert sizes.min() >= workloads.RAGGED_SUPPORT[0] and sizes.max() <= workloads.RAGGED_SUPPORT[1]
+    assert len(sizes) == run.RAGGED_POOL * 8 and len({b.support_size for b in batches}) <= 3
+    record = run.measure_ragged(8, steps=1, warmup=0, num_buckets=2)
+    check(record, "ragged", "melu", 8)
+    assert record["padded_fraction"] > 0 and record["w1_same_support_tasks_per_s"] > 0
+
+
+def test_jaxmeta_bench_command_prints_json_lines():
+    exe = Path(sys.executable).with_name("jaxmeta")
+    out = subprocess.run([str(exe), "bench", "--workload", "scale", "--batch", "2", "4", "--steps", "1",
+                          "--warmup", "0"], capture_output=True, text=True, timeout=600, cwd=ROOT / "tests")
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [r["batch"] for r in records] == [2, 4]
+    for r, b in zip(records, (2, 4)):
+        check(r, "scale", "melu", b)
+    bad = subprocess.run([str(exe), "bench", "--variant", "melu-xx"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "variant='melu-xx'" in bad.stderr
