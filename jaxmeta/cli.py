@@ -45,6 +45,7 @@ TRAIN_FLAGS = (
     ("--eval-every", "eval_every", int, "steps between validation checks"),
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (with --out)"),
     ("--keep-last", "keep_last", int, "checkpoints kept besides the best"),
+    ("--devices", "devices", int, "local devices the users of a batch are split across (unset: all)"),
 )
 
 

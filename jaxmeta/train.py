@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -33,6 +33,7 @@ from jaxmeta.checkpoint import Checkpoints
 from jaxmeta.evaluation import predict_tasks, query_metrics
 from jaxmeta.data import synthetic
 from jaxmeta.models import Model, embedding_mlp
+from jaxmeta.sharding import make_mesh, shard_batch, shard_state
 from jaxmeta.tasks import RaggedTasks, TaskBatch, bucket_by_support, epoch_plan, pad_tasks, resplit
 
 
@@ -41,7 +42,7 @@ DATA_SOURCES = ("synthetic", "ml-100k", "ml-1m", "table")
 # built-in data's integer ids; "melu" and "mf" (biased MF on the raw item ids) read featured data.
 MODELS = {"mlp": (8, (32,)), "melu": (32, (64, 64)), "mf": (32, ())}
 # Fields a resumed run may change: they do not alter the computation of the steps already taken.
-RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last")
+RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last", "devices")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,7 @@ class TrainConfig:
     eval_every: int = 100  # steps between validation checks (they rank the checkpoints)
     checkpoint_every: int = 500  # steps between checkpoints of a run with an output folder
     keep_last: int = 3  # checkpoints kept besides the best
+    devices: int | None = None  # local devices the users of a batch are split across (None: all of them)
 
     def __post_init__(self):
         if self.algo not in algorithms.META_LEARNERS:
@@ -96,6 +98,8 @@ class TrainConfig:
         for name in ("inner_lr", "outer_lr", "clip_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)}: pass a positive number.")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"devices={self.devices}: pass a positive number of devices, or leave it unset for all.")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size={self.chunk_size}: pass a positive number of users, or leave it unset.")
         if self.embed_dim is not None and self.embed_dim < 1:
@@ -287,6 +291,24 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted after step {step}" + ("; checkpoint saved" if saved else ""))
 
 
+class _Placement(NamedTuple):
+    mesh: Any  # jax.sharding.Mesh over the devices the users are split across
+
+
+def _placement(config: TrainConfig) -> _Placement | None:
+    """The mesh of ``config.devices`` local devices (all by default); None for one device."""
+    local = jax.local_devices()
+    count = len(local) if config.devices is None else config.devices
+    if count > len(local):
+        raise ValueError(f"devices={count}: this process has {len(local)} device(s); pass at most {len(local)}.")
+    if count == 1:
+        return None
+    if config.batch_size % count:
+        raise ValueError(f"batch_size={config.batch_size} does not split over {count} devices: pass a multiple of "
+                         f"{count}, or fewer devices.")
+    return _Placement(make_mesh(local[:count]))
+
+
 def fit(
     learner: MetaLearner,
     tasks: RaggedTasks,
@@ -326,6 +348,9 @@ def fit(
       TrainingInterrupted: Ctrl-C; the current step is finished and saved first.
     """
     state = learner.init(jax.random.key(config.seed))
+    place = _placement(config)
+    if place is not None:
+        state = shard_state(state, place.mesh)
     stream = BatchStream(tasks, config)
     if resume and checkpoints is not None and checkpoints.latest_step() is not None:
         state, saved = checkpoints.restore(state)
@@ -350,7 +375,8 @@ def fit(
     last_time, users, step = time.perf_counter(), 0, first - 1
     with _Interrupt() as interrupt:
         for step in bar:
-            state, metrics = learner.step(state, next(stream))
+            batch = next(stream)
+            state, metrics = learner.step(state, batch if place is None else shard_batch(batch, place.mesh))
             users = users + metrics["tasks"]  # stays on device: no sync per step
             if due("log", step) or due("eval", step) or due("save", step) or interrupt.hit:
                 loss = float(metrics["loss"])

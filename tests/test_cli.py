@@ -52,6 +52,8 @@ def test_help_lists_the_commands():
         (["--chunk-size", "0"], "chunk_size=0"),
         (["--algo", "metasgd", "--inner-lr", "0"], "inner_lr=0.0"),
         (["--hidden", "0"], "hidden=(0,)"),
+        (["--devices", "0"], "devices=0: pass a positive number of devices"),
+        (["--devices", "3"], "devices=3: this process has 1 device(s); pass at most 1."),
         (["--model", "melu"], "model='melu' reads featured data"),
         (["--model", "mf"], "model='mf' reads featured data"),
         (["--model", "svd"], "invalid choice: 'svd'"),
