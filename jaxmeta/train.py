@@ -19,11 +19,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxmeta import algorithms
@@ -291,11 +292,7 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted after step {step}" + ("; checkpoint saved" if saved else ""))
 
 
-class _Placement(NamedTuple):
-    mesh: Any  # jax.sharding.Mesh over the devices the users are split across
-
-
-def _placement(config: TrainConfig) -> _Placement | None:
+def _mesh(config: TrainConfig) -> Mesh | None:
     """The mesh of ``config.devices`` local devices (all by default); None for one device."""
     local = jax.local_devices()
     count = len(local) if config.devices is None else config.devices
@@ -306,7 +303,7 @@ def _placement(config: TrainConfig) -> _Placement | None:
     if config.batch_size % count:
         raise ValueError(f"batch_size={config.batch_size} does not split over {count} devices: pass a multiple of "
                          f"{count}, or fewer devices.")
-    return _Placement(make_mesh(local[:count]))
+    return make_mesh(local[:count])
 
 
 def fit(
@@ -348,9 +345,9 @@ def fit(
       TrainingInterrupted: Ctrl-C; the current step is finished and saved first.
     """
     state = learner.init(jax.random.key(config.seed))
-    place = _placement(config)
-    if place is not None:
-        state = shard_state(state, place.mesh)
+    mesh = _mesh(config)
+    if mesh is not None:
+        state = shard_state(state, mesh)
     stream = BatchStream(tasks, config)
     if resume and checkpoints is not None and checkpoints.latest_step() is not None:
         state, saved = checkpoints.restore(state)
@@ -376,7 +373,7 @@ def fit(
     with _Interrupt() as interrupt:
         for step in bar:
             batch = next(stream)
-            state, metrics = learner.step(state, batch if place is None else shard_batch(batch, place.mesh))
+            state, metrics = learner.step(state, batch if mesh is None else shard_batch(batch, mesh))
             users = users + metrics["tasks"]  # stays on device: no sync per step
             if due("log", step) or due("eval", step) or due("save", step) or interrupt.hit:
                 loss = float(metrics["loss"])
