@@ -39,6 +39,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from jaxmeta.distributed import all_finite
+
 __all__ = ("CheckpointError", "Checkpoints")
 
 
@@ -101,10 +103,7 @@ class Checkpoints:
         """
         if self._read_only:
             raise CheckpointError(f"{self.directory}: opened read-only; open it with read_only=False to save.")
-        leaves = jax.tree.leaves(state)
-        bad = [i for i, leaf in enumerate(leaves) if np.issubdtype(np.asarray(leaf).dtype, np.inexact)
-               and not np.isfinite(np.asarray(leaf)).all()]
-        if bad:
+        if not all_finite(state):
             raise FloatingPointError(f"step {step}: the state has non-finite values; not saving a corrupt checkpoint.")
         extra = {**dict(extra or {}), "metrics": None if metrics is None else {k: float(v) for k, v in metrics.items()}}
         self._manager.save(
@@ -141,7 +140,7 @@ class Checkpoints:
                 "saved with, or start a new run in another folder.") from error
         restored, extra = out["state"], dict(out["extra"] or {})
         extra.pop("metrics", None)
-        shapes = lambda tree: [(np.shape(x), np.asarray(x).dtype) for x in jax.tree.leaves(tree)]
+        shapes = lambda tree: [(np.shape(x), np.dtype(x.dtype)) for x in jax.tree.leaves(tree)]
         if jax.tree.structure(restored) != jax.tree.structure(like) or shapes(restored) != shapes(like):
             raise CheckpointError(f"{self.directory}: the checkpoint of step {step} holds other shapes than this "
                                   "run's model; resume with the config it was saved with.")

@@ -15,8 +15,11 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
+import jax
+
 from jaxmeta import algorithms
 from jaxmeta.checkpoint import CheckpointError
+from jaxmeta.distributed import ENV, initialize
 from jaxmeta.reproduce import add_arguments as add_reproduce_arguments
 from jaxmeta.reproduce import run_from_args as run_reproduce
 from jaxmeta.train import DATA_SOURCES, MODELS, TrainConfig, TrainingInterrupted
@@ -45,7 +48,8 @@ TRAIN_FLAGS = (
     ("--eval-every", "eval_every", int, "steps between validation checks"),
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (with --out)"),
     ("--keep-last", "keep_last", int, "checkpoints kept besides the best"),
-    ("--devices", "devices", int, "local devices the users of a batch are split across (unset: all)"),
+    ("--devices", "devices", int, "devices per process the users of a batch are split across (unset: all)"),
+    ("--shard-tables", "shard_tables", str, "embedding tables split by rows over the devices: 'all' or their names"),
 )
 
 
@@ -66,7 +70,7 @@ def _train_parser(commands) -> None:
     )
     for flag, field, kind, text in TRAIN_FLAGS:
         default = getattr(DEFAULTS, field)
-        extra = {"nargs": "+"} if field == "hidden" else {}
+        extra = {"nargs": "+"} if field in ("hidden", "shard_tables") else {}
         if field == "algo":
             extra["choices"] = sorted(algorithms.META_LEARNERS)
         if field == "data":
@@ -82,6 +86,13 @@ def _train_parser(commands) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     train.add_argument("--json", action="store_true", help="print the results as one JSON line, last")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    hosts = train.add_argument_group(
+        "several processes (hosts)",
+        "Run one jaxmeta train per process with the same settings and --out (a shared folder); each also reads "
+        f"{', '.join(ENV)} from the environment. Process 0 prints and writes the files.")
+    hosts.add_argument("--coordinator", help="host:port of process 0, reachable from every process")
+    hosts.add_argument("--num-processes", type=int, help="the number of processes of the job")
+    hosts.add_argument("--process-id", type=int, help="this process's number, 0 .. num-processes - 1")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,16 +171,21 @@ def _train(args: argparse.Namespace) -> int:
         given["resplit"] = True
     settings = load_config(args.config) if getattr(args, "config", None) else {}
     settings.update(given)
-    if settings.get("hidden") is not None:
-        settings["hidden"] = tuple(settings["hidden"])
+    for name in ("hidden", "shard_tables"):
+        if settings.get(name) is not None:
+            settings[name] = tuple(settings[name])
     config = TrainConfig(**settings)
     resume = getattr(args, "resume", False)
     if resume and not getattr(args, "out", None):
         raise _Usage("--resume needs --out: the folder of the run to continue.")
+    initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+               getattr(args, "process_id", None))
     result = run(config, out=getattr(args, "out", None), resume=resume, progress=not getattr(args, "quiet", False))
+    if jax.process_index() != 0:
+        return 0
     print(format_table(result), flush=True)
     if getattr(args, "json", False):
-        print(json.dumps({k: result[k] for k in ("algo", "query_mse", "new_users", "seconds")}))
+        print(json.dumps({k: result[k] for k in ("algo", "query_mse", "new_users", "seconds", "devices", "processes")}))
     return 0
 
 

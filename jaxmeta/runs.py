@@ -59,6 +59,9 @@ from jaxmeta.train import (
     make_learner,
     make_model,
     outer_optimizer,
+    row_sharded,
+    run_devices,
+    table_rows,
 )
 
 __all__ = (
@@ -73,6 +76,7 @@ __all__ = (
 )
 
 CONFIG_FILE = "config.yaml"
+TABLE_KINDS = ("categorical", "multi")  # the kinds of MeLU fields that have an embedding table
 VALID_FRACTION = 0.1
 
 
@@ -84,6 +88,7 @@ class RunData(NamedTuple):
     scenarios: dict[str, RaggedTasks]  # {scenario: new users to evaluate}
     model: Model
     encoder: FeatureEncoder | None  # the vocabularies (None for the synthetic ids)
+    tables: dict[str, tuple[str, ...]]  # the model's embedding tables: {name: parameter path}
 
 
 def load_data(config: TrainConfig) -> RunData:
@@ -93,14 +98,14 @@ def load_data(config: TrainConfig) -> RunData:
         order = np.random.default_rng(config.data_seed).permutation(len(data.train))
         held = max(1, round(VALID_FRACTION * len(order)))
         return RunData(data.train.take(order[held:]), data.train.take(order[:held]), {"user_cold": data.new},
-                       make_model(config, data), None)
+                       make_model(config, data), None, {f: ("embeddings", str(i)) for i, f in enumerate(synthetic.FIELDS)})
     if config.data == "table":
         return _table_data(config)
     from jaxmeta import reproduce  # noqa: I001 (reproduce builds on this module's driver: import it when needed)
 
     data = reproduce.load(config.data, config.data_dir, seed=config.data_seed)
     model = _featured_model(config, data.encoder, data.warm_ratings)
-    return RunData(data.train, data.valid, data.scenarios, model, data.encoder)
+    return RunData(data.train, data.valid, data.scenarios, model, data.encoder, _featured_tables(config, data.encoder))
 
 
 def _featured_model(config: TrainConfig, encoder: FeatureEncoder, warm: pd.DataFrame) -> Model:
@@ -108,8 +113,18 @@ def _featured_model(config: TrainConfig, encoder: FeatureEncoder, warm: pd.DataF
     embed_dim, hidden = config.model_sizes()
     mean = float(warm["rating"].mean())
     if config.model_name() == "mf":
-        return biased_mf_by_id(warm["item"].to_numpy(), key=ITEM_KEY, dim=embed_dim, global_bias=mean)
-    return melu(encoder.spec, embed_dim=embed_dim, hidden=hidden, output_bias=mean)
+        items = warm["item"].to_numpy()
+        rows = table_rows(config, "items", len(np.unique(items)) + 1)
+        return biased_mf_by_id(items, key=ITEM_KEY, dim=embed_dim, global_bias=mean, rows=rows)
+    spec = [f._replace(size=table_rows(config, f.name, f.size)) if f.kind in TABLE_KINDS else f for f in encoder.spec]
+    return melu(spec, embed_dim=embed_dim, hidden=hidden, output_bias=mean)
+
+
+def _featured_tables(config: TrainConfig, encoder: FeatureEncoder) -> dict[str, tuple[str, ...]]:
+    """The embedding tables of :func:`_featured_model`: MF's item table, or MeLU's one per id field."""
+    if config.model_name() == "mf":
+        return {"items": ("items",)}
+    return {f.name: ("embeddings", f.name) for f in encoder.spec if f.kind in TABLE_KINDS}
 
 
 def _table_data(config: TrainConfig) -> RunData:
@@ -143,7 +158,8 @@ def _table_data(config: TrainConfig) -> RunData:
         raise ValueError(f"{config.path}: too few users with {splits.MIN_RATINGS}-{splits.MAX_RATINGS} ratings "
                          "to train and validate on; pass a larger table.")
     scenarios = {s: tasks[s] for s in splits.SCENARIOS if s in tasks}
-    return RunData(tasks["warm"], tasks["valid"], scenarios, _featured_model(config, encoder, frames["warm"]), encoder)
+    return RunData(tasks["warm"], tasks["valid"], scenarios, _featured_model(config, encoder, frames["warm"]), encoder,
+                   _featured_tables(config, encoder))
 
 
 def _timestamp_column(path: str) -> str | None:
@@ -160,8 +176,9 @@ def _timestamp_column(path: str) -> str | None:
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Writes ``config`` as YAML."""
     fields = dataclasses.asdict(config)
-    if fields["hidden"] is not None:
-        fields["hidden"] = list(fields["hidden"])
+    for name in ("hidden", "shard_tables"):
+        if fields[name] is not None:
+            fields[name] = list(fields[name])
     Path(path).write_text(yaml.safe_dump(fields, sort_keys=False))
 
 
@@ -209,7 +226,8 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, folder: Path) -
         except (TypeError, ValueError):
             return fields
         embed_dim, hidden = settled.model_sizes()
-        return {**fields, "model": settled.model_name(), "embed_dim": embed_dim, "hidden": list(hidden)}
+        return {**fields, "model": settled.model_name(), "embed_dim": embed_dim, "hidden": list(hidden),
+                "shard_tables": list(settled.shard_tables)}
 
     now, saved = resolved(dataclasses.asdict(config)), resolved(saved)
     for key, value in saved.items():
@@ -252,9 +270,14 @@ def run(
         settings must be those it was made with (``steps`` may grow).
       progress: show progress bars.
 
+    In a job of several processes (:func:`jaxmeta.distributed.initialize`), every
+    process calls ``run`` with the same arguments and output folder (on a file
+    system they share); process 0 writes the files and shows the progress.
+
     Returns:
       ``{"algo", "query_mse": {"before", "after", "no_adaptation", "finetune"},
-      "new_users", "seconds", "config"}`` (new users: those of ``config.scenario``).
+      "new_users", "seconds", "devices", "processes", "config"}`` (new users:
+      those of ``config.scenario``; devices: those the users were split over).
 
     Raises:
       CheckpointError: ``resume`` without a run in ``out``, or with other settings.
@@ -276,13 +299,16 @@ def run(
     extra = {"config": json.loads(json.dumps(dataclasses.asdict(config)))}
     if data.encoder is not None:
         extra["encoder"] = data.encoder.to_dict()
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"row_sharded": row_sharded(config, data.tables)}
     log = None
+    main = jax.process_index() == 0  # in a job of several processes, process 0 writes the files and reports
+    progress = progress and main
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        save_config(config, folder / CONFIG_FILE)
-        log = MetricsLog(folder / "metrics.jsonl", offset=MetricsLog.last_wall_time(folder / "metrics.jsonl"))
-        options = dict(checkpoint_every=config.checkpoint_every, resume=resume, extra=extra)
+        if main:
+            save_config(config, folder / CONFIG_FILE)
+            log = MetricsLog(folder / "metrics.jsonl", offset=MetricsLog.last_wall_time(folder / "metrics.jsonl"))
+        options.update(checkpoint_every=config.checkpoint_every, resume=resume, extra=extra)
 
     def checkpoints(name: str) -> Checkpoints | None:
         return None if folder is None else Checkpoints(folder / name, keep_last=config.keep_last)
@@ -305,9 +331,11 @@ def run(
         },
         "new_users": int(meta["tasks"]),
         "seconds": round(time.perf_counter() - start, 2),
+        "devices": len(run_devices(config)),
+        "processes": jax.process_count(),
         "config": dataclasses.asdict(config),
     }
-    if folder is not None:
+    if folder is not None and main:
         (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -411,7 +439,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'-' * width}  ---------",
     ]
     lines += [f"{label:<{width}}  {result['query_mse'][key]:9.4f}" for label, key in rows]
-    lines.append(f"({result['seconds']:.1f} s)")
+    devices, processes = result.get("devices", 1), result.get("processes", 1)
+    where = "" if devices == 1 else f" on {devices} devices" + (f" of {processes} processes" if processes > 1 else "")
+    lines.append(f"({result['seconds']:.1f} s{where})")
     return "\n".join(lines)
 
 

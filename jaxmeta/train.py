@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,11 @@ from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.algorithms.maml import DEFAULT_INNER_STEPS
 from jaxmeta.checkpoint import Checkpoints
-from jaxmeta.evaluation import predict_tasks, query_metrics
 from jaxmeta.data import synthetic
+from jaxmeta.distributed import (global_batch, is_multiprocess, make_mesh, process_rows, shard_batch, shard_state,
+                                 to_host)
+from jaxmeta.evaluation import predict_tasks, query_metrics
 from jaxmeta.models import Model, embedding_mlp
-from jaxmeta.sharding import make_mesh, shard_batch, shard_state
 from jaxmeta.tasks import RaggedTasks, TaskBatch, bucket_by_support, epoch_plan, pad_tasks, resplit
 
 
@@ -42,6 +43,9 @@ DATA_SOURCES = ("synthetic", "ml-100k", "ml-1m", "table")
 # The driver's models: {name: (embed_dim, hidden) when the config leaves them unset}. "mlp" reads the
 # built-in data's integer ids; "melu" and "mf" (biased MF on the raw item ids) read featured data.
 MODELS = {"mlp": (8, (32,)), "melu": (32, (64, 64)), "mf": (32, ())}
+# A row-sharded table's rows are rounded up to a multiple of this (the rows added are never read), so that
+# it splits over any power-of-two number of devices up to it: a run saved on N devices restores on M.
+TABLE_ROWS = 1024
 # Fields a resumed run may change: they do not alter the computation of the steps already taken.
 RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last", "devices")
 
@@ -72,7 +76,8 @@ class TrainConfig:
     eval_every: int = 100  # steps between validation checks (they rank the checkpoints)
     checkpoint_every: int = 500  # steps between checkpoints of a run with an output folder
     keep_last: int = 3  # checkpoints kept besides the best
-    devices: int | None = None  # local devices the users of a batch are split across (None: all of them)
+    devices: int | None = None  # devices per process the users of a batch are split across (None: all of them)
+    shard_tables: tuple[str, ...] = ()  # embedding tables split by rows over the devices ("all": every table)
 
     def __post_init__(self):
         if self.algo not in algorithms.META_LEARNERS:
@@ -105,6 +110,11 @@ class TrainConfig:
             raise ValueError(f"chunk_size={self.chunk_size}: pass a positive number of users, or leave it unset.")
         if self.embed_dim is not None and self.embed_dim < 1:
             raise ValueError(f"embed_dim={self.embed_dim}: pass a positive integer, or leave it unset.")
+        if isinstance(self.shard_tables, str):
+            object.__setattr__(self, "shard_tables", (self.shard_tables,))
+        object.__setattr__(self, "shard_tables", tuple(str(t) for t in self.shard_tables))
+        if "all" in self.shard_tables and len(self.shard_tables) > 1:
+            raise ValueError(f"shard_tables={self.shard_tables}: pass 'all' alone, or the names of the tables.")
         if self.hidden is not None:
             object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
             if any(h < 1 for h in self.hidden):
@@ -127,10 +137,34 @@ def outer_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(config.outer_lr))
 
 
+def table_rows(config: TrainConfig, name: str, rows: int) -> int:
+    """The rows to give table ``name`` of ``rows`` ids: rounded up to a multiple of :data:`TABLE_ROWS`
+    when ``config.shard_tables`` splits it over the devices."""
+    if "all" in config.shard_tables or name in config.shard_tables:
+        return -(-rows // TABLE_ROWS) * TABLE_ROWS
+    return rows
+
+
+def row_sharded(config: TrainConfig, tables: Mapping[str, tuple[str, ...]]) -> Callable[[tuple[str, ...]], bool]:
+    """The path predicate of the tables ``config.shard_tables`` names, among the model's ``tables``
+    (``{name: parameter path}``).
+
+    Raises:
+      ValueError: a name that is not one of ``tables``.
+    """
+    unknown = [t for t in config.shard_tables if t != "all" and t not in tables]
+    if unknown:
+        raise ValueError(f"shard_tables={config.shard_tables}: this model has no table {', '.join(map(repr, unknown))}; "
+                         f"pass 'all' or some of {sorted(tables)}.")
+    chosen = [path for name, path in tables.items() if "all" in config.shard_tables or name in config.shard_tables]
+    return lambda path: any(tuple(path[: len(p)]) == p for p in chosen)
+
+
 def make_model(config: TrainConfig, data: synthetic.SyntheticData) -> Model:
-    """The MLP on embeddings of the built-in data's three fields."""
+    """The MLP on embeddings of the built-in data's three fields (tables named as :data:`synthetic.FIELDS`)."""
     embed_dim, hidden = config.model_sizes()
-    return embedding_mlp(data.vocab_sizes, embed_dim=embed_dim, hidden=hidden, output_bias=data.mean_rating)
+    vocab = tuple(table_rows(config, name, size) for name, size in zip(synthetic.FIELDS, data.vocab_sizes))
+    return embedding_mlp(vocab, embed_dim=embed_dim, hidden=hidden, output_bias=data.mean_rating)
 
 
 def make_learner(config: TrainConfig, model: Model) -> MetaLearner:
@@ -158,10 +192,15 @@ class BatchStream:
     of the current epoch and the batches taken since); :meth:`restore` puts a
     new stream over the same users there, so a resumed run sees the same
     batches as an uninterrupted one.
+
+    ``rows``: the task slots of each batch to give (default: all of them). In a
+    job of several processes every process plans the same batches and pads only
+    its own slots (:func:`jaxmeta.distributed.process_rows`).
     """
 
-    def __init__(self, tasks: RaggedTasks, config: TrainConfig):
+    def __init__(self, tasks: RaggedTasks, config: TrainConfig, *, rows: slice | None = None):
         self._tasks, self._batch_size, self._resplit = tasks, config.batch_size, config.resplit
+        self._rows = slice(0, config.batch_size) if rows is None else rows
         self._seed = config.seed
         self._buckets = bucket_by_support(tasks.support_sizes, config.num_buckets)
         self._query_size = int(tasks.query_sizes.max())
@@ -187,8 +226,10 @@ class BatchStream:
             self._next_epoch()
         idx, size = self._plan[self._index]
         self._index += 1
-        return pad_tasks(self._epoch_tasks.take(idx), support_size=size, query_size=self._query_size,
-                         num_tasks=self._batch_size)
+        mine = idx[self._rows]
+        batch = pad_tasks(self._epoch_tasks.take(mine if len(mine) else idx[:1]), support_size=size,
+                          query_size=self._query_size, num_tasks=self._rows.stop - self._rows.start)
+        return batch if len(mine) else jax.tree.map(np.zeros_like, batch)  # only padding users here
 
     def position(self) -> dict[str, Any]:
         """``{"epoch", "index", "rng"}``: the epoch (0-based; -1 before the first
@@ -292,18 +333,25 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted after step {step}" + ("; checkpoint saved" if saved else ""))
 
 
-def _mesh(config: TrainConfig) -> Mesh | None:
-    """The mesh of ``config.devices`` local devices (all by default); None for one device."""
+def run_devices(config: TrainConfig) -> list[jax.Device]:
+    """The devices a run splits its users over: ``config.devices`` of every process (all by default)."""
     local = jax.local_devices()
     count = len(local) if config.devices is None else config.devices
     if count > len(local):
         raise ValueError(f"devices={count}: this process has {len(local)} device(s); pass at most {len(local)}.")
-    if count == 1:
+    return [d for p in range(jax.process_count())
+            for d in sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)[:count]]
+
+
+def _mesh(config: TrainConfig) -> Mesh | None:
+    """The mesh of :func:`run_devices`; None for one device."""
+    used = run_devices(config)
+    if len(used) == 1:
         return None
-    if config.batch_size % count:
-        raise ValueError(f"batch_size={config.batch_size} does not split over {count} devices: pass a multiple of "
-                         f"{count}, or fewer devices.")
-    return make_mesh(local[:count])
+    if config.batch_size % len(used):
+        raise ValueError(f"batch_size={config.batch_size} does not split over {len(used)} devices: pass a multiple "
+                         f"of {len(used)}, or fewer devices.")
+    return make_mesh(used)
 
 
 def fit(
@@ -321,6 +369,7 @@ def fit(
     resume: bool = False,
     extra: Mapping[str, Any] | None = None,
     log: MetricsLog | None = None,
+    row_sharded: Callable[[tuple[str, ...]], bool] | None = None,
 ) -> tuple[MetaState, list[dict[str, float]]]:
     """Runs outer steps up to ``config.steps``; returns the state and a log of metrics.
 
@@ -338,6 +387,15 @@ def fit(
         e.g. the vocabularies and the config).
       resume: continue from the latest checkpoint (state and data position), so
         the run ends exactly where an uninterrupted one would.
+      row_sharded: path predicate of the parameter tables to split by rows over
+        the devices (:func:`jaxmeta.distributed.shard_state`); their rows must
+        be a multiple of the number of devices.
+
+    The users of each batch are split over ``config.devices`` devices of every
+    process (all by default). In a job of several processes
+    (:func:`jaxmeta.distributed.initialize`) every process calls ``fit`` with
+    the same arguments and pads only its own users of each batch; the returned
+    state is then gathered to numpy arrays on every process.
 
     Raises:
       FloatingPointError: the loss became NaN or infinite; the message names the
@@ -347,8 +405,16 @@ def fit(
     state = learner.init(jax.random.key(config.seed))
     mesh = _mesh(config)
     if mesh is not None:
-        state = shard_state(state, mesh)
-    stream = BatchStream(tasks, config)
+        state = shard_state(state, mesh, row_sharded=row_sharded or (lambda path: False))
+    multi = is_multiprocess(mesh)
+    rows = process_rows(mesh, config.batch_size) if multi else None
+    stream = BatchStream(tasks, config, rows=rows)
+
+    def placed(batch: TaskBatch) -> TaskBatch:
+        if mesh is None:
+            return batch
+        return global_batch(batch, mesh, config.batch_size) if multi else shard_batch(batch, mesh)
+
     if resume and checkpoints is not None and checkpoints.latest_step() is not None:
         state, saved = checkpoints.restore(state)
         stream.restore(saved["position"])
@@ -373,7 +439,7 @@ def fit(
     with _Interrupt() as interrupt:
         for step in bar:
             batch = next(stream)
-            state, metrics = learner.step(state, batch if mesh is None else shard_batch(batch, mesh))
+            state, metrics = learner.step(state, placed(batch))
             users = users + metrics["tasks"]  # stays on device: no sync per step
             if due("log", step) or due("eval", step) or due("save", step) or interrupt.hit:
                 loss = float(metrics["loss"])
@@ -392,7 +458,7 @@ def fit(
                     log.write("train", step, loss=record["loss"], users_per_s=record["users_per_s"])
             scores = None
             if valid is not None and due("eval", step):
-                scores = validation_metrics(learner, state, valid)
+                scores = validation_metrics(learner, to_host(state) if multi else state, valid)
                 if log is not None:
                     log.write("valid", step, **scores)
             if checkpoints is not None and (due("save", step) or scores is not None):
@@ -401,4 +467,4 @@ def fit(
                 if checkpoints is not None and last_good != step:
                     save(step)
                 raise TrainingInterrupted(step, checkpoints is not None)
-    return state, history
+    return (to_host(state) if multi else state), history

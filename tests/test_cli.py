@@ -27,7 +27,7 @@ def test_train_prints_table_and_json_last_line():
     for label in ("fomaml, before adaptation", "fomaml, after adaptation", "no adaptation", "fine-tune"):
         assert label in out.stdout
     result = json.loads(lines[-1])
-    assert set(result) == {"algo", "query_mse", "new_users", "seconds"}
+    assert set(result) == {"algo", "query_mse", "new_users", "seconds", "devices", "processes"}
     assert result["algo"] == "fomaml" and result["new_users"] == 500
     assert set(result["query_mse"]) == {"before", "after", "no_adaptation", "finetune"}
     # The table shows the same numbers as the JSON.

@@ -129,6 +129,7 @@ def biased_mf_by_id(
     dim: int = 32,
     global_bias: float = 0.0,
     init_scale: float = 0.1,
+    rows: int | None = None,
 ) -> Model:
     """:func:`biased_mf` read from raw item ids, for data whose item features hold no id field.
 
@@ -137,7 +138,8 @@ def biased_mf_by_id(
     :class:`jaxmeta.serve.Recommender` passes); the ``V`` distinct
     ``known_items`` (the items with training ratings) get rows ``1 .. V`` and
     every other id is the OOV item. Parameters and fast/slow split are those of
-    :func:`biased_mf` with ``num_items = V``.
+    :func:`biased_mf` with ``num_items = V``; ``rows`` (at least ``V + 1``) gives the
+    item table more rows, never read (e.g. to split it evenly over devices).
 
     Example:
       >>> model = biased_mf_by_id([40, 7, 40], dim=2, global_bias=3.0)
@@ -150,8 +152,11 @@ def biased_mf_by_id(
     items = np.unique(np.asarray(known_items).astype(np.int64))
     if items.size == 0:
         raise ValueError("biased_mf_by_id: known_items is empty; pass the ids of the items with training ratings.")
+    if rows is not None and rows < items.size + 1:
+        raise ValueError(f"biased_mf_by_id: rows={rows} is fewer than the {items.size} known items and the OOV row; "
+                         f"pass rows >= {items.size + 1}, or None.")
     table = jnp.asarray(items.astype(np.int32))
-    mf = biased_mf(items.size, dim=dim, global_bias=global_bias, init_scale=init_scale)
+    mf = biased_mf(items.size if rows is None else rows - 1, dim=dim, global_bias=global_bias, init_scale=init_scale)
 
     def apply(params, x) -> jax.Array:
         if not isinstance(x, Mapping) or key not in x:

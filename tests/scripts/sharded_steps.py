@@ -1,5 +1,5 @@
 """Runs on a forced 4-device CPU (XLA_FLAGS set by the caller): sharded against
-single-device outer steps, printed as one JSON line for tests/test_sharding.py."""
+single-device outer steps, printed as one JSON line for tests/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import conftest  # noqa: E402
 from conftest import random_tasks, tiny_model  # noqa: E402
 
 from jaxmeta import algorithms  # noqa: E402
-from jaxmeta.sharding import make_mesh, shard_batch, shard_state  # noqa: E402
+from jaxmeta.distributed import make_mesh, shard_batch, shard_state  # noqa: E402
 from jaxmeta.tasks import pad_tasks  # noqa: E402
 
 STEPS = 3
