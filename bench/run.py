@@ -11,6 +11,7 @@ Usage (from the repository root)::
     python -m bench.run --workload melu --variant melu --batch 32 1024
     python -m bench.run --workload ragged --batch 1024
     python -m bench.run --workload scale            # B = 32, 64, ..., 65536
+    python -m bench.run --variant melu-adapt --backend pallas   # the fused Pallas kernel
 
 ``jaxmeta bench`` takes the same flags.
 """
@@ -80,19 +81,21 @@ def _median_seconds(call: Callable[[], Any], *, steps: int, warmup: int) -> floa
     return statistics.median(times)
 
 
-def _stepper(variant: str, chunk_size: int | None):
+def _stepper(variant: str, chunk_size: int | None, backend: str = "xla"):
     """``(learner, fn)``: the variant's compiled-to-be function of ``(state, batch)``."""
-    learner = workloads.learner(variant, chunk_size=chunk_size)
+    learner = workloads.learner(variant, chunk_size=chunk_size, backend=backend)
     if variant == "melu-adapt":
         return learner, lambda state, batch: learner.predict(state, batch)
     return learner, lambda state, batch: learner.step(state, batch)
 
 
 def measure_w1(variant: str, batch_size: int, *, support: int = workloads.SUPPORT, chunk_size: int | None = -1,
-               steps: int = 10, warmup: int = 2, seed: int = 0, workload: str = "melu") -> dict[str, Any]:
-    """One W1 measurement (``chunk_size=-1``: :func:`default_chunk`)."""
+               steps: int = 10, warmup: int = 2, seed: int = 0, workload: str = "melu",
+               backend: str = "xla") -> dict[str, Any]:
+    """One W1 measurement (``chunk_size=-1``: :func:`default_chunk`; ``backend``: see
+    :func:`bench.workloads.learner`)."""
     chunk = default_chunk(batch_size) if chunk_size == -1 else chunk_size
-    learner, fn = _stepper(variant, chunk)
+    learner, fn = _stepper(variant, chunk, backend)
     state = learner.init(jax.random.key(seed))
     batch = jax.device_put(workloads.batch(np.random.default_rng(seed), batch_size, support))
     compiled, compile_s = _compile(fn, state, batch)
@@ -107,7 +110,7 @@ def measure_w1(variant: str, batch_size: int, *, support: int = workloads.SUPPOR
 
         seconds = _median_seconds(call, steps=steps, warmup=warmup)
     return _record(workload, variant, batch_size, seconds, compile_s, padded_fraction(batch), chunk_size=chunk,
-                   support=support)
+                   support=support, backend=backend)
 
 
 def ragged_batches(batch_size: int, *, seed: int = 0, pool: int = RAGGED_POOL,
@@ -145,25 +148,31 @@ def measure_ragged(batch_size: int, *, chunk_size: int | None = -1, steps: int =
     same = measure_w1("melu", batch_size, support=round(mean_support), chunk_size=chunk, seed=seed,
                       steps=max(3, steps), warmup=1)
     return _record("ragged", "melu", batch_size, seconds, compile_s, padded_fraction(batches), chunk_size=chunk,
-                   shapes=sorted(compiled), mean_support=round(mean_support, 2),
+                   backend="xla", shapes=sorted(compiled), mean_support=round(mean_support, 2),
                    w1_same_support_tasks_per_s=same["tasks_per_s"])
 
 
 def measure(workload: str, variant: str, batch_sizes: Sequence[int], *, chunk_size: int | None = -1,
-            steps: int | None = None, warmup: int | None = None, seed: int = 0):
+            steps: int | None = None, warmup: int | None = None, seed: int = 0, backend: str = "xla"):
     """Yields the records of one workload: W1 and W2 once per batch size; W3 the
-    W1 ``melu`` step at each batch size, stopping at the first that does not fit."""
+    W1 ``melu`` step at each batch size, stopping at the first that does not fit.
+    ``backend="pallas"``: W1 ``melu-adapt`` and ``melu-fo`` through the fused kernel."""
     if workload not in workloads.WORKLOADS:
         raise ValueError(f"workload={workload!r}: pass one of {tuple(workloads.WORKLOADS)}.")
     if variant not in workloads.WORKLOADS[workload]:
         raise ValueError(f"variant={variant!r} for workload {workload!r}: pass one of {workloads.WORKLOADS[workload]}.")
+    if backend not in workloads.BACKENDS:
+        raise ValueError(f"backend={backend!r}: pass one of {workloads.BACKENDS}.")
+    if backend != "xla" and (workload != "melu" or variant not in workloads.KERNEL_VARIANTS):
+        raise ValueError(f"backend={backend!r} with workload {workload!r}, variant {variant!r}: the kernel runs W1 "
+                         f"(--workload melu) variants {workloads.KERNEL_VARIANTS}; pass one of them or --backend xla.")
     timing = {k: v for k, v in (("steps", steps), ("warmup", warmup)) if v is not None}
     for b in batch_sizes:
         if workload == "ragged":
             yield measure_ragged(b, chunk_size=chunk_size, seed=seed, **timing)
             continue
         if workload == "melu":
-            yield measure_w1(variant, b, chunk_size=chunk_size, seed=seed, **timing)
+            yield measure_w1(variant, b, chunk_size=chunk_size, seed=seed, backend=backend, **timing)
             continue
         try:
             yield measure_w1(variant, b, chunk_size=chunk_size, seed=seed, workload="scale",
@@ -186,6 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="timed repetitions (default: 10; ragged 3 passes; scale 3)")
     parser.add_argument("--warmup", type=int, help="untimed repetitions after compiling (default: 2; ragged, scale 1)")
     parser.add_argument("--seed", type=int, default=0, help="parameters and data (default: 0)")
+    parser.add_argument("--backend", default="xla", choices=workloads.BACKENDS,
+                        help="adaptation backend: xla, or pallas (the fused kernel; W1 melu-adapt and melu-fo) "
+                             "(default: xla)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -194,7 +206,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch {batches}: pass positive numbers of users.")
     chunk = None if args.chunk_size == 0 else args.chunk_size
     for record in measure(args.workload, args.variant, batches, chunk_size=chunk, steps=args.steps,
-                          warmup=args.warmup, seed=args.seed):
+                          warmup=args.warmup, seed=args.seed, backend=args.backend):
         print(json.dumps(record), flush=True)
     return 0
 

@@ -36,6 +36,8 @@ INNER_STEPS, INNER_LR, OUTER_LR = 5, 0.03, 1e-3
 RAGGED_SUPPORT = (3, 100)  # W2: support sizes uniform in this closed range
 
 WORKLOADS = {"melu": ("melu", "melu-fo", "melu-adapt"), "ragged": ("melu",), "scale": ("melu",)}
+KERNEL_VARIANTS = ("melu-fo", "melu-adapt")  # the W1 variants the Pallas kernel backend runs
+BACKENDS = ("xla", "pallas")
 
 
 def model() -> Model:
@@ -44,13 +46,21 @@ def model() -> Model:
     return melu(spec, embed_dim=EMBED_DIM, hidden=HIDDEN, output_bias=3.0)
 
 
-def learner(variant: str, *, chunk_size: int | None = None) -> MetaLearner:
-    """The meta-learner of a W1 variant: MAML (``melu``, ``melu-adapt``) or first-order MAML (``melu-fo``)."""
+def learner(variant: str, *, chunk_size: int | None = None, backend: str = "xla") -> MetaLearner:
+    """The meta-learner of a W1 variant: MAML (``melu``, ``melu-adapt``) or first-order MAML (``melu-fo``).
+
+    ``backend``: ``"xla"`` or ``"pallas"`` (the fused adaptation kernel of
+    :mod:`jaxmeta.kernels`), see :func:`jaxmeta.algorithms.maml`. The kernel runs
+    ``melu-adapt`` and ``melu-fo``; the second-order step of ``melu`` has no kernel.
+    """
     if variant not in WORKLOADS["melu"]:
         raise ValueError(f"variant={variant!r}: pass one of {WORKLOADS['melu']}.")
+    if backend != "xla" and variant not in KERNEL_VARIANTS:
+        raise ValueError(f"variant={variant!r} with backend={backend!r}: the kernel has no second-order step; "
+                         f"pass backend='xla', or one of the variants {KERNEL_VARIANTS}.")
     return algorithms.maml(model(), inner_optimizer=INNER_LR, inner_steps=INNER_STEPS,
                            outer_optimizer=optax.adam(OUTER_LR), first_order=variant == "melu-fo",
-                           chunk_size=chunk_size)
+                           chunk_size=chunk_size, backend=backend)
 
 
 def batch(rng: np.random.Generator, num_tasks: int, support: int | np.ndarray = SUPPORT, query: int = QUERY, *,

@@ -25,13 +25,28 @@ def check(record, workload, variant, batch):
     assert (record["workload"], record["variant"], record["batch"]) == (workload, variant, batch)
     assert record["tasks_per_s"] > 0 and record["step_ms"] > 0 and record["compile_s"] > 0
     assert 0 <= record["padded_fraction"] < 1
+    assert record["backend"] in workloads.BACKENDS
 
 
 @pytest.mark.parametrize("variant", workloads.WORKLOADS["melu"])
 def test_w1_variants(variant):
     record = run.measure_w1(variant, 3, steps=2, warmup=1)
     check(record, "melu", variant, 3)
-    assert record["padded_fraction"] == 0.0 and record["support"] == workloads.SUPPORT
+    assert record["padded_fraction"] == 0.0 and record["support"] == workloads.SUPPORT and record["backend"] == "xla"
+
+
+@pytest.mark.parametrize("variant", workloads.KERNEL_VARIANTS)
+def test_w1_through_the_pallas_kernel(variant):
+    # Interpret mode here: a smoke test, not a timing.
+    [record] = run.measure("melu", variant, [3], steps=1, warmup=0, backend="pallas")
+    check(record, "melu", variant, 3)
+    assert record["backend"] == "pallas"
+
+
+@pytest.mark.parametrize("workload, variant", [("melu", "melu"), ("scale", "melu"), ("ragged", "melu")])
+def test_the_kernel_backend_is_refused_where_it_has_no_kernel(workload, variant):
+    with pytest.raises(ValueError, match="backend='pallas'"):
+        next(run.measure(workload, variant, [3], backend="pallas"))
 
 
 def test_w1_batch_has_the_workload_shapes():
@@ -56,7 +71,8 @@ def test_w2_ragged_buckets_and_padding():
 def test_jaxmeta_bench_command_prints_json_lines():
     exe = Path(sys.executable).with_name("jaxmeta")
     out = subprocess.run([str(exe), "bench", "--workload", "scale", "--batch", "2", "4", "--steps", "1",
-                          "--warmup", "0"], capture_output=True, text=True, timeout=600, cwd=ROOT / "tests")
+                          "--warmup", "0", "--backend", "xla"], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT / "tests")
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert [r["batch"] for r in records] == [2, 4]

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmeta.losses import LossFn, masked_mean
+from jaxmeta.losses import LossFn, masked_mean, squared_error
 from jaxmeta.models import Model, combine, mask_where, partition
 from jaxmeta.tasks import TaskBatch, task_mask
 
@@ -130,6 +130,77 @@ def embed_stage(model: Model, is_fast: Callable) -> tuple[Model, Callable[[Param
 def split_fast(params: Params, is_fast: Callable) -> tuple[Params, Params]:
     """``(fast, slow)`` parts of ``params`` under the path predicate ``is_fast``."""
     return partition(params, mask_where(params, is_fast))
+
+
+BACKENDS = ("xla", "pallas", "auto")
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[int(key)] if isinstance(tree, list | tuple) else tree[key]
+    return tree
+
+
+def _replace_at(tree, path, value):
+    if not path:
+        return value
+    key, rest = path[0], path[1:]
+    if isinstance(tree, list | tuple):
+        items = list(tree)
+        items[int(key)] = _replace_at(items[int(key)], rest, value)
+        return type(tree)(items)
+    return {**tree, key: _replace_at(tree[key], rest, value)}
+
+
+def kernel_adapter(model: Model, is_fast: Callable, loss_fn: LossFn, *, inner_lr: float | None, inner_steps: int,
+                   backend: str, who: str) -> Callable | None:
+    """How an algorithm's inner loop runs: ``None`` for XLA, or ``run`` for the fused
+    Pallas kernel (:func:`jaxmeta.kernels.fused_adapt_task`).
+
+    ``run(fast, support_x, support_y, support_mask, query_x, *, with_weights)`` takes
+    one embedded task and returns ``(adapted fast weights or None, query predictions,
+    inner losses)``. The kernel applies when the model declares its MLP on features
+    (:attr:`jaxmeta.models.Model.mlp`), is staged under ``is_fast``, its fast weights
+    are exactly that MLP's layers, the inner optimizer is plain SGD given as a
+    number and the loss is mean squared error. ``backend="pallas"`` asks for it
+    (interpret mode without a GPU) and raises where it does not apply;
+    ``"auto"`` takes it where it applies on a GPU, XLA otherwise; ``"xla"`` never.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{who}: backend={backend!r}; pass 'xla' (the default), 'pallas' (the fused Pallas "
+                         "kernel, jaxmeta.kernels) or 'auto' (the kernel where it applies on a GPU).")
+    if backend == "xla":
+        return None
+    why = []
+    if model.mlp is None:
+        why.append("the model declares no MLP on features (Model.mlp; melu and embedding_mlp do)")
+    elif not model.staged(is_fast):
+        why.append("the model has no input stage that stays slow (Model.embed, its tables not fast)")
+    else:
+        shapes = jax.eval_shape(model.init, jax.random.key(0))
+        in_mlp = mask_where(shapes, lambda path: path[: len(model.mlp)] == tuple(model.mlp))
+        if jax.tree.leaves(in_mlp) != jax.tree.leaves(mask_where(shapes, lambda path: bool(is_fast(path)))):
+            why.append("its fast weights are not exactly the layers of Model.mlp (pass is_fast=None)")
+        elif len(_at(shapes, model.mlp)) < 2:
+            why.append("its MLP has no hidden layer")
+    if inner_lr is None:
+        why.append("the inner optimizer is not plain SGD given as a number (pass e.g. inner_optimizer=0.03)")
+    if loss_fn is not squared_error:
+        why.append("the loss is not 'mse'")
+    if why or (backend == "auto" and jax.default_backend() != "gpu"):
+        if backend == "pallas":
+            raise ValueError(f"{who}(backend='pallas'): the fused kernel does not apply: {'; '.join(why)}. "
+                             "Fix that, or pass backend='xla'.")
+        return None
+    from jaxmeta.kernels import fused_adapt_task
+
+    def run(fast, support_x, support_y, support_mask, query_x, *, with_weights: bool = True):
+        out = fused_adapt_task(support_x, support_y, support_mask, query_x, _at(fast, model.mlp), lr=inner_lr,
+                               steps=inner_steps, with_weights=with_weights)
+        adapted = _replace_at(fast, model.mlp, out.layers) if with_weights else None
+        return adapted, out.predictions, out.losses
+
+    return run
 
 
 def all_rows(task: TaskBatch):

@@ -23,6 +23,7 @@ from jaxmeta.algorithms._core import (
     MetaLearner,
     build,
     embed_stage,
+    kernel_adapter,
     masked_loss,
     query_loss,
     split_fast,
@@ -49,6 +50,7 @@ def maml_family(
     is_fast: Callable | None,
     init_hyper: Callable[[Any], Any] = lambda params: (),
     inner_lr: float | None = None,
+    backend: str = "xla",
 ) -> MetaLearner:
     """MAML with the inner optimizer made from the meta-learned ``hyper``.
 
@@ -59,16 +61,15 @@ def maml_family(
     ``inner_lr``: the inner optimizer is plain SGD at this rate; a model with a
     fast dense layer on its features (:meth:`jaxmeta.models.Model.dense_fast`)
     then adapts it in closed form (:func:`jaxmeta.inner.inner_adapt_dense`).
+    ``backend``: see :func:`maml`.
     """
     if inner_steps < 1:
         raise ValueError(f"inner_steps={inner_steps}: meta-learning needs at least one inner step.")
     loss_fn = get_loss(loss)
     is_fast = model.is_fast if is_fast is None else is_fast
     inner_model, embed = embed_stage(model, is_fast)
-    if inner_lr is not None and model.dense_fast(is_fast):
-        return _dense_maml(model, embed, inner_lr=inner_lr, inner_steps=inner_steps,
-                           outer_optimizer=outer_optimizer, loss_fn=loss_fn, first_order=first_order, remat=remat,
-                           chunk_size=chunk_size, is_fast=is_fast)
+    kernel = kernel_adapter(model, is_fast, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, backend=backend,
+                            who="maml")
 
     def adapt(meta, task, *, first_order=False, remat=False):
         params, hyper = meta
@@ -93,23 +94,50 @@ def maml_family(
         adapted, _, _, losses = adapt(meta, task)
         return adapted, losses
 
-    return build(
-        model,
-        loss_fn=loss_fn,
-        objective=objective,
-        adapt_task=adapt_task,
-        is_fast=is_fast,
-        outer_optimizer=outer_optimizer,
-        chunk_size=chunk_size,
-        init_hyper=init_hyper,
-    )
+    if inner_lr is not None and model.dense_fast(is_fast):
+        tasks = _dense_maml(model, embed, inner_lr=inner_lr, inner_steps=inner_steps, loss_fn=loss_fn,
+                            first_order=first_order, remat=remat, is_fast=is_fast)
+    else:
+        tasks = {"objective": objective, "adapt_task": adapt_task}
+    if kernel is not None:
+        tasks |= _kernel_maml(kernel, embed, loss_fn=loss_fn, first_order=first_order, is_fast=is_fast)
+    return build(model, loss_fn=loss_fn, is_fast=is_fast, outer_optimizer=outer_optimizer, chunk_size=chunk_size,
+                 init_hyper=init_hyper, **tasks)
 
 
-def _dense_maml(model: Model, embed: Callable, *, inner_lr: float, inner_steps: int,
-                outer_optimizer: optax.GradientTransformation, loss_fn: LossFn, first_order: bool, remat: bool,
-                chunk_size: int | None, is_fast: Callable) -> MetaLearner:
-    """:func:`maml_family` for plain SGD on a model whose first fast layer is dense on its
-    features: that layer is adapted in closed form (the same function, far less work)."""
+def _kernel_maml(kernel: Callable, embed: Callable, *, loss_fn: LossFn, first_order: bool,
+                 is_fast: Callable) -> dict[str, Callable]:
+    """The per-task functions that run on the fused Pallas kernel (:func:`kernel_adapter`):
+    adaptation and prediction always; the objective in first order only (the kernel's
+    VJP is first order: the second-order step stays on XLA)."""
+
+    def run(meta, task, with_weights):
+        fast, slow = split_fast(meta[0], is_fast)
+        task = embed(slow, task)
+        return kernel(fast, task.support_x, task.support_y, task.support_mask, task.query_x,
+                      with_weights=with_weights), task
+
+    def adapt_task(meta, task):
+        (adapted, _, losses), _ = run(meta, task, True)
+        return adapted, losses
+
+    tasks = {"adapt_task": adapt_task, "predict_task": lambda meta, task: run(meta, task, False)[0][1]}
+    if first_order:
+
+        def objective(meta, task):
+            (_, predictions, losses), task = run(meta, task, False)
+            value = masked_loss(loss_fn, predictions, task.query_y, task.query_mask)
+            return value, {"loss": value, "inner_loss": losses[0]}
+
+        tasks["objective"] = objective
+    return tasks
+
+
+def _dense_maml(model: Model, embed: Callable, *, inner_lr: float, inner_steps: int, loss_fn: LossFn,
+                first_order: bool, remat: bool, is_fast: Callable) -> dict[str, Callable]:
+    """The per-task functions of :func:`maml_family` for plain SGD on a model whose first
+    fast layer is dense on its features: that layer is adapted in closed form (the
+    same function, far less work)."""
     is_dense = lambda path: path[: len(model.dense)] == tuple(model.dense)  # noqa: E731
 
     def adapt(meta, task, *, first_order=False, remat=False):
@@ -141,9 +169,19 @@ def _dense_maml(model: Model, embed: Callable, *, inner_lr: float, inner_steps: 
         layer = jax.tree_util.tree_map_with_path(lambda p, _: weights[path_names(p)[-1]], layer)
         return combine(layer, result.rest), result.losses
 
-    return build(model, loss_fn=loss_fn, objective=objective, adapt_task=adapt_task, is_fast=is_fast,
-                 outer_optimizer=outer_optimizer, chunk_size=chunk_size,
-                 predict_task=lambda meta, task: query(meta, task)[0])
+    return {"objective": objective, "adapt_task": adapt_task, "predict_task": lambda meta, task: query(meta, task)[0]}
+
+
+def inner_sgd(inner_optimizer: optax.GradientTransformation | float) -> tuple[optax.GradientTransformation,
+                                                                              float | None]:
+    """``(transformation, rate)``: a number is plain SGD at that rate (``rate`` is the
+    number, which unlocks the closed-form layer and the Pallas kernel); any optax
+    transformation passes through with ``rate`` None."""
+    if isinstance(inner_optimizer, int | float):
+        if not inner_optimizer > 0:
+            raise ValueError(f"inner_optimizer={inner_optimizer}: pass a positive SGD rate or an optax transformation.")
+        return optax.sgd(float(inner_optimizer)), float(inner_optimizer)
+    return inner_optimizer, None
 
 
 def maml(
@@ -157,6 +195,7 @@ def maml(
     remat: bool = False,
     chunk_size: int | None = None,
     is_fast: Callable | None = None,
+    backend: str = "xla",
 ) -> MetaLearner:
     """Model-agnostic meta-learning, second order unless ``first_order``.
 
@@ -177,6 +216,15 @@ def maml(
       remat: recompute each inner step in the backward pass to bound memory.
       chunk_size: process the users of a batch this many at a time.
       is_fast: override the model's fast-weight predicate.
+      backend: ``"xla"`` (default) or ``"pallas"``: adapt users with the fused
+        Pallas kernel (:mod:`jaxmeta.kernels`; Triton on a GPU, interpret mode
+        elsewhere) in ``adapt``, ``predict``, ``evaluate`` and, when
+        ``first_order``, the training step (the second-order step stays on XLA).
+        It needs a model that declares its MLP on features
+        (:attr:`jaxmeta.models.Model.mlp`: MeLU, ``embedding_mlp``) with exactly
+        that MLP fast, ``inner_optimizer`` a number and ``loss="mse"``, and raises
+        otherwise. ``"auto"``: the kernel where it applies and the default
+        backend is a GPU, XLA otherwise.
 
     Returns:
       A :class:`jaxmeta.algorithms.MetaLearner`.
@@ -193,12 +241,7 @@ def maml(
       >>> sorted(metrics), int(metrics["tasks"])
       (['inner_loss', 'loss', 'tasks'], 8)
     """
-    inner_lr = None
-    if isinstance(inner_optimizer, int | float):
-        if not inner_optimizer > 0:
-            raise ValueError(f"inner_optimizer={inner_optimizer}: pass a positive SGD rate or an optax transformation.")
-        inner_lr = float(inner_optimizer)
-        inner_optimizer = optax.sgd(inner_lr)
+    inner_optimizer, inner_lr = inner_sgd(inner_optimizer)
     return maml_family(
         model,
         inner_optimizer=lambda hyper: inner_optimizer,
@@ -210,6 +253,7 @@ def maml(
         remat=remat,
         chunk_size=chunk_size,
         is_fast=is_fast,
+        backend=backend,
     )
 
 

@@ -21,8 +21,17 @@ from collections.abc import Callable
 import jax
 import optax
 
-from jaxmeta.algorithms._core import MetaLearner, all_rows, build, embed_stage, rows_loss, split_fast, tree_vdot
-from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS
+from jaxmeta.algorithms._core import (
+    MetaLearner,
+    all_rows,
+    build,
+    embed_stage,
+    kernel_adapter,
+    rows_loss,
+    split_fast,
+    tree_vdot,
+)
+from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS, inner_sgd
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine
@@ -31,22 +40,30 @@ from jaxmeta.models import Model, combine
 def reptile(
     model: Model,
     *,
-    inner_optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
+    inner_optimizer: optax.GradientTransformation | float = DEFAULT_INNER_OPTIMIZER,
     inner_steps: int = DEFAULT_INNER_STEPS,
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
     loss: str | LossFn = "mse",
     chunk_size: int | None = None,
     is_fast: Callable | None = None,
+    backend: str = "xla",
 ) -> MetaLearner:
-    """Reptile; arguments as in :func:`jaxmeta.algorithms.maml`."""
+    """Reptile; arguments as in :func:`jaxmeta.algorithms.maml`. With ``backend="pallas"``
+    the inner loop (training and test-time adaptation) runs on the fused kernel."""
     if inner_steps < 1:
         raise ValueError(f"inner_steps={inner_steps}: Reptile needs at least one inner step.")
     loss_fn = get_loss(loss)
     is_fast = model.is_fast if is_fast is None else is_fast
     sg = jax.lax.stop_gradient
     inner_model, embed = embed_stage(model, is_fast)
+    inner_optimizer, inner_lr = inner_sgd(inner_optimizer)
+    kernel = kernel_adapter(model, is_fast, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, backend=backend,
+                            who="reptile")
 
     def train(fast, slow, x, y, mask):
+        if kernel is not None:  # the query rows are the support rows: only the weights are used
+            adapted, _, losses = kernel(fast, x, y, mask, x)
+            return adapted, losses
         rows = lambda f: rows_loss(inner_model, loss_fn, combine(f, slow), x, y, mask)  # noqa: E731
         return inner_adapt(rows, fast, optimizer=inner_optimizer, steps=inner_steps, first_order=True)
 
@@ -65,6 +82,11 @@ def reptile(
         task = embed(slow, task)
         return train(fast, slow, task.support_x, task.support_y, task.support_mask)
 
+    def predict_task(meta, task):  # the kernel's own query predictions
+        fast, slow = split_fast(meta[0], is_fast)
+        task = embed(slow, task)
+        return kernel(fast, task.support_x, task.support_y, task.support_mask, task.query_x, with_weights=False)[1]
+
     return build(
         model,
         loss_fn=loss_fn,
@@ -73,4 +95,5 @@ def reptile(
         is_fast=is_fast,
         outer_optimizer=outer_optimizer,
         chunk_size=chunk_size,
+        predict_task=None if kernel is None else predict_task,
     )

@@ -53,6 +53,12 @@ class Model(NamedTuple):
         adapts it in closed form (:func:`jaxmeta.inner.inner_adapt_dense`).
       after_dense: the rest of ``apply_embedded``, from the dense layer's
         pre-activation; set with ``dense``.
+      mlp: optional, with ``embed``: the path of a list of dense layers
+        ``[{"w": [in, out], "b": [out]}, ...]`` that ``apply_embedded`` is, on the
+        features: ReLU between layers, none after the last, whose width is 1
+        (``apply_embedded(params, h) == jaxmeta.models.melu.apply_layers(layers, h)[:, 0]``).
+        It lets ``backend="pallas"`` adapt them with the fused kernel
+        (:mod:`jaxmeta.kernels`).
     """
 
     init: Callable[[jax.Array], Params]
@@ -64,6 +70,7 @@ class Model(NamedTuple):
     is_embedding: Callable[[Path], bool] | None = None
     dense: Path | None = None
     after_dense: Callable[[Params, jax.Array], jax.Array] | None = None
+    mlp: Path | None = None
 
     def staged(self, is_fast: Callable[[Path], bool] | None = None) -> bool:
         """Whether the input stage can run once per task: the model has one and,

@@ -258,4 +258,5 @@ def melu(
         is_embedding=lambda path: path[0] == "embeddings",
         dense=("layers", "0"),
         after_dense=after_dense,
+        mlp=("layers",),
     )

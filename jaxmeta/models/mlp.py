@@ -98,4 +98,5 @@ def embedding_mlp(
         is_embedding=lambda path: path[0] == "embeddings",
         dense=("layers", "0"),
         after_dense=after_dense,
+        mlp=("layers",),
     )
