@@ -49,6 +49,7 @@ TRAIN_FLAGS = (
     ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (with --out)"),
     ("--keep-last", "keep_last", int, "checkpoints kept besides the best"),
     ("--devices", "devices", int, "devices per process the users of a batch are split across (unset: all)"),
+    ("--backend", "backend", str, "the inner loop of maml, fomaml, reptile and fine-tuning: xla, pallas or auto"),
     ("--shard-tables", "shard_tables", str, "embedding tables split by rows over the devices: 'all' or their names"),
 )
 
@@ -77,6 +78,8 @@ def _train_parser(commands) -> None:
             extra["choices"] = DATA_SOURCES
         if field == "model":
             extra["choices"] = ("auto", *MODELS)
+        if field == "backend":
+            extra["choices"] = algorithms.BACKENDS
         train.add_argument(flag, dest=field, type=kind, help=text if default is None else f"{text} (default: {default})",
                            **extra)
     train.add_argument("--resplit", dest="resplit", action="store_true",

@@ -245,8 +245,8 @@ def _config(fields: dict[str, Any]) -> TrainConfig:
 def _baseline_learners(config: TrainConfig, model: Model) -> tuple[MetaLearner, MetaLearner]:
     outer = outer_optimizer(config)
     glob = algorithms.no_adaptation(model, outer_optimizer=outer, chunk_size=config.chunk_size)
-    tune = algorithms.finetune(model, inner_optimizer=optax.sgd(config.inner_lr), inner_steps=config.inner_steps,
-                               outer_optimizer=outer, chunk_size=config.chunk_size)
+    tune = algorithms.finetune(model, inner_optimizer=config.inner_lr, inner_steps=config.inner_steps,
+                               outer_optimizer=outer, chunk_size=config.chunk_size, backend=config.backend)
     return glob, tune
 
 

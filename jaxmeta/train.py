@@ -46,8 +46,11 @@ MODELS = {"mlp": (8, (32,)), "melu": (32, (64, 64)), "mf": (32, ())}
 # A row-sharded table's rows are rounded up to a multiple of this (the rows added are never read), so that
 # it splits over any power-of-two number of devices up to it: a run saved on N devices restores on M.
 TABLE_ROWS = 1024
-# Fields a resumed run may change: they do not alter the computation of the steps already taken.
-RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last", "devices")
+# The algorithms whose inner loop may run on the fused Pallas kernel (TrainConfig.backend).
+KERNEL_ALGOS = ("maml", "fomaml", "reptile")
+# Fields a resumed run may change: they do not alter the computation of the steps already taken
+# (the backend computes the same function, up to rounding).
+RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last", "devices", "backend")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +81,7 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept besides the best
     devices: int | None = None  # devices per process the users of a batch are split across (None: all of them)
     shard_tables: tuple[str, ...] = ()  # embedding tables split by rows over the devices ("all": every table)
+    backend: str = "xla"  # the inner loop: "xla", "pallas" (the fused kernel, jaxmeta.kernels) or "auto"
 
     def __post_init__(self):
         if self.algo not in algorithms.META_LEARNERS:
@@ -110,6 +114,11 @@ class TrainConfig:
             raise ValueError(f"chunk_size={self.chunk_size}: pass a positive number of users, or leave it unset.")
         if self.embed_dim is not None and self.embed_dim < 1:
             raise ValueError(f"embed_dim={self.embed_dim}: pass a positive integer, or leave it unset.")
+        if self.backend not in algorithms.BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: pass one of {algorithms.BACKENDS}.")
+        if self.backend != "xla" and self.algo not in KERNEL_ALGOS:
+            raise ValueError(f"backend={self.backend!r}: the fused kernel runs the inner loop of {KERNEL_ALGOS}, "
+                             f"not algo={self.algo!r}; pass backend='xla' or one of those algorithms.")
         if isinstance(self.shard_tables, str):
             object.__setattr__(self, "shard_tables", (self.shard_tables,))
         object.__setattr__(self, "shard_tables", tuple(str(t) for t in self.shard_tables))
@@ -174,10 +183,12 @@ def make_learner(config: TrainConfig, model: Model) -> MetaLearner:
     )
     if config.algo == "metasgd":
         kwargs["inner_lr"] = config.inner_lr
-    elif config.algo in ("maml", "fomaml", "anil"):
+    elif config.algo in ("maml", "fomaml", "anil", "reptile"):
         kwargs["inner_optimizer"] = config.inner_lr  # plain SGD as a number: MeLU's first layer in closed form
     else:
         kwargs["inner_optimizer"] = optax.sgd(config.inner_lr)
+    if config.algo in KERNEL_ALGOS:
+        kwargs["backend"] = config.backend
     return algorithms.META_LEARNERS[config.algo](model, **kwargs)
 
 

@@ -59,6 +59,12 @@ def test_help_lists_the_commands():
         (["--model", "svd"], "invalid choice: 'svd'"),
         (["--data", "table", "--path", "r.csv", "--model", "mlp"], "model='mlp' reads the synthetic data's integer ids"),
         (["--data", "table", "--path", "r.csv", "--model", "mf", "--hidden", "8"], "biased MF has no hidden layers"),
+        (["--backend", "cuda"], "invalid choice: 'cuda'"),
+        (["--backend", "pallas", "--algo", "anil"], "the fused kernel runs the inner loop of ('maml', 'fomaml', "
+                                                    "'reptile'), not algo='anil'"),
+        (["--shard-tables", "actor"], "this model has no table 'actor'; pass 'all' or some of ['item', "
+                                      "'item_genre', 'user_group']"),
+        (["--shard-tables", "all", "item"], "pass 'all' alone"),
     ],
 )
 def test_bad_flags_fail_with_a_message(args, message):

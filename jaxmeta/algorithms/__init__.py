@@ -1,5 +1,6 @@
 """Meta-learning algorithms and baselines, each a factory returning a MetaLearner."""
 
+from jaxmeta.algorithms._core import BACKENDS as BACKENDS  # the inner loop's backends: xla, pallas, auto
 from jaxmeta.algorithms._core import MetaLearner as MetaLearner
 from jaxmeta.algorithms._core import MetaState as MetaState
 from jaxmeta.algorithms._core import build as build  # the engine, for new algorithms (examples/custom_algorithm.py)
@@ -30,6 +31,7 @@ BASELINES = {"no_adaptation": no_adaptation, "finetune": finetune}
 """The baselines by name."""
 
 __all__ = (
+    "BACKENDS",
     "BASELINES",
     "META_LEARNERS",
     "MetaLearner",
