@@ -12,6 +12,7 @@ from jaxmeta import evaluation as evaluation
 from jaxmeta import losses as losses
 from jaxmeta import metrics as metrics
 from jaxmeta import models as models
+from jaxmeta import text as text
 from jaxmeta.algorithms import MetaLearner as MetaLearner
 from jaxmeta.algorithms import MetaState as MetaState
 from jaxmeta.inner import inner_adapt as inner_adapt
@@ -40,4 +41,5 @@ __all__ = (
     "models",
     "pad_tasks",
     "padded_fraction",
+    "text",
 )

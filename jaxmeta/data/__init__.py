@@ -1,11 +1,12 @@
 """Data: the built-in synthetic data, MovieLens and MeLU files, any interactions table,
-feature encoding and the cold-start protocol."""
+feature encoding (item text vectors included) and the cold-start protocol."""
 
 from jaxmeta.data import features as features
 from jaxmeta.data import interactions as interactions
 from jaxmeta.data import movielens as movielens
 from jaxmeta.data import splits as splits
 from jaxmeta.data import synthetic as synthetic
+from jaxmeta.data import text_features as text_features
 from jaxmeta.data.features import FeatureEncoder as FeatureEncoder
 from jaxmeta.data.features import FeatureSpec as FeatureSpec
 from jaxmeta.data.features import FieldSpec as FieldSpec
@@ -37,4 +38,5 @@ __all__ = (
     "recbole_split",
     "splits",
     "synthetic",
+    "text_features",
 )

@@ -11,7 +11,10 @@ leading rows axis,
   ``[rows, max_values]``; -1 marks an empty slot, 0 an OOV value, 1..V known
   values (a row with no value is all -1);
 * numeric field: float32 ``[rows]``, standardised with the mean and standard
-  deviation of the table the encoder was fitted on.
+  deviation of the table the encoder was fitted on;
+* vector field (a dense feature such as an item's text vector,
+  :mod:`jaxmeta.data.text_features`): float32 ``[rows, width]``, the vector of
+  the row's user or item as its table holds it (zeros where missing).
 
 A :class:`FieldSpec` describes each field and :data:`FeatureSpec` (a tuple of
 them, in the dict's fixed order) the whole input, so that a model can size its
@@ -47,7 +50,7 @@ import pandas as pd
 
 from jaxmeta.data.interactions import _shown
 
-FIELD_KINDS = ("categorical", "multi", "numeric")
+FIELD_KINDS = ("categorical", "multi", "numeric", "vector")
 TABLES = ("user", "item")
 _FORMAT = "jaxmeta.FeatureEncoder"
 _VERSION = 1
@@ -67,9 +70,10 @@ class FieldSpec(NamedTuple):
 
     Attributes:
       name: the key of the field in the inputs dict.
-      kind: ``"categorical"``, ``"multi"`` or ``"numeric"``.
+      kind: ``"categorical"``, ``"multi"``, ``"numeric"`` or ``"vector"``.
       size: rows of the field's embedding table: V + 1 (the V known values and
-        the OOV index 0); 1 for a numeric field.
+        the OOV index 0); 1 for a numeric field; the width of a vector field
+        (the rows of its projection).
       max_values: slots per row of a multi-valued field; 1 otherwise.
     """
 
@@ -235,9 +239,12 @@ class _Field:
     prefix: int | None = None  # categorical and multi: keep the first `prefix` characters of strings
     mean: float = 0.0  # numeric
     std: float = 1.0  # numeric
+    width: int = 0  # vector
 
     @property
     def spec(self) -> FieldSpec:
+        if self.kind == "vector":
+            return FieldSpec(self.name, self.kind, self.width, 1)
         size = 1 if self.vocabulary is None else self.vocabulary.size
         return FieldSpec(self.name, self.kind, size, self.max_values)
 
@@ -245,6 +252,8 @@ class _Field:
         out = {"name": self.name, "table": self.table, "kind": self.kind}
         if self.kind == "numeric":
             return out | {"mean": self.mean, "std": self.std}
+        if self.kind == "vector":
+            return out | {"width": self.width}
         return out | {"vocabulary": self.vocabulary.to_dict(), "max_values": self.max_values, "prefix": self.prefix}
 
 
@@ -306,8 +315,43 @@ def _numbers(values: pd.Series, field: str, ids: pd.Series) -> np.ndarray:
     return converted.to_numpy(np.float64, na_value=np.nan)
 
 
+def _vectors(values: pd.Series, field: str, ids: pd.Series, width: int | None) -> np.ndarray:
+    """float32 ``[n, width]`` from a column of vectors (missing rows -> zeros); ``width``
+    None: the width of the first vector."""
+    rows = []
+    for key, row in zip(ids, values):
+        if _is_missing(row):
+            rows.append(None)
+            continue
+        if isinstance(row, (str, bytes)) or not isinstance(row, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"vector field {field!r}, id {_shown(key)}: expected a 1-D array of numbers, got {row!r:.80}; "
+                "put one vector per row (e.g. jaxmeta.data.text_features.add_text_vectors), or declare the column "
+                "numeric."
+            )
+        vector = np.asarray(row, dtype=np.float64)
+        if width is None:
+            width = vector.size
+        if vector.shape != (width,) or not np.isfinite(vector).all():
+            raise ValueError(
+                f"vector field {field!r}, id {_shown(key)}: a vector of shape {vector.shape} "
+                f"{'with non-finite values ' if vector.shape == (width,) else ''}where the field holds finite vectors "
+                f"of width {width}; give every row a vector of that width (or a missing value)."
+            )
+        rows.append(vector)
+    if width is None:
+        raise ValueError(f"vector field {field!r} has no vector in its table to fit on; pass at least one.")
+    out = np.zeros((len(rows), width), np.float32)
+    for i, vector in enumerate(rows):
+        if vector is not None:
+            out[i] = vector
+    return out
+
+
 def _encode_column(field: _Field, values: pd.Series, ids: pd.Series) -> np.ndarray:
-    """One field of a feature table: int32 [n] / int32 [n, max_values] / float32 [n]."""
+    """One field of a feature table: int32 [n] / int32 [n, max_values] / float32 [n] / float32 [n, width]."""
+    if field.kind == "vector":
+        return _vectors(values, field.name, ids, field.width)
     if field.kind == "categorical":
         return field.vocabulary.encode(_scalars(values, field.name, ids, field.prefix))
     if field.kind == "numeric":
@@ -372,8 +416,8 @@ class FeatureEncoder:
 
     Field order in the dict and in :attr:`spec`: item fields, then user fields
     (MeLU concatenates item embeddings before user embeddings); within each
-    table categorical, then multi-valued, then numeric fields, each in the
-    order given.
+    table categorical, then multi-valued, then numeric, then vector fields,
+    each in the order given.
 
     Example:
       >>> import pandas as pd
@@ -422,6 +466,8 @@ class FeatureEncoder:
         item_categorical: Sequence[str] = (),
         item_multi: Sequence[str] = (),
         item_numeric: Sequence[str] = (),
+        user_vector: Sequence[str] = (),
+        item_vector: Sequence[str] = (),
         min_count: int | Mapping[str, int] = 1,
         prefix: Mapping[str, int] | None = None,
         max_values: Mapping[str, int] | None = None,
@@ -447,6 +493,13 @@ class FeatureEncoder:
           user_numeric, item_numeric: numeric columns, standardised with the
             mean and (population) standard deviation over the table's rows; a
             constant column keeps std 1; missing values encode as 0.0 (the mean).
+          user_vector, item_vector: columns of vectors (1-D arrays of one width,
+            e.g. text vectors from
+            :func:`jaxmeta.data.text_features.add_text_vectors`), fed to the
+            models as they are (no standardisation); a missing value encodes as
+            zeros. The vectors are data of the table, like every feature: an
+            item absent at fit time gets its vector from the table given to
+            :meth:`with_tables`.
           min_count: the fewest rows a categorical or multi value must appear in
             to enter the vocabulary (rarer ones encode as 0); one number for
             every field or ``{field: count}`` (default 1).
@@ -465,8 +518,10 @@ class FeatureEncoder:
             the field's kind.
         """
         kinds = {
-            "item": (("categorical", item_categorical), ("multi", item_multi), ("numeric", item_numeric)),
-            "user": (("categorical", user_categorical), ("multi", user_multi), ("numeric", user_numeric)),
+            "item": (("categorical", item_categorical), ("multi", item_multi), ("numeric", item_numeric),
+                     ("vector", item_vector)),
+            "user": (("categorical", user_categorical), ("multi", user_multi), ("numeric", user_numeric),
+                     ("vector", user_vector)),
         }
         plan = []
         for table, groups in kinds.items():
@@ -493,7 +548,7 @@ class FeatureEncoder:
         if isinstance(min_count, Mapping):
             counts = dict(min_count)
         else:
-            counts = {n: min_count for n in names if kind_of[n] != "numeric"}
+            counts = {n: min_count for n in names if kind_of[n] in ("categorical", "multi")}
         for option, values, allowed in (
             ("prefix", prefix, ("categorical", "multi")),
             ("max_values", max_values, ("multi",)),
@@ -513,6 +568,9 @@ class FeatureEncoder:
         for name, table, kind in plan:
             frame = frames[table]
             values, ids = frame[name], frame[keys[table]]
+            if kind == "vector":
+                fields.append(_Field(name, table, kind, width=_vectors(values, name, ids, None).shape[1]))
+                continue
             if kind == "numeric":
                 x = _numbers(values, name, ids)
                 if np.isnan(x).all():
@@ -676,6 +734,10 @@ class FeatureEncoder:
                     raise ValueError(f"table {f['table']!r} / kind {f['kind']!r}")
                 if f["kind"] == "numeric":
                     fields.append(_Field(f["name"], f["table"], "numeric", mean=float(f["mean"]), std=float(f["std"])))
+                elif f["kind"] == "vector":
+                    if isinstance(f["width"], bool) or not isinstance(f["width"], int) or f["width"] < 1:
+                        raise ValueError(f"width {f['width']!r}")
+                    fields.append(_Field(f["name"], f["table"], "vector", width=f["width"]))
                 else:
                     vocab = Vocabulary.from_dict(f["vocabulary"])
                     fields.append(_Field(f["name"], f["table"], f["kind"], vocabulary=vocab,
@@ -685,12 +747,14 @@ class FeatureEncoder:
         return cls(fields, user_key=data["user_key"], item_key=data["item_key"], users=users, items=items)
 
 
-def melu_encoder(users: pd.DataFrame, items: pd.DataFrame, *, min_count: int = 1) -> FeatureEncoder:
-    """The 8 fields of MeLU on MovieLens-1M.
+def melu_encoder(users: pd.DataFrame, items: pd.DataFrame, *, min_count: int = 1,
+                 item_vector: Sequence[str] = ()) -> FeatureEncoder:
+    """The 8 fields of MeLU on MovieLens-1M (and optional item vectors).
 
     Items: ``rate`` (MPAA rating; categorical), ``genres``, ``directors``,
     ``actors`` (multi-valued); users: ``gender``, ``age``, ``occupation``,
-    ``zip`` (its first 5 characters; categorical). In that order, MeLU's.
+    ``zip`` (its first 5 characters; categorical). In that order, MeLU's; the
+    ``item_vector`` columns (e.g. text vectors) come after the item fields.
 
     Vocabularies come from the tables given. Pass the complete tables (all
     6,040 users; all 3,881 movies of ``movies_extrainfos.dat``) to reproduce MeLU,
@@ -703,6 +767,8 @@ def melu_encoder(users: pd.DataFrame, items: pd.DataFrame, *, min_count: int = 1
       items: :func:`jaxmeta.data.movielens.load_melu_items` (``item``, ``rate``,
         ``genres``, ``directors``, ``actors``).
       min_count: as in :meth:`FeatureEncoder.fit` (MeLU: 1).
+      item_vector: columns of ``items`` holding vectors (not in MeLU), e.g. the
+        ``text_vector`` of :func:`jaxmeta.data.text_features.add_text_vectors`.
 
     References:
       H. Lee et al. MeLU: Meta-Learned User Preference Estimator for Cold-Start
@@ -713,6 +779,7 @@ def melu_encoder(users: pd.DataFrame, items: pd.DataFrame, *, min_count: int = 1
         items,
         item_categorical=["rate"],
         item_multi=["genres", "directors", "actors"],
+        item_vector=list(item_vector),
         user_categorical=["gender", "age", "occupation", "zip"],
         prefix={"zip": 5},
         min_count=min_count,

@@ -6,15 +6,17 @@ Inputs are a dict keyed by field name, for the rows of ONE task (one user):
   out-of-vocabulary (OOV) id, known values are ``1 .. size - 1``;
 * multi-valued categorical field (``kind="multi"``: genres, actors): int
   ``[rows, max_values]``; -1 marks an empty slot, 0 is OOV, ``1 .. size - 1`` known;
-* numeric field (``kind="numeric"``): float ``[rows]``.
+* numeric field (``kind="numeric"``): float ``[rows]``;
+* vector field (``kind="vector"``: an item's text vector): float ``[rows, size]``.
 
 A field is described by any object with the attributes ``name``, ``kind``, ``size``
-(vocabulary size including the OOV id 0; 1 for numeric fields) and ``max_values``
-(slots of a multi-valued field), such as ``jaxmeta.data.features.FieldSpec``.
+(vocabulary size including the OOV id 0; 1 for numeric fields; the width of a
+vector field) and ``max_values`` (slots of a multi-valued field), such as
+``jaxmeta.data.features.FieldSpec``.
 
 Every field becomes one ``embed_dim`` vector per row: a table lookup, the mean of
 the embeddings of the non-empty slots (MeLU's pooling of genres, directors and
-actors), or a learned affine projection of the number. :func:`embed_fields` and
+actors), or a learned affine projection of the number or of the vector. :func:`embed_fields` and
 :func:`init_field_embeddings` are shared with :mod:`jaxmeta.models.two_tower`.
 
 References:
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 
 from jaxmeta.models._model import Model
 
-KINDS = ("categorical", "multi", "numeric")
+KINDS = ("categorical", "multi", "numeric", "vector")
 
 
 def check_fields(fields: Sequence[Any], *, model: str) -> tuple[Any, ...]:
@@ -59,9 +61,8 @@ def check_fields(fields: Sequence[Any], *, model: str) -> tuple[Any, ...]:
             raise ValueError(f"{model}: field name {f.name!r} appears twice; give every field its own name.")
         seen.add(f.name)
         if f.kind != "numeric" and int(f.size) < 1:
-            raise ValueError(
-                f"{model}: field {f.name!r} has size={f.size}; pass the vocabulary size including the OOV id 0 (>= 1)."
-            )
+            want = "the vector's width" if f.kind == "vector" else "the vocabulary size including the OOV id 0"
+            raise ValueError(f"{model}: field {f.name!r} has size={f.size}; pass {want} (>= 1).")
         if f.kind == "multi" and (f.max_values is None or int(f.max_values) < 1):
             raise ValueError(
                 f"{model}: multi-valued field {f.name!r} has max_values={f.max_values}; "
@@ -72,10 +73,20 @@ def check_fields(fields: Sequence[Any], *, model: str) -> tuple[Any, ...]:
 
 def init_field_embeddings(key: jax.Array, fields: Sequence[Any], embed_dim: int, scale: float) -> dict:
     """One parameter entry per field: a table ``[size, embed_dim]`` for categorical
-    and multi-valued fields, ``{"w": [embed_dim], "b": [embed_dim]}`` for numeric ones."""
+    and multi-valued fields, ``{"w": [embed_dim], "b": [embed_dim]}`` for numeric ones,
+    ``{"w": [size, embed_dim], "b": [embed_dim]}`` (the projection) for vector ones.
+
+    Weights are normal with standard deviation ``scale``, biases zero: a unit-norm
+    vector (a normalised sentence vector) is projected to the scale of a table row.
+    """
     params = {}
     for k, f in zip(jax.random.split(key, len(fields)), fields):
-        if f.kind == "numeric":
+        if f.kind == "vector":
+            params[f.name] = {
+                "w": scale * jax.random.normal(k, (int(f.size), embed_dim), jnp.float32),
+                "b": jnp.zeros((embed_dim,), jnp.float32),
+            }
+        elif f.kind == "numeric":
             params[f.name] = {
                 "w": scale * jax.random.normal(k, (embed_dim,), jnp.float32),
                 "b": jnp.zeros((embed_dim,), jnp.float32),
@@ -103,14 +114,18 @@ def check_inputs(x: Any, fields: Sequence[Any], *, model: str) -> int:
     for f in fields:
         a = x[f.name]
         shape, dtype = jnp.shape(a), jnp.result_type(a)
-        want = "[rows, max_values]" if f.kind == "multi" else "[rows]"
-        if len(shape) != (2 if f.kind == "multi" else 1) or (f.kind == "multi" and shape[1] != int(f.max_values)):
+        want = {"multi": "[rows, max_values]", "vector": "[rows, size]"}.get(f.kind, "[rows]")
+        width = {"multi": f.max_values, "vector": f.size}.get(f.kind)
+        if len(shape) != (1 if width is None else 2) or (width is not None and shape[1] != int(width)):
             raise ValueError(
                 f"{model}: field {f.name!r} ({f.kind}) has shape {shape}; pass {want}"
                 + (f" with max_values={f.max_values}" if f.kind == "multi" else "")
+                + (f" with size={f.size}" if f.kind == "vector" else "")
                 + " for the rows of one task (vmap over tasks outside the model)."
             )
-        if f.kind != "numeric" and not jnp.issubdtype(dtype, jnp.integer):
+        if f.kind == "vector" and not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{model}: field {f.name!r} (vector) has dtype {dtype}; pass float32 vectors.")
+        if f.kind in ("categorical", "multi") and not jnp.issubdtype(dtype, jnp.integer):
             raise TypeError(f"{model}: field {f.name!r} ({f.kind}) has dtype {dtype}; pass integer ids (int32).")
         if rows is not None and shape[0] != rows:
             raise ValueError(
@@ -128,11 +143,15 @@ def embed_fields(params: dict, fields: Sequence[Any], x: Mapping[str, jax.Array]
     a multi-valued one, are read as the OOV id 0 (a value the vocabulary does not
     know is out of vocabulary). Empty slots (-1) are masked with ``jnp.where``
     before the sum, so they change neither the output nor any gradient; a row
-    whose slots are all empty pools to zeros.
+    whose slots are all empty pools to zeros. A vector field is projected,
+    ``x @ w + b``.
     """
     parts = []
     for f in fields:
         p, a = params[f.name], x[f.name]
+        if f.kind == "vector":
+            parts.append(a.astype(jnp.float32) @ p["w"] + p["b"][None, :])
+            continue
         if f.kind == "numeric":
             v = a.astype(jnp.float32)
             parts.append(v[:, None] * p["w"][None, :] + p["b"][None, :])
@@ -185,7 +204,9 @@ def melu(
     ANIL adapts) is the last layer.
 
     Parameters are ``{"embeddings": {name: [size, embed_dim] | {"w": [embed_dim],
-    "b": [embed_dim]}}, "layers": [{"w": [in, out], "b": [out]}, ...]}``. The layers
+    "b": [embed_dim]} | {"w": [size, embed_dim], "b": [embed_dim]}}, "layers":
+    [{"w": [in, out], "b": [out]}, ...]}`` (a table, a numeric field's
+    projection, a vector field's projection; all slow). The layers
     are He-normal with zero biases (not PyTorch's uniform defaults), embeddings
     normal with standard deviation ``embed_scale``.
 

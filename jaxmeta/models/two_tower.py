@@ -1,7 +1,8 @@
 """A two-tower ranking model for implicit feedback (clicks), with the user tower fast.
 
 Each tower embeds its fields as MeLU does (one table per field, multi-valued fields
-pooled as the mean of their non-empty slots; see :func:`jaxmeta.models.melu.embed_fields`)
+pooled as the mean of their non-empty slots, a vector field such as an item's text
+vector through a learned projection; see :func:`jaxmeta.models.melu.embed_fields`)
 and maps the concatenation through an MLP to an ``out_dim`` vector. The score is
 the dot product of the user and item vectors plus a bias: a logit, trained with
 ``loss="bce"`` on 0/1 targets.
