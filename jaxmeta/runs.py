@@ -103,7 +103,7 @@ def load_data(config: TrainConfig) -> RunData:
         return _table_data(config)
     from jaxmeta import reproduce  # noqa: I001 (reproduce builds on this module's driver: import it when needed)
 
-    data = reproduce.load(config.data, config.data_dir, seed=config.data_seed)
+    data = reproduce.load(config.data, config.data_dir, seed=config.data_seed, text=config.text or None)
     model = _featured_model(config, data.encoder, data.warm_ratings)
     return RunData(data.train, data.valid, data.scenarios, model, data.encoder, _featured_tables(config, data.encoder))
 

@@ -82,6 +82,7 @@ class TrainConfig:
     devices: int | None = None  # devices per process the users of a batch are split across (None: all of them)
     shard_tables: tuple[str, ...] = ()  # embedding tables split by rows over the devices ("all": every table)
     backend: str = "xla"  # the inner loop: "xla", "pallas" (the fused kernel, jaxmeta.kernels) or "auto"
+    text: str = ""  # MovieLens: a sentence encoder (folder or packaged name) for an item text field ("": none)
 
     def __post_init__(self):
         if self.algo not in algorithms.META_LEARNERS:
@@ -114,6 +115,9 @@ class TrainConfig:
             raise ValueError(f"chunk_size={self.chunk_size}: pass a positive number of users, or leave it unset.")
         if self.embed_dim is not None and self.embed_dim < 1:
             raise ValueError(f"embed_dim={self.embed_dim}: pass a positive integer, or leave it unset.")
+        if self.text and self.data not in ("ml-100k", "ml-1m"):
+            raise ValueError(f"text={self.text!r}: item text comes from MovieLens titles, genres and metadata; "
+                             f"pass data='ml-100k' or 'ml-1m', or leave text unset with data={self.data!r}.")
         if self.backend not in algorithms.BACKENDS:
             raise ValueError(f"backend={self.backend!r}: pass one of {algorithms.BACKENDS}.")
         if self.backend != "xla" and self.algo not in KERNEL_ALGOS:

