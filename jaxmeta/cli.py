@@ -81,8 +81,8 @@ def _train_parser(commands) -> None:
             extra["choices"] = ("auto", *MODELS)
         if field == "backend":
             extra["choices"] = algorithms.BACKENDS
-        train.add_argument(flag, dest=field, type=kind, help=text if default is None else f"{text} (default: {default})",
-                           **extra)
+        shown = text if default in (None, "", ()) else f"{text} (default: {default})"
+        train.add_argument(flag, dest=field, type=kind, help=shown, **extra)
     train.add_argument("--resplit", dest="resplit", action="store_true",
                        help="deal support and query afresh every epoch (default: off)")
     train.add_argument("--config", help="a TOML or YAML file of settings (the TrainConfig field names)")
