@@ -62,16 +62,19 @@ def make_mesh(devices: Sequence[jax.Device] | None = None, *, axis: str = USERS)
     return Mesh(np.asarray(devices), (axis,))
 
 
+def _check_split(num_tasks: int, devices: int) -> None:
+    if num_tasks % devices:
+        raise ValueError(f"a batch of {num_tasks} users does not split over {devices} devices: pass a batch "
+                         f"size that is a multiple of {devices}.")
+
+
 def shard_batch(batch: TaskBatch, mesh: Mesh, *, axis: str = USERS) -> TaskBatch:
     """``batch`` on ``mesh``, its users split evenly along ``axis``.
 
     Raises:
       ValueError: the number of task slots is not a multiple of the devices on ``axis``.
     """
-    size = mesh.shape[axis]
-    if batch.num_tasks % size:
-        raise ValueError(f"a batch of {batch.num_tasks} users does not split over {size} devices: pass a batch "
-                         f"size that is a multiple of {size}.")
+    _check_split(batch.num_tasks, mesh.shape[axis])
     return jax.device_put(batch, NamedSharding(mesh, P(axis)))
 
 
@@ -164,9 +167,7 @@ def is_multiprocess(mesh: Mesh | None) -> bool:
 def process_rows(mesh: Mesh, num_tasks: int, *, axis: str = USERS) -> slice:
     """The task slots of a batch of ``num_tasks`` that this process's devices hold, under :func:`shard_batch`'s
     sharding: the rows this process loads and pads (all of them on a one-process mesh)."""
-    if num_tasks % mesh.shape[axis]:
-        raise ValueError(f"a batch of {num_tasks} users does not split over {mesh.shape[axis]} devices: pass a "
-                         f"batch size that is a multiple of {mesh.shape[axis]}.")
+    _check_split(num_tasks, mesh.shape[axis])
     held = NamedSharding(mesh, P(axis)).addressable_devices_indices_map((num_tasks,)).values()
     spans = sorted({(s[0].start or 0, num_tasks if s[0].stop is None else s[0].stop) for s in held})
     if any(a[1] != b[0] for a, b in itertools.pairwise(spans)):
