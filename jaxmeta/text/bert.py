@@ -234,9 +234,12 @@ def bert_hidden(params: dict, ids: jax.Array, mask: jax.Array, *, config: BertCo
     bias = jnp.where(mask, 0.0, jnp.finfo(h.dtype).min)[None, None, :]  # [1, 1, keys]
     act = ACTIVATIONS[config.hidden_act]
     for layer in params["layers"]:
-        q, k, v = (_dense(layer[n], h).reshape(length, heads, width) for n in ("query", "key", "value"))
-        scores = jnp.einsum("qhd,khd->hqk", q, k) / math.sqrt(width) + bias
-        context = jnp.einsum("hqk,khd->qhd", jax.nn.softmax(scores, axis=-1), v).reshape(length, -1)
+        # heads first, [heads, length, width]: XLA:CPU runs these batched products ~3x faster than
+        # the same contraction written as one einsum over [length, heads, width]
+        q, k, v = (_dense(layer[n], h).reshape(length, heads, width).transpose(1, 0, 2)
+                   for n in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(width) + bias
+        context = (jax.nn.softmax(scores, axis=-1) @ v).transpose(1, 0, 2).reshape(length, -1)
         h = _layer_norm(layer["attention_norm"], _dense(layer["attention_out"], context) + h, config.layer_norm_eps)
         inner = act(_dense(layer["intermediate"], h))
         h = _layer_norm(layer["output_norm"], _dense(layer["output"], inner) + h, config.layer_norm_eps)
