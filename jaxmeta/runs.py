@@ -103,7 +103,8 @@ def load_data(config: TrainConfig) -> RunData:
         return _table_data(config)
     from jaxmeta import reproduce  # noqa: I001 (reproduce builds on this module's driver: import it when needed)
 
-    data = reproduce.load(config.data, config.data_dir, seed=config.data_seed, text=config.text or None)
+    data = reproduce.load(config.data, config.data_dir, seed=config.data_seed, text=config.text or None,
+                          text_tokens=config.text_tokens)
     model = _featured_model(config, data.encoder, data.warm_ratings)
     return RunData(data.train, data.valid, data.scenarios, model, data.encoder, _featured_tables(config, data.encoder))
 

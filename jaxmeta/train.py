@@ -31,7 +31,7 @@ from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.algorithms.maml import DEFAULT_INNER_STEPS
 from jaxmeta.checkpoint import Checkpoints
-from jaxmeta.data import synthetic
+from jaxmeta.data import synthetic, text_features
 from jaxmeta.distributed import (global_batch, is_multiprocess, make_mesh, process_rows, shard_batch, shard_state,
                                  to_host)
 from jaxmeta.evaluation import predict_tasks, query_metrics
@@ -83,6 +83,7 @@ class TrainConfig:
     shard_tables: tuple[str, ...] = ()  # embedding tables split by rows over the devices ("all": every table)
     backend: str = "xla"  # the inner loop: "xla", "pallas" (the fused kernel, jaxmeta.kernels) or "auto"
     text: str = ""  # MovieLens: a sentence encoder (folder or packaged name) for an item text field ("": none)
+    text_tokens: int = text_features.DEFAULT_TOKENS  # the most tokens of an item's text (the model's own limit caps it)
 
     def __post_init__(self):
         if self.algo not in algorithms.META_LEARNERS:
@@ -118,6 +119,8 @@ class TrainConfig:
         if self.text and self.data not in ("ml-100k", "ml-1m"):
             raise ValueError(f"text={self.text!r}: item text comes from MovieLens titles, genres and metadata; "
                              f"pass data='ml-100k' or 'ml-1m', or leave text unset with data={self.data!r}.")
+        if isinstance(self.text_tokens, bool) or not isinstance(self.text_tokens, int) or self.text_tokens < 2:
+            raise ValueError(f"text_tokens={self.text_tokens!r}: pass a whole number >= 2 ([CLS] and [SEP] count).")
         if self.backend not in algorithms.BACKENDS:
             raise ValueError(f"backend={self.backend!r}: pass one of {algorithms.BACKENDS}.")
         if self.backend != "xla" and self.algo not in KERNEL_ALGOS:

@@ -65,6 +65,7 @@ def test_help_lists_the_commands():
         (["--shard-tables", "actor"], "this model has no table 'actor'; pass 'all' or some of ['item', "
                                       "'item_genre', 'user_group']"),
         (["--shard-tables", "all", "item"], "pass 'all' alone"),
+        (["--data", "ml-100k", "--text-tokens", "1"], "text_tokens=1: pass a whole number >= 2"),
         (["--text", "all-MiniLM-L6-v2"], "item text comes from MovieLens titles, genres and metadata; pass "
                                          "data='ml-100k' or 'ml-1m'"),
     ],

@@ -20,7 +20,7 @@ from jaxmeta.train import TrainConfig, make_learner
 def setup(steps=12):
     config = TrainConfig(algo="maml", steps=steps, batch_size=4, inner_lr=0.3, outer_lr=0.05, num_buckets=1)
     learner = make_learner(config, tiny_model())
-    valid = [pad_tasks(random_tasks(6, seed=9), support_size=6, query_size=4)]
+    valid = {"users": [pad_tasks(random_tasks(6, seed=9), support_size=6, query_size=4)]}
     return config, learner, random_tasks(16, seed=1), valid
 
 
@@ -31,11 +31,11 @@ def test_selection_keeps_the_best_checkpoint_and_its_score():
                                        valid=valid, every=1)
     last_only, _, _ = _train(learner, train, config, desc="t", progress=False, methods=methods, valid=valid,
                              every=config.steps)
-    best, last = every_step["maml"], last_only["maml"]
+    best, last = every_step["users"]["maml"], last_only["users"]["maml"]
     assert seconds > 0 and rate > 0
     assert last.step == config.steps and 1 <= best.step <= config.steps
     assert best.valid_mae <= last.valid_mae  # training is seeded: the last checkpoint was a candidate
-    predictions, queries = predict_tasks(_predictor(learner, best.state), valid)
+    predictions, queries = predict_tasks(_predictor(learner, best.state), valid["users"])
     assert query_metrics(predictions, queries, ks=())["mae"] == pytest.approx(best.valid_mae, rel=1e-6)
     assert int(best.state.step) == best.step
 
@@ -48,8 +48,13 @@ def test_selection_checks_every_few_steps_and_at_the_end():
         seen.append(int(state.step))
         return _predictor(learner, state)
 
-    _train(learner, train, config, desc="t", progress=False, methods={"m": watch}, valid=valid, every=4)
+    curves = {}
+    best, _, _ = _train(learner, train, config, desc="t", progress=False, methods={"m": watch}, valid=valid,
+                        every=4, curves=curves)
     assert seen == [4, 8, 10]
+    assert [step for step, _ in curves["m"]["users"]] == [4, 8, 10]  # every check is recorded
+    assert dict(curves["m"]["users"])[best["users"]["m"].step] == round(best["users"]["m"].valid_mae, 4)
+    assert min(mae for _, mae in curves["m"]["users"]) == round(best["users"]["m"].valid_mae, 4)
 
 
 def test_selection_skips_diverged_checkpoints_and_fails_if_all_diverge():
@@ -63,25 +68,45 @@ def test_selection_skips_diverged_checkpoints_and_fails_if_all_diverge():
 
     best, _, _ = _train(learner, train, config, desc="t", progress=False, methods={"m": sometimes_nan},
                         valid=valid, every=1)
-    assert best["m"].step == 2 and calls == [1, 2, 3, 4]
+    assert best["users"]["m"].step == 2 and calls == [1, 2, 3, 4]
     with pytest.raises(FloatingPointError, match="never gave finite"):
         _train(learner, train, config, desc="t", progress=False, valid=valid, every=1,
                methods={"m": lambda s: (lambda b: np.full(np.shape(b.query_y), np.inf))})
 
 
+def test_each_validation_set_keeps_its_own_best_checkpoint():
+    config, learner, train, valid = setup(steps=12)
+    valid["other"] = [pad_tasks(random_tasks(6, seed=4), support_size=6, query_size=4)]
+    methods = {"maml": partial(_predictor, learner)}
+    both, _, _ = _train(learner, train, config, desc="t", progress=False, methods=methods, valid=valid, every=1)
+    assert set(both) == {"users", "other"}
+    for name, batches in valid.items():
+        # the same run with this set alone: the same choice, so neither set's choice leaks into the other's
+        alone, _, _ = _train(learner, train, config, desc="t", progress=False, methods=methods,
+                             valid={name: batches}, every=1)
+        assert both[name]["maml"].step == alone[name]["maml"].step
+        assert both[name]["maml"].valid_mae == pytest.approx(alone[name]["maml"].valid_mae, rel=1e-6)
+        # and the kept score is the checkpoint's own on that set (an explicit evaluation)
+        predictions, queries = predict_tasks(_predictor(learner, both[name]["maml"].state), batches)
+        mae = query_metrics(predictions, queries, ks=())["mae"]
+        assert mae == pytest.approx(both[name]["maml"].valid_mae, rel=1e-6)
+
+
 def test_vocabularies_from_training_rows_send_unseen_values_to_oov():
     users = pd.DataFrame({"user": [1, 2, 3, 4], "zip": ["a", "a", "b", "c"]})
-    items = pd.DataFrame({"item": [10, 11], "genres": [("x",), ("y",)]})
+    items = pd.DataFrame({"item": [10, 11], "genres": [("x",), ("y", "z", "x")]})
     train = pd.DataFrame({"user": [1, 2, 3], "item": [10, 10, 10]})
 
-    def fit(u, i):
-        return FeatureEncoder.fit(u, i, user_categorical=["zip"], item_multi=["genres"])
+    def fit(u, i, max_values=None):
+        return FeatureEncoder.fit(u, i, user_categorical=["zip"], item_multi=["genres"], max_values=max_values)
 
     seen = _fit_encoder(fit, users, items, train, "train")
     codes = seen.encode_ids([1, 3, 4, 4], [10, 10, 11, 10])
     zips, genres = codes["zip"], codes["genres"]
     assert zips[0] > 0 and zips[1] > 0 and zips[2] == 0  # user 4's zip "c" never trained: OOV
     assert genres[0, 0] > 0 and genres[2, 0] == 0  # item 11 was never rated in training: its genre is OOV
+    # the slots are sized on every item: item 11's three genres fit (OOV, OOV, then "x" known)
+    assert genres.shape[1] == 3 and genres[2].tolist() == [0, 0, genres[0, 0]] and genres[0, 1:].tolist() == [-1, -1]
     everything = _fit_encoder(fit, users, items, train, "all").encode_ids([4], [11])
     assert everything["zip"][0] > 0 and everything["genres"][0, 0] > 0
 
@@ -107,3 +132,48 @@ def test_inner_lr_flag_with_a_default_and_an_override():
 def test_inner_lr_flag_rejects_bad_values(value, message):
     with pytest.raises(ValueError, match=message):
         _inner_rates([value])
+
+
+def test_real_ml1m_held_out_items_never_train_and_leave_the_rest_alone():
+    """``load(valid_items=...)``: the held-out items leave the training users and the item
+    vocabularies; the validation users and the test scenarios are those of a plain load."""
+    from conftest import real
+
+    from jaxmeta.reproduce import load
+
+    folder = real("ml-1m")
+
+    def items(tasks):
+        return {int(i) for x in (*tasks.support_x, *tasks.query_x) for i in np.asarray(x["item_id"])}
+
+    plain, held = load("ml-1m", folder), load("ml-1m", folder, valid_items=0.1)
+    new = items(held.valid_items)
+    assert plain.valid_items is None and len(held.valid_items) > 100
+    assert new <= set(plain.warm_ratings["item"]) and not new & items(held.train)  # warm items, held out
+    assert not new & set(held.warm_ratings["item"])  # the simple baselines never see them either
+    assert len(items(held.train)) < len(items(plain.train))
+    np.testing.assert_array_equal(np.concatenate(plain.valid.query_y), np.concatenate(held.valid.query_y))
+    for s in set(plain.scenarios) - {"warm"}:  # "warm" is the training users: they lost the held-out items
+        np.testing.assert_array_equal(np.concatenate(plain.scenarios[s].query_y),
+                                      np.concatenate(held.scenarios[s].query_y))
+    # vocabularies come from the training items: fewer of them, so no more values and some fewer
+    sizes = [{f.name: f.size for f in d.encoder.spec} for d in (plain, held)]
+    assert sizes[0].keys() == sizes[1].keys() and all(sizes[1][k] <= sizes[0][k] for k in sizes[0])
+    assert sizes[1]["actors"] < sizes[0]["actors"]
+    with pytest.raises(ValueError, match="ml-100k has no item-cold scenario"):
+        load("ml-100k", folder.parent / "ml-100k", valid_items=0.1)
+
+
+def test_markdown_lists_the_checkpoints_chosen_on_held_out_items():
+    from jaxmeta.reproduce import format_markdown
+
+    selected = {"maml": {"step": 1600, "valid_mae": 0.7605, "inner_lr": 0.1,
+                         "new_items": {"step": 400, "valid_mae": 0.8086, "inner_lr": 0.1}},
+                "no_adaptation": {"step": 600, "valid_mae": 0.8251, "new_items": {"step": 100, "valid_mae": 0.8342}}}
+    text = format_markdown({"dataset": "ml-1m", "split": "melu", "results": {}, "selected": selected},
+                           command="cmd", seconds=10.0, train_users=5, valid_users=2, item_users=3)
+    assert "5 meta-training users, 2 validation users, 3 users rating the held-out items." in text
+    assert "on the validation users, and for item_cold and user_item_cold on the held-out items" in text
+    rows = [line for line in text.splitlines() if line.startswith("| maml") or line.startswith("| no_adaptation")]
+    assert rows == ["| maml | 1600 | 0.7605 | 0.1 |", "| maml (new items) | 400 | 0.8086 | 0.1 |",
+                    "| no_adaptation | 600 | 0.8251 | – |", "| no_adaptation (new items) | 100 | 0.8342 | – |"]

@@ -326,3 +326,26 @@ def test_real_ml100k_recbole_user_split():
     assert all(set(t.query_sizes.tolist()) == {10} for t in tasks.values())
     assert sum(int(t.support_sizes.sum() + t.query_sizes.sum()) for t in tasks.values()) == int(
         ratings.groupby("user").size().loc[lambda c: c <= 100].sum())
+
+
+def test_hold_out_items_moves_every_row_of_the_chosen_items_only():
+    rng = np.random.default_rng(3)
+    warm = pd.DataFrame({"user": rng.integers(0, 40, 600), "item": rng.integers(0, 50, 600),
+                         "rating": rng.integers(1, 6, 600).astype(float)})
+    cold = warm.head(5).assign(item=99)
+    out = splits.hold_out_items({"warm": warm, "item_cold": cold}, 0.2, rng=np.random.default_rng(0))
+    assert list(out) == ["warm", "item_cold", "valid_items"]
+    assert out["item_cold"] is cold  # other scenarios untouched
+    held, kept = set(out["valid_items"]["item"]), set(out["warm"]["item"])
+    assert len(held) == round(0.2 * warm["item"].nunique()) and not held & kept  # whole items move
+    assert held | kept == set(warm["item"])
+    pd.testing.assert_frame_equal(pd.concat([out["warm"], out["valid_items"]]).sort_index(), warm)  # no row lost
+    again = splits.hold_out_items({"warm": warm}, 0.2, rng=np.random.default_rng(0))
+    assert set(again["valid_items"]["item"]) == held  # seeded
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_hold_out_items_rejects_fractions_outside_zero_one(fraction):
+    warm = pd.DataFrame({"user": [1], "item": [2], "rating": [3.0]})
+    with pytest.raises(ValueError, match=f"fraction={fraction}"):
+        splits.hold_out_items({"warm": warm}, fraction, rng=np.random.default_rng(0))

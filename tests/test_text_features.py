@@ -127,6 +127,14 @@ def test_cache_encodes_each_text_once_per_model(tmp_path):
     assert uncached.calls == [["a"], ["a"]]
 
 
+def test_cache_folder_expands_the_home_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # "~" is $HOME on POSIX
+    monkeypatch.chdir(tmp_path / "..")
+    item_text_vectors(["a"], CountingEncoder(), cache_dir="~/cache")
+    assert (tmp_path / "cache" / ("a" * 32) / "model.json").is_file()
+    assert not (tmp_path / ".." / "~").exists()  # no folder literally named "~"
+
+
 def test_cache_rejects_foreign_files_and_bad_texts(tmp_path):
     folder = tmp_path / ("a" * 32)
     folder.mkdir()

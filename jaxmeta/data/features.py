@@ -748,7 +748,7 @@ class FeatureEncoder:
 
 
 def melu_encoder(users: pd.DataFrame, items: pd.DataFrame, *, min_count: int = 1,
-                 item_vector: Sequence[str] = ()) -> FeatureEncoder:
+                 item_vector: Sequence[str] = (), max_values: Mapping[str, int] | None = None) -> FeatureEncoder:
     """The 8 fields of MeLU on MovieLens-1M (and optional item vectors).
 
     Items: ``rate`` (MPAA rating; categorical), ``genres``, ``directors``,
@@ -769,6 +769,8 @@ def melu_encoder(users: pd.DataFrame, items: pd.DataFrame, *, min_count: int = 1
       min_count: as in :meth:`FeatureEncoder.fit` (MeLU: 1).
       item_vector: columns of ``items`` holding vectors (not in MeLU), e.g. the
         ``text_vector`` of :func:`jaxmeta.data.text_features.add_text_vectors`.
+      max_values: as in :meth:`FeatureEncoder.fit`: slots per row of
+        ``genres``, ``directors`` or ``actors`` (default the most in ``items``).
 
     References:
       H. Lee et al. MeLU: Meta-Learned User Preference Estimator for Cold-Start
@@ -783,4 +785,5 @@ def melu_encoder(users: pd.DataFrame, items: pd.DataFrame, *, min_count: int = 1
         user_categorical=["gender", "age", "occupation", "zip"],
         prefix={"zip": 5},
         min_count=min_count,
+        max_values=max_values,
     )

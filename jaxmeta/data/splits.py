@@ -85,6 +85,7 @@ __all__ = (
     "build_tasks",
     "cold_start_scenarios",
     "cold_start_split",
+    "hold_out_items",
     "hold_out_users",
     "melu_scenarios",
     "melu_split",
@@ -142,6 +143,14 @@ def _fraction(name: str, value: float) -> float:
 # ----------------------------------------------------------------------------- task tables
 
 
+def _held_rows(frame: pd.DataFrame, column: str, fraction: float, rng: np.random.Generator) -> pd.Series:
+    """The rows of a random ``fraction`` (at least one) of the distinct values of ``column``."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction={fraction!r}: pass a fraction strictly between 0 and 1.")
+    values = np.unique(frame[column].to_numpy())
+    return frame[column].isin(rng.choice(values, size=max(1, round(fraction * len(values))), replace=False))
+
+
 def hold_out_users(
     scenarios: Mapping[str, pd.DataFrame], fraction: float, *, rng: np.random.Generator
 ) -> dict[str, pd.DataFrame]:
@@ -156,13 +165,33 @@ def hold_out_users(
       >>> list(out), len(out["warm"]) + len(out["valid"]), out["valid"]["user"].nunique()
       (['warm', 'valid'], 4, 1)
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction={fraction!r}: pass a fraction strictly between 0 and 1.")
+    chosen = _held_rows(scenarios["warm"], "user", fraction, rng)
     warm = scenarios["warm"]
-    users = np.unique(warm["user"].to_numpy())
-    held = rng.choice(users, size=max(1, round(fraction * len(users))), replace=False)
-    chosen = warm["user"].isin(held)
     return {"warm": warm[~chosen], "valid": warm[chosen], **{s: f for s, f in scenarios.items() if s != "warm"}}
+
+
+def hold_out_items(
+    scenarios: Mapping[str, pd.DataFrame], fraction: float, *, rng: np.random.Generator
+) -> dict[str, pd.DataFrame]:
+    """Moves the rows of a random ``fraction`` of the ``"warm"`` items (at least one) to ``"valid_items"``.
+
+    The validation set of new items, for choosing the checkpoint scored on the
+    item-cold scenarios: the held-out items' ratings leave ``warm``, so no model
+    trains on them and vocabularies fitted on ``warm`` do not know them, as a
+    new item is unknown. The other scenarios are kept as they are. Returns
+    ``{"warm", *others, "valid_items"}``.
+
+    Example:
+      >>> warm = pd.DataFrame({"user": [1, 1, 2, 3], "item": [5, 6, 5, 7], "rating": [4.0, 3.0, 5.0, 1.0]})
+      >>> out = hold_out_items({"warm": warm}, 0.3, rng=np.random.default_rng(0))
+      >>> list(out), len(out["warm"]) + len(out["valid_items"]), out["valid_items"]["item"].nunique()
+      (['warm', 'valid_items'], 4, 1)
+    """
+    if "valid_items" in scenarios:
+        raise ValueError("scenarios already hold 'valid_items'; hold items out once.")
+    chosen = _held_rows(scenarios["warm"], "item", fraction, rng)
+    warm = scenarios["warm"]
+    return {"warm": warm[~chosen], **{s: f for s, f in scenarios.items() if s != "warm"}, "valid_items": warm[chosen]}
 
 
 def select_queries(
