@@ -322,14 +322,14 @@ def _train(
                 for v, batches_v in valid.items():
                     predictions, queries = predict_tasks(predict, batches_v)
                     finite = np.isfinite(predictions[np.asarray(queries.query_mask)]).all()
-                    mae = query_metrics(predictions, queries, ks=())["mae"] if finite else float("nan")
+                    mae = float(query_metrics(predictions, queries, ks=())["mae"]) if finite else None
                     if curves is not None:
-                        point = [step, round(float(mae), 4) if finite else None]
+                        point = [step, None if mae is None else round(mae, 4)]
                         curves.setdefault(name, {}).setdefault(v, []).append(point)
-                    if not finite:
+                    if mae is None:
                         continue  # this method diverged here (e.g. fine-tuning at too high a rate)
                     if name not in best[v] or mae < best[v][name].valid_mae:
-                        best[v][name] = Selected(state, step, float(mae))
+                        best[v][name] = Selected(state, step, mae)
             start = time.perf_counter()
     for v, chosen in best.items():
         missing = sorted(set(methods) - set(chosen))

@@ -44,7 +44,7 @@ __all__ = (
 
 # The most tokens of an item text the driver and the reproductions encode. The whole ML-1M texts
 # (149 tokens on average with the plots, cut at all-MiniLM-L6-v2's 256) take three times longer
-# to encode: 119 s against 41 s for the 3,883 movies on a 2-core CPU.
+# to encode: 112 s against 40 s for the 3,883 movies on a 2-core CPU (python -m bench.text).
 DEFAULT_TOKENS = 64
 
 _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
@@ -227,8 +227,8 @@ def item_text_vectors(texts: Sequence[str], encoder: _Encoder, *, cache_dir: str
       texts: the item texts (e.g. :func:`item_texts`); repeats are encoded once.
       encoder: a :class:`jaxmeta.text.SentenceEncoder` (anything with
         ``fingerprint``, ``dim`` and ``encode``).
-      cache_dir: folder of the cache (created if absent; ``~`` is expanded); None encodes every
-        text and caches nothing. The vectors of one model live in the
+      cache_dir: folder of the cache (created if absent; ``~`` is expanded);
+        None encodes every text and caches nothing. The vectors of one model live in the
         sub-folder named by its fingerprint, one ``vectors-*.npz`` file per
         call that had texts to encode (``keys``: uint8 ``[n, 32]`` sha256 of the
         texts, ``vectors``: float32 ``[n, dim]``), each written atomically.
