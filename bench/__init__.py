@@ -1,7 +1,9 @@
-"""The benchmark workloads W1-W3 of ``BENCH.md``, run through jaxmeta's public API.
+"""The benchmark workloads W1-W3 (:mod:`bench.workloads`), run through jaxmeta's public API.
 
-``python -m bench.run`` (or ``jaxmeta bench`` in a source checkout) prints one JSON
-line per measurement; ``python -m bench.compare`` runs jaxmeta and the PyTorch
-peers (``bench/peers``) one after the other and prints their ratios. See
-``bench/README.md``.
+``python -m bench.run`` from a checkout, or ``jaxmeta bench`` from any install
+(this folder installs as ``jaxmeta.bench`` through the link ``jaxmeta/bench ->
+../bench``), prints one JSON line per measurement; ``python -m bench.compare``
+runs jaxmeta and the PyTorch peers (``bench/peers``) one after the other and
+prints their ratios. Modules import each other relatively, so both names work.
+See ``bench/README.md`` in the source repository.
 """

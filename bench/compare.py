@@ -8,7 +8,7 @@ of jaxmeta's speed-up over each peer. Needs the ``peers`` extra
 (``pip install -e ".[peers]"``); learn2learn, which does not install from PyPI
 as shipped, is built on first use by :mod:`bench.peers.install_learn2learn`.
 
-Usage (from the repository root)::
+Usage (from the repository root; from an installed package, ``python -m jaxmeta.bench.compare``)::
 
     python -m bench.compare                       # every variant, B = 32 and 1024
     python -m bench.compare --variant melu --batch 32 --peers torch.func
@@ -23,16 +23,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.workloads import WORKLOADS
+from .workloads import WORKLOADS
 
-ROOT = Path(__file__).resolve().parents[1]
-PEERS = {"torch.func": "bench.peers.torch_func", "learn2learn": "bench.peers.learn2learn_peer"}
+# The measuring processes import this same copy of the benchmarks: ``bench`` run from a checkout,
+# ``jaxmeta.bench`` installed. ROOT is the folder that holds that top-level package.
+PACKAGE = __package__
+ROOT = Path(sys.modules[PACKAGE.partition(".")[0]].__file__).resolve().parents[1]
+PEERS = {"torch.func": "peers.torch_func", "learn2learn": "peers.learn2learn_peer"}  # modules of PACKAGE
 # What item 3 of the benchmark issue asks of jaxmeta against each peer, in users per second.
 TARGETS = {"torch.func": 3.0, "learn2learn": 15.0}
 
 
 def _measure(module: str, variant: str, batch: int, steps: int, warmup: int) -> dict:
-    command = [sys.executable, "-m", module, "--variant", variant, "--batch", str(batch),
+    """Runs ``python -m PACKAGE.module`` in a fresh process; returns and echoes its JSON record."""
+    command = [sys.executable, "-m", f"{PACKAGE}.{module}", "--variant", variant, "--batch", str(batch),
                "--steps", str(steps), "--warmup", str(warmup)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -60,7 +64,7 @@ def table(records: list[dict], peers: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", nargs="+", default=list(WORKLOADS["melu"]), choices=WORKLOADS["melu"])
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 1024])
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=tuple(PEERS))
@@ -68,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     args = parser.parse_args(argv)
     if "learn2learn" in args.peers:
-        from bench.peers import install_learn2learn
+        from .peers import install_learn2learn
 
         install_learn2learn.main()  # nothing to do once learn2learn imports
     records = []
     for variant in args.variant:
         for batch in args.batch:
-            records.append(_measure("bench.run", variant, batch, args.steps, args.warmup))
+            records.append(_measure("run", variant, batch, args.steps, args.warmup))
             for peer in args.peers:
                 records.append(_measure(PEERS[peer], variant, batch, args.steps, args.warmup))
     print(table(records, args.peers), flush=True)

@@ -3,8 +3,9 @@
 FLOPs are XLA's own count (``Compiled.cost_analysis()``) of the compiled W1 step
 at B = 32, with the inner loop unrolled so that every inner step is counted (XLA
 counts a loop body once). Two formulations are counted: the plain SGD loop on
-the full weights (``plain``: what every peer computes) and jaxmeta's, which
-adapts the first dense layer in closed form (``closed``, see
+the full weights (``plain``: what every peer computes; MeLU with its stage's
+``dense`` layer undeclared, as plain SGD on a declared one runs in closed form)
+and jaxmeta's, which adapts the first dense layer in closed form (``closed``, see
 ``jaxmeta.inner.inner_adapt_dense``). The rate is the median of square float32
 matrix products of growing size, the best size kept. The floor in users per
 second is the rate over the plain FLOPs per user: what a perfect implementation
@@ -24,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench import run, workloads
 from jaxmeta import algorithms
+
+from . import run, workloads
 
 
 def flops_per_user(variant: str, *, closed: bool, batch_size: int = 32) -> float:
@@ -33,8 +35,10 @@ def flops_per_user(variant: str, *, closed: bool, batch_size: int = 32) -> float
     scan = jax.lax.scan
     jax.lax.scan = functools.partial(scan, unroll=True)
     try:
-        inner = workloads.INNER_LR if closed else optax.sgd(workloads.INNER_LR)
-        learner = algorithms.maml(workloads.model(), inner_optimizer=inner, inner_steps=workloads.INNER_STEPS,
+        model = workloads.model()
+        if not closed:  # no dense layer declared: plain SGD on every fast weight (the embeddings still once)
+            model = model._replace(stage=model.stage._replace(dense=None, after_dense=None))
+        learner = algorithms.maml(model, inner_optimizer=workloads.INNER_LR, inner_steps=workloads.INNER_STEPS,
                                   outer_optimizer=optax.adam(workloads.OUTER_LR), first_order=variant == "melu-fo")
         fn = (lambda s, b: learner.predict(s, b)) if variant == "melu-adapt" else learner.step
         state = learner.init(jax.random.key(0))

@@ -1,4 +1,6 @@
-"""Measures the workloads of ``BENCH.md`` and prints one JSON line per measurement.
+"""Times the benchmark workloads W1 melu, W2 ragged and W3 scale (defined in bench/workloads.py;
+the timing method and the latest figures are in bench/README.md of the source repository) and
+prints one JSON line per measurement.
 
 Every figure is taken after compilation and warm-up: the step is compiled ahead
 of time (``jit(...).lower(...).compile()``, whose duration is ``compile_s``), run
@@ -6,14 +8,12 @@ of time (``jit(...).lower(...).compile()``, whose duration is ``compile_s``), ru
 ``jax.block_until_ready``; ``step_ms`` is the median and ``tasks_per_s`` the
 batch size over it. Batches are moved to the device before timing.
 
-Usage (from the repository root)::
+Usage (from the repository root; ``jaxmeta bench`` takes the same flags anywhere)::
 
     python -m bench.run --workload melu --variant melu --batch 32 1024
     python -m bench.run --workload ragged --batch 1024
     python -m bench.run --workload scale            # B = 32, 64, ..., 65536
     python -m bench.run --variant melu-adapt --backend pallas   # the fused Pallas kernel
-
-``jaxmeta bench`` takes the same flags.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from bench import workloads
 from jaxmeta.tasks import TaskBatch, bucket_by_support, epoch_plan, padded_fraction
+
+from . import workloads
 
 SCALE_BATCHES = tuple(32 * 2**i for i in range(12))  # 32 .. 65,536
 RAGGED_BUCKETS = 8  # compiled support sizes of W2
@@ -212,6 +213,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.run", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     sys.exit(main(parser.parse_args()))

@@ -36,7 +36,7 @@ def ml1m_texts(data_dir: str | os.PathLike) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.text", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.text", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("JAXMETA_DATA", "../shared/data"),
                         help="the folder holding ml-1m/ (default $JAXMETA_DATA or ../shared/data)")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="a packaged model name or a model folder")

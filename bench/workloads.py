@@ -1,4 +1,4 @@
-"""The workloads of ``BENCH.md``: MeLU-shaped users, built with jaxmeta's public API.
+"""The benchmark workloads W1-W3: MeLU-shaped users, built with jaxmeta's public API.
 
 W1 ``melu``: 8 categorical fields (MeLU's ML-1M vocabularies), a 32-wide embedding
 per field, ``256 -> 64 -> 64 -> 1`` with ReLUs; the three dense layers are the fast
@@ -26,7 +26,7 @@ from jaxmeta.data.features import FieldSpec
 from jaxmeta.models import Model, melu
 from jaxmeta.tasks import TaskBatch
 
-# MeLU's ML-1M fields and their numbers of values (BENCH.md, W1).
+# MeLU's ML-1M fields and their numbers of values (W1).
 FIELDS = (("gender", 2), ("age", 7), ("occupation", 21), ("zip", 3402),
           ("rate", 6), ("genre", 25), ("director", 2186), ("actor", 8030))
 EMBED_DIM = 32

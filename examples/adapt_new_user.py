@@ -29,11 +29,11 @@ import numpy as np
 import optax
 import pandas as pd
 
-from jaxmeta import algorithms, reproduce
-from jaxmeta.data import movielens
+from jaxmeta import algorithms
+from jaxmeta.data import datasets, movielens
 from jaxmeta.models import melu
 from jaxmeta.serve import Recommender
-from jaxmeta.train import TrainConfig, fit
+from jaxmeta.train import BatchStream, LogMetrics, fit
 
 # A literal description, not __doc__: run cell by cell, there is no module docstring.
 parser = argparse.ArgumentParser(description="Adapt a meta-learned MeLU to one new MovieLens user.")
@@ -51,7 +51,7 @@ if not folder.is_dir():
 # %% The data: ML-100K's users as tasks; the test users ("user_cold") never train
 # item_field: the movie id as one more MeLU feature. ML-100K's only movie feature is
 # otherwise its genres, and every movie of one genre mix would score the same.
-data = reproduce.load("ml-100k", args.data_dir, item_field=True)
+data = datasets.movielens("ml-100k", args.data_dir, item_field=True)
 titles = movielens.load_ml100k_items(folder).set_index("item")["title"]
 print(f"{len(data.train)} training users, {len(data.scenarios['user_cold'])} test users, {len(titles)} movies")
 
@@ -60,26 +60,26 @@ if args.run:
     rec = Recommender.load(args.run)
     print(f"loaded {args.run}")
 else:
-    model = melu(data.encoder.spec, embed_dim=16, hidden=(32, 32),
-                 output_bias=float(data.warm_ratings["rating"].mean()))
+    model = melu(data.encoder.spec, embed_dim=16, hidden=(32, 32), output_bias=data.mean_rating)
     outer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
     learner = algorithms.maml(model, inner_optimizer=optax.sgd(0.1), inner_steps=5, outer_optimizer=outer)
-    state, history = fit(learner, data.train, TrainConfig(steps=args.steps, num_buckets=1, resplit=True),
-                         desc="maml")
-    print(f"trained {args.steps} MAML steps: query loss after adaptation {history[-1]['loss']:.4f}")
+    log = LogMetrics(every=args.steps)
+    state = fit(learner, BatchStream(data.train, batch_size=32, num_buckets=1, resplit=True, seed=0),
+                steps=args.steps, hooks=[log], desc="maml")
+    print(f"trained {args.steps} MAML steps: query loss after adaptation {log.history[-1]['loss']:.4f}")
     rec = Recommender(learner, state, data.encoder, data.encoder.ids("item"))
 
 
 def unadapted(learner: algorithms.MetaLearner) -> algorithms.MetaLearner:
     """``learner`` scoring every user as if they had no ratings.
 
-    With all support rows masked out the support loss and its gradient are 0,
-    so the inner loop leaves the fast weights at the meta-learned initialisation.
+    A user with no support rows is not adapted: the fast weights stay at the
+    meta-learned initialisation.
     """
-    def predict(state, batch):
-        return learner.predict(state, batch._replace(support_mask=np.zeros_like(batch.support_mask)))
+    def adapt(state, batch):
+        return learner.adapt(state, batch._replace(support_mask=np.zeros_like(batch.support_mask)))
 
-    return learner._replace(predict=predict)
+    return learner._replace(adapt=adapt)
 
 
 before = dataclasses.replace(rec, learner=unadapted(rec.learner))

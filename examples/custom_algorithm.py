@@ -30,10 +30,10 @@ import optax
 import jaxmeta
 # ``build`` and the per-task loss helpers are what the built-in algorithms use (see jaxmeta/algorithms/maml.py).
 from jaxmeta.algorithms import MetaLearner, build, query_loss, split_fast, support_loss, tree_vdot
-from jaxmeta.data import synthetic
+from jaxmeta.data import datasets
 from jaxmeta.losses import get_loss
 from jaxmeta.models import Model, combine, embedding_mlp
-from jaxmeta.train import TrainConfig, fit
+from jaxmeta.train import BatchStream, fit
 
 
 def proximal_fomaml(
@@ -91,16 +91,16 @@ def proximal_fomaml(
 
 
 def main(steps: int, inner_lr: float, reg: float) -> None:
-    data = synthetic.generate(seed=0)
+    data = datasets.synthetic(seed=0)
     model = embedding_mlp(data.vocab_sizes, output_bias=data.mean_rating)
     common = dict(inner_optimizer=optax.sgd(inner_lr), inner_steps=5, outer_optimizer=optax.adam(3e-3))
     learners = {
         "fomaml": jaxmeta.algorithms.fomaml(model, **common),
         f"proximal fomaml (reg={reg:g})": proximal_fomaml(model, reg=reg, **common),
     }
-    new_users = jaxmeta.pad_tasks(data.new)
+    new_users = jaxmeta.pad_tasks(data.scenarios["user_cold"])
     for name, learner in learners.items():
-        state, _ = fit(learner, data.train, TrainConfig(steps=steps), desc=name)
+        state = fit(learner, BatchStream(data.train, batch_size=32, seed=0), steps=steps, desc=name)
         result = learner.evaluate(state, new_users)
         print(
             f"{name}, {int(result['tasks'])} new users: query MSE {float(result['query_loss_before']):.4f} "

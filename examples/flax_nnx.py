@@ -15,9 +15,9 @@ import optax
 from flax import nnx
 
 import jaxmeta
-from jaxmeta.data import synthetic
+from jaxmeta.data import datasets
 from jaxmeta.models import from_nnx
-from jaxmeta.train import TrainConfig, fit
+from jaxmeta.train import BatchStream, StopOnNaN, fit
 
 
 class Recommender(nnx.Module):
@@ -32,7 +32,7 @@ class Recommender(nnx.Module):
 
 
 def main(steps: int) -> None:
-    data = synthetic.generate(seed=0)
+    data = datasets.synthetic(seed=0)
     model = from_nnx(
         lambda rngs: Recommender(data.vocab_sizes, rngs=rngs),
         is_fast=lambda path: path[0] in ("hidden", "out"),
@@ -40,8 +40,8 @@ def main(steps: int) -> None:
     )
     learner = jaxmeta.algorithms.maml(model, inner_optimizer=optax.sgd(0.03), outer_optimizer=optax.adam(3e-3))
     # The driver's loop: bucketed fixed-shape batches, progress bar, divergence check.
-    state, _ = fit(learner, data.train, TrainConfig(steps=steps), desc="nnx")
-    result = learner.evaluate(state, jaxmeta.pad_tasks(data.new))
+    state = fit(learner, BatchStream(data.train, batch_size=32, seed=0), steps=steps, hooks=[StopOnNaN()], desc="nnx")
+    result = learner.evaluate(state, jaxmeta.pad_tasks(data.scenarios["user_cold"]))
     print(
         f"NNX model, {int(result['tasks'])} new users: query MSE {float(result['query_loss_before']):.4f} "
         f"before, {float(result['query_loss_after']):.4f} after adaptation"

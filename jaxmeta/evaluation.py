@@ -23,18 +23,19 @@ read, and the id travels through padding and batching with the rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from jaxmeta import metrics
+from jaxmeta._checks import positive_int
 from jaxmeta.tasks import (
     RaggedTasks,
     TaskBatch,
-    bucket_by_support,
     pad_tasks,
     task_mask,
 )
@@ -52,6 +53,7 @@ __all__ = (
     "RANKING_BASELINES",
     "RATING_BASELINES",
     "ItemStats",
+    "adaptation_curve",
     "baseline_metrics",
     "evaluation_batches",
     "fit_item_stats",
@@ -349,34 +351,78 @@ def with_item_ids(tasks: RaggedTasks, table: pd.DataFrame, *, key: str = ITEM_KE
     return RaggedTasks(support_x, list(tasks.support_y), query_x, list(tasks.query_y))
 
 
-def evaluation_batches(
-    tasks: RaggedTasks,
-    batch_size: int,
-    *,
-    num_buckets: int = 4,
-    support_size: int | None = None,
-    query_size: int | None = None,
-) -> Iterator[TaskBatch]:
-    """Every user once, in fixed-shape batches bucketed by support size (in order).
+def evaluation_batches(sets: Sequence[RaggedTasks], batch_size: int) -> list[list[TaskBatch]]:
+    """Every user of every set once, in batches of ONE shape: the evaluation's batching policy.
 
     Each batch has ``batch_size`` task slots (padding users fill the last one of
-    a bucket), so there is one compiled shape per bucket. With ``support_size``
-    every batch is padded to it instead (one shape for all, e.g. across
-    scenarios: fewer compilations for more padding).
+    a set), support rows padded to the largest support set of all ``sets`` and
+    query rows to the largest query set, so a learner's ``predict`` compiles once
+    for validation, every scenario and every checkpoint. Users keep their order.
+
+    Returns:
+      One list of batches per set, in the order of ``sets``.
+
+    Example:
+      >>> from jaxmeta.data import synthetic
+      >>> data = synthetic.generate(num_train_users=10, num_new_users=3)
+      >>> train, new = evaluation_batches([data.train, data.new], 4)
+      >>> len(train), len(new), {b.support_y.shape for b in train + new}
+      (3, 1, {(4, 20)})
     """
-    if len(tasks) == 0:
-        raise ValueError("no users to evaluate: pass a non-empty RaggedTasks.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: pass a positive number of users per batch.")
-    if support_size is None:
-        buckets = bucket_by_support(tasks.support_sizes, num_buckets)
-    else:
-        buckets = bucket_by_support(tasks.support_sizes, 1)._replace(support_sizes=(int(support_size),))
-    query_size = int(tasks.query_sizes.max()) if query_size is None else int(query_size)
-    for idx, size in zip(buckets.indices, buckets.support_sizes):
-        for s in range(0, len(idx), batch_size):
-            yield pad_tasks(tasks.take(idx[s : s + batch_size]), support_size=size, query_size=query_size,
-                            num_tasks=batch_size)
+    if isinstance(sets, RaggedTasks):
+        raise TypeError("evaluation_batches takes a sequence of RaggedTasks: pass [tasks] for one set.")
+    if not sets or any(len(tasks) == 0 for tasks in sets):
+        raise ValueError("no users to evaluate: pass non-empty RaggedTasks.")
+    positive_int("batch_size", batch_size, "users per batch")
+    support = max(int(tasks.support_sizes.max()) for tasks in sets)
+    query = max(int(tasks.query_sizes.max()) for tasks in sets)
+    return [[pad_tasks(tasks.take(np.arange(s, min(s + batch_size, len(tasks)))), support_size=support,
+                       query_size=query, num_tasks=batch_size) for s in range(0, len(tasks), batch_size)]
+            for tasks in sets]
+
+
+def adaptation_curve(model: Any, params: Any, batches: Sequence[TaskBatch], *, learning_rate: float, steps: int,
+                     is_fast: Callable[[tuple[str, ...]], bool] | None = None) -> np.ndarray:
+    """Query MSE (per user, then the mean over real users) after 0, 1, ..., ``steps`` plain-SGD steps
+    at ``learning_rate`` on each user's support MSE, from ``params``: one compiled scan for the whole curve.
+
+    Args:
+      model: a :class:`jaxmeta.models.Model`.
+      params: the initial parameters (a trained state's ``params``).
+      batches: fixed-shape batches (e.g. from :func:`evaluation_batches`).
+      learning_rate, steps: the SGD rate and the most steps.
+      is_fast: the adapted leaves (default the model's).
+
+    Returns:
+      float64 ``[steps + 1]``.
+    """
+    from jaxmeta.models import combine, mask_where, partition
+
+    fast, slow = partition(params, mask_where(params, model.is_fast if is_fast is None else is_fast))
+
+    def mse(f, x, y, mask):
+        errors = jnp.where(mask, model.apply(combine(f, slow), x) - y, 0.0)
+        return jnp.sum(errors**2) / jnp.maximum(mask.sum(), 1)
+
+    @jax.jit
+    def curve(fast, batch):
+        def one(task):
+            def body(f, _):
+                g = jax.grad(mse)(f, task.support_x, task.support_y, task.support_mask)
+                f = jax.tree.map(lambda w, d: w - learning_rate * d, f, g)
+                return f, mse(f, task.query_x, task.query_y, task.query_mask)
+
+            _, after = jax.lax.scan(body, fast, None, length=steps)
+            return jnp.concatenate([mse(fast, task.query_x, task.query_y, task.query_mask)[None], after])
+
+        return jax.vmap(one)(batch)
+
+    total, users = np.zeros(steps + 1), 0
+    for batch in batches:
+        real = np.asarray(task_mask(batch))
+        total += np.asarray(curve(fast, batch), np.float64)[real].sum(axis=0)
+        users += int(real.sum())
+    return total / max(users, 1)
 
 
 def predict_tasks(

@@ -28,6 +28,7 @@ def inner_adapt(
     steps: int,
     first_order: bool = False,
     remat: bool = False,
+    active: jax.Array | bool = True,
 ) -> tuple[Params, jax.Array]:
     """Runs ``steps`` updates of ``optimizer`` on ``loss_fn`` starting at ``params``.
 
@@ -41,13 +42,20 @@ def inner_adapt(
         gradients it sees: a gradient entry that is exactly zero (a dead ReLU
         unit) has no derivative through ``optax.adam``'s square root and turns
         the meta-gradient into NaN; pass ``optax.adam(lr, eps_root=1e-8)``, optax's
-        option for differentiating through Adam. (Padding users, whose support
-        gradient is all zero, are given real rows by the engine, so they are safe
-        even under ``optax.clip_by_global_norm``.)
+        option for differentiating through Adam. (A task with no rows at all has
+        an exactly zero gradient too: see ``active``.)
       steps: number of updates ``K`` (0 returns ``params`` unchanged).
       first_order: stop the gradient through each inner gradient, so that
         ``d adapted / d params`` is the identity (first-order MAML).
       remat: rematerialise each step in the backward pass (``jax.checkpoint``).
+      active: bool scalar, may be traced; False for a task with nothing to adapt
+        on (a user without support rows), whose ``params`` then come back
+        unchanged, as from zero steps. Such a task's gradient is exactly zero,
+        where optimizers such as ``optax.clip_by_global_norm`` have no
+        derivative, and masking the adapted weights alone would not help: the
+        masked-out branch's ``0 * inf`` still reaches the meta-gradient. So the
+        optimizer is fed ones instead of that gradient, and its updates are
+        replaced by zeros (a ``jnp.where`` on each side of it).
 
     Returns:
       ``(adapted, losses)`` with ``losses`` float ``[steps]``: the loss before each
@@ -68,7 +76,11 @@ def inner_adapt(
         loss, grads = jax.value_and_grad(loss_fn)(p)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
+        if active is not True:
+            grads = jax.tree.map(lambda g: jnp.where(active, g, jnp.ones_like(g)), grads)
         updates, opt_state = optimizer.update(grads, opt_state, p)
+        if active is not True:
+            updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), updates)
         return (optax.apply_updates(p, updates), opt_state), loss
 
     if remat:
@@ -109,7 +121,10 @@ def inner_adapt_dense(
     are fewer than inputs (MeLU: 20 rows, 256 inputs), and the product
     ``features @ w`` of the shared initial weights is one large matrix product
     over all users. The result, its gradients and second derivatives are those
-    of the plain SGD loop (:func:`inner_adapt`), up to rounding.
+    of the plain SGD loop (:func:`inner_adapt`), up to rounding. A task without
+    support rows (every row masked out of the loss) has ``delta = 0`` at every
+    step, and plain SGD needs no guard at a zero gradient: its layer comes back
+    unchanged, with finite derivatives.
 
     Args:
       loss_fn: ``loss_fn(z, rest) -> scalar``: the task's loss given the dense

@@ -1,8 +1,8 @@
-"""Training jobs and their run folders: what ``jaxmeta train``, ``eval`` and ``plot`` work on.
+"""Training jobs and their run folders: what ``jaxmeta train`` and ``eval`` work on.
 
-:func:`run` meta-trains ``config.algo`` on ``config.data``, trains the
-baselines' global model on the same users for the same number of steps, and
-reports the query MSE on held-out *new* users:
+:func:`run` meta-trains ``config.algo`` (:class:`jaxmeta.job.TrainConfig`) on
+``config.data``, trains the baselines' global model on the same users for the
+same number of steps, and reports the query MSE on held-out *new* users:
 
 * ``before``: the meta-learned initialisation, not adapted;
 * ``after``: the meta-learned initialisation adapted on each new user's support set;
@@ -12,19 +12,18 @@ reports the query MSE on held-out *new* users:
 
 With an output folder it is a resumable job. The folder holds:
 
-* ``config.yaml``: the resolved :class:`jaxmeta.train.TrainConfig`;
+* ``config.yaml``: the resolved :class:`jaxmeta.job.TrainConfig`;
 * ``metrics.jsonl``: training and validation records (:class:`jaxmeta.train.MetricsLog`);
 * ``checkpoints/``: the meta-learner (:class:`jaxmeta.checkpoint.Checkpoints`:
   the latest few and the best by validation MAE; each with the data position
-  and, for MovieLens, the vocabularies);
+  and, for featured data, the vocabularies);
 * ``baseline/``: the global model's checkpoints;
 * ``result.json``: what :func:`run` returns;
 * after ``jaxmeta eval``: ``eval.json`` (every scenario's metrics) and
   ``adaptation.json`` (query loss against inner steps); after ``jaxmeta plot``:
   ``plots/``.
 
-Validation users are a seeded 10% of the training users (synthetic data) or
-those of :func:`jaxmeta.reproduce.load` (MovieLens); they never train.
+The data, validation users included, come from :func:`jaxmeta.job.load_dataset`.
 """
 
 from __future__ import annotations
@@ -35,224 +34,92 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import numpy as np
-import optax
-import pandas as pd
 import yaml
 
-from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.checkpoint import CheckpointError, Checkpoints
-from jaxmeta.data import interactions, splits, synthetic
-from jaxmeta.data.features import FeatureEncoder
-from jaxmeta.evaluation import ITEM_KEY, evaluation_batches, predict_tasks, query_metrics, with_item_ids
-from jaxmeta.models import Model, biased_mf_by_id, melu
-from jaxmeta.tasks import RaggedTasks, TaskBatch, pad_tasks
-from jaxmeta.train import (
-    RESUMABLE_CHANGES,
-    MetricsLog,
+from jaxmeta.distributed import (global_batch, is_multiprocess, make_mesh, process_rows, shard_batch, shard_state,
+                                 to_host)
+from jaxmeta.evaluation import adaptation_curve, evaluation_batches, predict_tasks, query_metrics
+from jaxmeta.job import (
+    CONFIG_FILE,
     TrainConfig,
-    fit,
+    baseline_learners,
+    check_resumable,
+    load_dataset,
     make_learner,
     make_model,
-    outer_optimizer,
+    model_tables,
+    restore_run,
     row_sharded,
-    run_devices,
-    table_rows,
+    save_config,
 )
+from jaxmeta.tasks import TaskBatch
+from jaxmeta.train import BatchStream, LogMetrics, MetricsLog, SaveCheckpoints, StopOnNaN, Validate, fit
 
-__all__ = (
-    "RunData",
-    "evaluate_run",
-    "format_table",
-    "load_config",
-    "load_data",
-    "restore_learner",
-    "run",
-    "save_config",
-)
+__all__ = ("evaluate_run", "format_eval", "format_table", "run", "run_devices")
 
-CONFIG_FILE = "config.yaml"
-TABLE_KINDS = ("categorical", "multi")  # the kinds of MeLU fields that have an embedding table
-VALID_FRACTION = 0.1
+EVAL_BATCH = 256  # users per evaluation batch (one compiled shape per learner)
 
 
-class RunData(NamedTuple):
-    """A data source made ready for training."""
-
-    train: RaggedTasks  # meta-training users
-    valid: RaggedTasks  # validation users (never trained on)
-    scenarios: dict[str, RaggedTasks]  # {scenario: new users to evaluate}
-    model: Model
-    encoder: FeatureEncoder | None  # the vocabularies (None for the synthetic ids)
-    tables: dict[str, tuple[str, ...]]  # the model's embedding tables: {name: parameter path}
-
-
-def load_data(config: TrainConfig) -> RunData:
-    """The users, the model and the vocabularies of ``config.data``."""
-    if config.data == "synthetic":
-        data = synthetic.generate(seed=config.data_seed)
-        order = np.random.default_rng(config.data_seed).permutation(len(data.train))
-        held = max(1, round(VALID_FRACTION * len(order)))
-        return RunData(data.train.take(order[held:]), data.train.take(order[:held]), {"user_cold": data.new},
-                       make_model(config, data), None, {f: ("embeddings", str(i)) for i, f in enumerate(synthetic.FIELDS)})
-    if config.data == "table":
-        return _table_data(config)
-    from jaxmeta import reproduce  # noqa: I001 (reproduce builds on this module's driver: import it when needed)
-
-    data = reproduce.load(config.data, config.data_dir, seed=config.data_seed, text=config.text or None,
-                          text_tokens=config.text_tokens)
-    model = _featured_model(config, data.encoder, data.warm_ratings)
-    return RunData(data.train, data.valid, data.scenarios, model, data.encoder, _featured_tables(config, data.encoder))
+def run_devices(config: TrainConfig) -> list[jax.Device]:
+    """The devices a run splits its users over: ``config.devices`` of every process (all by default)."""
+    local = jax.local_devices()
+    count = len(local) if config.devices is None else config.devices
+    if count > len(local):
+        raise ValueError(f"devices={count}: this process has {len(local)} device(s); pass at most {len(local)}.")
+    return [d for p in range(jax.process_count())
+            for d in sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)[:count]]
 
 
-def _featured_model(config: TrainConfig, encoder: FeatureEncoder, warm: pd.DataFrame) -> Model:
-    """The config's model of featured data (MeLU, or biased MF on the raw item ids), biased to the mean warm rating."""
-    embed_dim, hidden = config.model_sizes()
-    mean = float(warm["rating"].mean())
-    if config.model_name() == "mf":
-        items = warm["item"].to_numpy()
-        rows = table_rows(config, "items", len(np.unique(items)) + 1)
-        return biased_mf_by_id(items, key=ITEM_KEY, dim=embed_dim, global_bias=mean, rows=rows)
-    spec = [f._replace(size=table_rows(config, f.name, f.size)) if f.kind in TABLE_KINDS else f for f in encoder.spec]
-    return melu(spec, embed_dim=embed_dim, hidden=hidden, output_bias=mean)
+def _mesh(config: TrainConfig):
+    """The mesh of :func:`run_devices`; None for one device."""
+    used = run_devices(config)
+    if len(used) == 1:
+        return None
+    if config.batch_size % len(used):
+        raise ValueError(f"batch_size={config.batch_size} does not split over {len(used)} devices: pass a multiple "
+                         f"of {len(used)}, or fewer devices.")
+    return make_mesh(used)
 
 
-def _featured_tables(config: TrainConfig, encoder: FeatureEncoder) -> dict[str, tuple[str, ...]]:
-    """The embedding tables of :func:`_featured_model`: MF's item table, or MeLU's one per id field."""
-    if config.model_name() == "mf":
-        return {"items": ("items",)}
-    return {f.name: ("embeddings", f.name) for f in encoder.spec if f.kind in TABLE_KINDS}
+def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progress: bool, valid: list[TaskBatch],
+           folder: Path | None, name: str, resume: bool, extra: dict[str, Any], log: MetricsLog | None,
+           row_sharded_tables) -> MetaState:
+    """One learner trained with :func:`jaxmeta.train.fit`: validation, logs, checkpoints in ``folder/name``."""
+    mesh = _mesh(config)
+    multi = is_multiprocess(mesh)
+    stream = BatchStream(data.train, batch_size=config.batch_size, num_buckets=config.num_buckets,
+                         seed=config.seed, resplit=config.resplit,
+                         rows=process_rows(mesh, config.batch_size) if multi else None)
+    state = jax.jit(learner.init)(jax.random.key(config.seed))
+    if mesh is not None:
+        state = shard_state(state, mesh, row_sharded=row_sharded_tables)
+    checkpoints = None if folder is None else Checkpoints(folder / name, keep_last=config.keep_last)
+    if resume and checkpoints is not None:
+        if checkpoints.latest_step() is None:
+            raise CheckpointError(f"{checkpoints.directory}: no checkpoint to resume from; pass the --out folder "
+                                  "of a run that saved one, or start without --resume.")
+        state, saved = checkpoints.restore(state)
+        stream.restore(saved["position"])
 
+    def place(batch: TaskBatch) -> TaskBatch:
+        if mesh is None:
+            return batch
+        return global_batch(batch, mesh, config.batch_size) if multi else shard_batch(batch, mesh)
 
-def _table_data(config: TrainConfig) -> RunData:
-    """Any ratings table: the four cold-start scenarios computed from it, the item id as the one feature.
-
-    Cold users: a seeded random 20%. Cold items: those first rated in the
-    latest 20% of first-rating times when the table has a ``timestamp``
-    column, else a seeded random 20%. The item vocabulary holds the warm items
-    only, so every cold item is the OOV item. Validation: 10% of the warm users.
-    """
-    ratings = interactions.read_interactions(config.path, user="user", item="item", rating="rating",
-                                             timestamp=_timestamp_column(config.path))
-    users_rng, items_rng, valid_rng, query_rng = np.random.default_rng(config.data_seed).spawn(4)
-    if "timestamp" in ratings:
-        cold_items: Any = "first_rating"
-    else:
-        ids = np.sort(ratings["item"].unique())
-        cold_items = set(items_rng.choice(ids, size=round(0.2 * len(ids)), replace=False).tolist())
-    frames = splits.cold_start_scenarios(ratings, cold_items=cold_items, cold_users="random", rng=users_rng)
-    frames = splits.hold_out_users(frames, VALID_FRACTION, rng=valid_rng)
-    items = pd.DataFrame({"item": np.sort(ratings["item"].unique())})
-    encoder = FeatureEncoder.fit(None, items[items["item"].isin(frames["warm"]["item"])],
-                                 item_categorical=["item"]).with_tables(items=items)
-    tables = splits.split_tables(frames, rng=query_rng)
-    if config.model_name() == "mf" and not pd.api.types.is_integer_dtype(ratings["item"]):
-        raise ValueError(f"{config.path}: model='mf' reads integer item ids, but the item column has dtype "
-                         f"{ratings['item'].dtype}; pass integer item ids or model='melu'.")
-    ids = with_item_ids if config.model_name() == "mf" else lambda tasks, _: tasks
-    tasks = {name: ids(splits.build_tasks(t, encoder), t) for name, t in tables.items() if len(t)}
-    if "warm" not in tasks or "valid" not in tasks:
-        raise ValueError(f"{config.path}: too few users with {splits.MIN_RATINGS}-{splits.MAX_RATINGS} ratings "
-                         "to train and validate on; pass a larger table.")
-    scenarios = {s: tasks[s] for s in splits.SCENARIOS if s in tasks}
-    return RunData(tasks["warm"], tasks["valid"], scenarios, _featured_model(config, encoder, frames["warm"]), encoder,
-                   _featured_tables(config, encoder))
-
-
-def _timestamp_column(path: str) -> str | None:
-    """``"timestamp"`` when the table's header has it."""
-    if Path(path).suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-    else:
-        names = pd.read_csv(path, nrows=0, sep=None, engine="python").columns
-    return "timestamp" if "timestamp" in names else None
-
-
-def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
-    """Writes ``config`` as YAML."""
-    fields = dataclasses.asdict(config)
-    for name in ("hidden", "shard_tables"):
-        if fields[name] is not None:
-            fields[name] = list(fields[name])
-    Path(path).write_text(yaml.safe_dump(fields, sort_keys=False))
-
-
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The settings of a TOML (``.toml``) or YAML (``.yaml``, ``.yml``) file, checked against TrainConfig's fields.
-
-    Raises:
-      FileNotFoundError: no such file.
-      ValueError: another suffix, a parse error, a non-table document, or an
-        unknown key (the message lists the known ones).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file.")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            import tomllib
-
-            values = tomllib.loads(path.read_text())
-        elif suffix in (".yaml", ".yml"):
-            values = yaml.safe_load(path.read_text())
-        else:
-            raise ValueError(f"{path}: a config file must end in .toml, .yaml or .yml.")
-    except (yaml.YAMLError, ValueError) as error:
-        if "must end in" in str(error):
-            raise
-        raise ValueError(f"{path}: cannot parse it ({str(error).splitlines()[0]}).") from error
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: the config must be a table of settings, not {type(values).__name__}.")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; the settings are {sorted(known)}.")
-    return values
-
-
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, folder: Path) -> None:
-    def resolved(fields: dict[str, Any]) -> dict[str, Any]:
-        """The fields with the model and its sizes resolved (an unset size is the model's default)."""
-        try:
-            settled = _config(fields)
-        except (TypeError, ValueError):
-            return fields
-        embed_dim, hidden = settled.model_sizes()
-        return {**fields, "model": settled.model_name(), "embed_dim": embed_dim, "hidden": list(hidden),
-                "shard_tables": list(settled.shard_tables)}
-
-    now, saved = resolved(dataclasses.asdict(config)), resolved(saved)
-    for key, value in saved.items():
-        if key not in RESUMABLE_CHANGES and key in now and now[key] != value:
-            raise CheckpointError(f"{folder}: --resume with {key}={now[key]!r}, but the run was made with "
-                                  f"{key}={value!r}; resume with the same settings (only {', '.join(RESUMABLE_CHANGES)} "
-                                  "may change) or start a new run in another folder.")
-
-
-def _config(fields: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of saved fields (YAML lists back to tuples)."""
-    return TrainConfig(**{k: tuple(v) if k == "hidden" and v is not None else v for k, v in fields.items()})
-
-
-def _baseline_learners(config: TrainConfig, model: Model) -> tuple[MetaLearner, MetaLearner]:
-    outer = outer_optimizer(config)
-    glob = algorithms.no_adaptation(model, outer_optimizer=outer, chunk_size=config.chunk_size)
-    tune = algorithms.finetune(model, inner_optimizer=config.inner_lr, inner_steps=config.inner_steps,
-                               outer_optimizer=outer, chunk_size=config.chunk_size, backend=config.backend)
-    return glob, tune
-
-
-def _valid_batches(tasks: RaggedTasks, batch_size: int = 256) -> list[TaskBatch]:
-    return list(evaluation_batches(tasks, batch_size))
+    validate = Validate({"users": valid}, learner, every=config.eval_every, log=log,
+                        gather=to_host if multi else None)
+    hooks: list[Any] = [StopOnNaN(checkpoints=checkpoints, desc=desc), LogMetrics(log=log), validate]
+    if checkpoints is not None:
+        hooks.append(SaveCheckpoints(checkpoints, stream, every=config.checkpoint_every, seed=config.seed,
+                                     extra=extra, validation=validate))
+    state = fit(learner, stream, steps=config.steps, state=state, hooks=hooks, place=place, desc=desc,
+                progress=progress)
+    return to_host(state) if multi else state
 
 
 def run(
@@ -282,7 +149,7 @@ def run(
 
     Raises:
       CheckpointError: ``resume`` without a run in ``out``, or with other settings.
-      FloatingPointError: the loss became NaN or infinite (see :func:`jaxmeta.train.fit`).
+      FloatingPointError: the loss became NaN or infinite (see :class:`jaxmeta.train.StopOnNaN`).
       jaxmeta.train.TrainingInterrupted: Ctrl-C; the checkpoint is saved first.
     """
     start = time.perf_counter()
@@ -290,45 +157,40 @@ def run(
     if resume:
         if folder is None or not (folder / CONFIG_FILE).is_file():
             raise CheckpointError(f"--resume: no run in {folder}; pass the --out folder of an earlier run.")
-        _check_resumable(yaml.safe_load((folder / CONFIG_FILE).read_text()), config, folder)
-    data = load_data(config)
-    valid = _valid_batches(data.valid)
+        check_resumable(yaml.safe_load((folder / CONFIG_FILE).read_text()), config, folder)
+    data = load_dataset(config)
     if config.scenario not in data.scenarios:
         raise ValueError(f"scenario={config.scenario!r}: the {config.data} data has the scenarios "
                          f"{sorted(data.scenarios)}; pass one of them.")
-    new_users = pad_tasks(data.scenarios[config.scenario])
+    batches = evaluation_batches([data.valid["users"], *data.scenarios.values()], EVAL_BATCH)
+    valid, new_users = batches[0], batches[1 + list(data.scenarios).index(config.scenario)]
+    model = make_model(config, data)
     extra = {"config": json.loads(json.dumps(dataclasses.asdict(config)))}
     if data.encoder is not None:
         extra["encoder"] = data.encoder.to_dict()
-    options: dict[str, Any] = {"row_sharded": row_sharded(config, data.tables)}
-    log = None
     main = jax.process_index() == 0  # in a job of several processes, process 0 writes the files and reports
     progress = progress and main
+    log = None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         if main:
             save_config(config, folder / CONFIG_FILE)
             log = MetricsLog(folder / "metrics.jsonl", offset=MetricsLog.last_wall_time(folder / "metrics.jsonl"))
-        options.update(checkpoint_every=config.checkpoint_every, resume=resume, extra=extra)
-
-    def checkpoints(name: str) -> Checkpoints | None:
-        return None if folder is None else Checkpoints(folder / name, keep_last=config.keep_last)
-
-    learner = make_learner(config, data.model)
-    state, _ = fit(learner, data.train, config, desc=config.algo, progress=progress, valid=valid,
-                   eval_every=config.eval_every, checkpoints=checkpoints("checkpoints"), log=log, **options)
-    meta = learner.evaluate(state, new_users)
-    glob, tune = _baseline_learners(config, data.model)
-    global_state, _ = fit(glob, data.train, config, desc="global model", progress=progress, valid=valid,
-                          eval_every=config.eval_every, checkpoints=checkpoints("baseline"), **options)
-    tuned = tune.evaluate(global_state, new_users)
+    options = dict(progress=progress, valid=valid, folder=folder, resume=resume, extra=extra,
+                   row_sharded_tables=row_sharded(config, model_tables(config, data)))
+    learner = make_learner(config, model)
+    state = _train(learner, data, config, desc=config.algo, name="checkpoints", log=log, **options)
+    glob, tune = baseline_learners(config, model)
+    global_state = _train(glob, data, config, desc="global model", name="baseline", log=None, **options)
+    meta = _mean_evaluation(learner, state, new_users)
+    tuned = _mean_evaluation(tune, global_state, new_users)
     result = {
         "algo": config.algo,
         "query_mse": {
-            "before": float(meta["query_loss_before"]),
-            "after": float(meta["query_loss_after"]),
-            "no_adaptation": float(tuned["query_loss_before"]),
-            "finetune": float(tuned["query_loss_after"]),
+            "before": meta["query_loss_before"],
+            "after": meta["query_loss_after"],
+            "no_adaptation": tuned["query_loss_before"],
+            "finetune": tuned["query_loss_after"],
         },
         "new_users": int(meta["tasks"]),
         "seconds": round(time.perf_counter() - start, 2),
@@ -341,39 +203,13 @@ def run(
     return result
 
 
-def restore_learner(run_dir: str | os.PathLike, *, which: str = "best", name: str = "checkpoints"
-                    ) -> tuple[TrainConfig, RunData, MetaLearner, MetaState, int]:
-    """A saved run's config, data, learner and state.
-
-    Args:
-      run_dir: the ``--out`` folder of ``jaxmeta train``.
-      which: ``"best"`` (validation MAE; the latest when no step was scored),
-        ``"latest"``, or a step number.
-      name: ``"checkpoints"`` (the meta-learner) or ``"baseline"`` (the global model).
-
-    Returns:
-      ``(config, data, learner, state, step)``; for ``"baseline"`` the learner
-      is the fine-tuning one (its ``evaluate`` reports both without and with
-      adaptation).
-    """
-    folder = Path(run_dir)
-    if not (folder / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{folder}: not a run folder (no {CONFIG_FILE}); pass the --out folder of jaxmeta train.")
-    config = _config(yaml.safe_load((folder / CONFIG_FILE).read_text()))
-    data = load_data(config)
-    learner = make_learner(config, data.model) if name == "checkpoints" else _baseline_learners(config, data.model)[1]
-    store = Checkpoints(folder / name, read_only=True)
-    if which == "best":
-        step = store.best_step() or store.latest_step()
-    elif which == "latest":
-        step = store.latest_step()
-    else:
-        step = int(which)
-    state, extra = store.restore(learner.init(jax.random.key(config.seed)), step)
-    if data.encoder is not None and extra.get("encoder") != data.encoder.to_dict():
-        raise CheckpointError(f"{folder}: the checkpoint's vocabularies differ from those of the data now; "
-                              "evaluate with the data the run was trained on.")
-    return config, data, learner, state, step
+def _mean_evaluation(learner: MetaLearner, state: MetaState, batches: Sequence[TaskBatch]) -> dict[str, float]:
+    """``learner.evaluate`` over several batches: the query losses averaged over all their real users."""
+    outs = [learner.evaluate(state, b) for b in batches]
+    users = sum(float(o["tasks"]) for o in outs)
+    mean = {k: sum(float(o[k]) * float(o["tasks"]) for o in outs) / max(users, 1.0)
+            for k in ("query_loss_before", "query_loss_after")}
+    return {**mean, "tasks": users}
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, which: str = "best", write: bool = True) -> dict[str, Any]:
@@ -385,42 +221,38 @@ def evaluate_run(run_dir: str | os.PathLike, *, which: str = "best", write: bool
       ``finetune`` (the global model).
     """
     folder = Path(run_dir)
-    config, data, learner, state, step = restore_learner(folder, which=which)
-    _, _, tune, base_state, _ = restore_learner(folder, which="latest", name="baseline")
-    glob, _ = _baseline_learners(config, data.model)
-    methods = {config.algo: (learner, state), "no_adaptation": (glob, base_state), "finetune": (tune, base_state)}
+    meta = restore_run(folder, which=which)
+    config, data = meta.config, meta.data
+    base = restore_run(folder, which="latest", name="baseline", data=data)
+    glob, _ = baseline_learners(config, meta.model)
+    methods = {config.algo: (meta.learner, meta.state), "no_adaptation": (glob, base.state),
+               "finetune": (base.learner, base.state)}
+    names = list(data.scenarios)
+    batches = dict(zip(names, evaluation_batches([data.scenarios[s] for s in names], EVAL_BATCH)))
     results: dict[str, Any] = {}
-    for scenario, tasks in data.scenarios.items():
-        batches = list(evaluation_batches(tasks, 256))
+    for scenario in names:
         results[scenario] = {}
         for method, (lrn, st) in methods.items():
-            predictions, queries = predict_tasks(lambda b, lrn=lrn, st=st: lrn.predict(st, b), batches)
+            predictions, queries = predict_tasks(lambda b, lrn=lrn, st=st: lrn.predict(st, b), batches[scenario])
             results[scenario][method] = query_metrics(predictions, queries)
     if write:
         (folder / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-        first = next(iter(data.scenarios))
-        batch = pad_tasks(data.scenarios[first])
+        first = names[0]
         depth = 2 * config.inner_steps
+
+        def curve(learner: MetaLearner, state: MetaState) -> list[float]:
+            # plain SGD at the config's inner rate (Meta-SGD's learned rates are set aside: every model adapts alike)
+            return adaptation_curve(meta.model, state.params, batches[first], learning_rate=config.inner_lr,
+                                    steps=depth, is_fast=learner.is_fast).tolist()
+
         curves = {
-            f"meta-learned ({config.algo})": _curve(learner, state, config, batch, depth, data.model),
-            "pretrained, fine-tuned (no meta-learning)": _curve(tune, base_state, config, batch, depth, data.model),
+            f"meta-learned ({config.algo})": curve(meta.learner, meta.state),
+            "pretrained, fine-tuned (no meta-learning)": curve(base.learner, base.state),
         }
         (folder / "adaptation.json").write_text(json.dumps(
-            {"inner_steps": list(range(depth + 1)), "curves": curves, "scenario": first, "checkpoint_step": step},
+            {"inner_steps": list(range(depth + 1)), "curves": curves, "scenario": first, "checkpoint_step": meta.step},
             indent=2) + "\n")
     return results
-
-
-def _curve(learner: MetaLearner, state: MetaState, config: TrainConfig, batch: TaskBatch, depth: int,
-           model: Model) -> list[float]:
-    """Query MSE after 0..depth plain-SGD inner steps at the config's inner rate
-    (Meta-SGD's learned rates are set aside, so every model adapts alike)."""
-    out = []
-    for k in range(depth + 1):
-        probe = algorithms.finetune(model, inner_optimizer=optax.sgd(config.inner_lr), inner_steps=k,
-                                    is_fast=learner.is_fast)
-        out.append(float(probe.evaluate(state._replace(hyper=()), batch)["query_loss_after"]))
-    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -457,3 +289,4 @@ def format_eval(results: dict[str, Any], metrics: Sequence[str] = ("mae", "rmse"
             lines.append(f"{method:<{width}}  " + "  ".join(cells))
         lines.append("")
     return "\n".join(lines).rstrip()
+

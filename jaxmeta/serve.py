@@ -5,21 +5,19 @@ its :class:`~jaxmeta.algorithms.MetaState`, the
 :class:`~jaxmeta.data.features.FeatureEncoder` it was trained with and the
 catalogue of items that may be recommended. Given a ratings table of one or
 many users, it adapts every user on their own ratings (their support set) and
-scores candidate items (fed as the query set), with the very function the
-evaluation uses, ``learner.predict``: a user's scores are those the evaluation
-path would give for the same support rows and items (up to float32 rounding,
-as padding to other sizes may reorder sums).
+scores candidate items: ``learner.adapt`` once per user, then
+``learner.apply_adapted`` on every chunk of candidates. A user's scores are those
+the evaluation path (``learner.predict``) gives for the same support rows and
+items, up to float32 rounding (padding to other sizes may reorder sums).
 
 Shapes: users are grouped into fixed-shape :class:`~jaxmeta.tasks.TaskBatch`
-objects whose task, support and query axes are padded to powers of two (at least
-:data:`MIN_TASKS`, :data:`MIN_SUPPORT`, :data:`MIN_QUERY`; task slots at most
-``batch_size``, query rows at most ``candidate_chunk``), so the compiled
-``learner.predict`` is reused across calls and users instead of being compiled
-for every user. Padded support rows are masked out of adaptation, padded query
-rows (``query_y`` 0, ``query_mask`` False) and padding users are dropped from the
-output; neither changes a real score (see :mod:`jaxmeta.tasks`). Candidates
-beyond ``candidate_chunk`` are scored in several calls, each adapting the users
-afresh (adaptation is deterministic, so every chunk sees the same fast weights).
+objects whose task and support axes are padded to powers of two (at least
+:data:`MIN_TASKS`, :data:`MIN_SUPPORT`; task slots at most ``batch_size``), and
+candidates into chunks padded to a power of two (at least :data:`MIN_QUERY`, at
+most ``candidate_chunk``), so the compiled ``adapt`` and ``apply_adapted`` are
+reused across calls and users instead of being compiled for every user. Padded
+support rows are masked out of adaptation (see :mod:`jaxmeta.tasks`); the scores
+of padded candidate rows and padding users are dropped from the output.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from jaxmeta.algorithms import MetaLearner, MetaState
-from jaxmeta.data import splits
+from jaxmeta._checks import columns, positive_int
 from jaxmeta.data.features import FeatureEncoder
 from jaxmeta.evaluation import ITEM_KEY
 from jaxmeta.tasks import RaggedTasks, pad_tasks
@@ -58,15 +56,17 @@ def _padded(n: int, floor: int, cap: int | None = None) -> int:
     return size if cap is None else min(size, cap)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}={value!r}: pass a whole number >= 1.")
-    return int(value)
-
-
 def _shown(values: np.ndarray, limit: int = 5) -> str:
     shown = [v.item() if isinstance(v, np.generic) else v for v in values[:limit]]
     return ", ".join(map(repr, shown)) + (", ..." if len(values) > limit else "")
+
+
+def _rows(a: np.ndarray, tasks: int, rows: int) -> np.ndarray:
+    """``a`` (``[n, m, ...]``) padded with its own first entry to ``[tasks, rows, ...]``: every padded
+    input is a valid id, and its score is never read."""
+    out = np.broadcast_to(a[:1, :1], (tasks, rows, *a.shape[2:])).copy()
+    out[: a.shape[0], : a.shape[1]] = a
+    return out
 
 
 def _item_ids(values: Any, name: str) -> np.ndarray:
@@ -96,7 +96,7 @@ class Recommender:
         adds new ones). Values unknown to its vocabularies encode as OOV.
       items: every item id that may be recommended (the default candidates),
         distinct.
-      batch_size: the most users adapted in one call of ``learner.predict``.
+      batch_size: the most users adapted in one call of ``learner.adapt``.
       candidate_chunk: the most candidate items scored in one call.
       item_key: when given, the raw item ids are added to the inputs under this
         field (int64), as :func:`jaxmeta.evaluation.with_item_ids` adds them,
@@ -132,8 +132,8 @@ class Recommender:
         if not isinstance(self.encoder, FeatureEncoder):
             raise TypeError(f"encoder must be a FeatureEncoder, got {type(self.encoder).__name__}.")
         object.__setattr__(self, "items", _item_ids(self.items, "items"))
-        object.__setattr__(self, "batch_size", _positive_int("batch_size", self.batch_size))
-        object.__setattr__(self, "candidate_chunk", _positive_int("candidate_chunk", self.candidate_chunk))
+        object.__setattr__(self, "batch_size", positive_int("batch_size", self.batch_size))
+        object.__setattr__(self, "candidate_chunk", positive_int("candidate_chunk", self.candidate_chunk))
         if self.item_key is not None:
             names = [f.name for f in self.encoder.spec]
             if self.item_key in names:
@@ -161,11 +161,9 @@ class Recommender:
           jaxmeta.checkpoint.CheckpointError: not a run folder, or its
             checkpoint does not fit the data.
         """
-        from jaxmeta.runs import (
-            restore_learner,  # runs builds on the whole library: import it when needed
-        )
+        from jaxmeta.job import restore_run  # the job layer builds on the whole library: import it when needed
 
-        config, data, learner, state, _ = restore_learner(run_dir, which=checkpoint)
+        config, data, _, learner, state, _ = restore_run(run_dir, which=checkpoint)
         if data.encoder is None:
             raise ValueError(f"{run_dir}: a run on the {config.data} data has no user and item feature tables to "
                              "encode new ratings; serve a run trained with --data ml-100k, ml-1m or table.")
@@ -279,7 +277,7 @@ class Recommender:
 
     def _check_ratings(self, ratings: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """The ratings table checked, and its ratings as float32."""
-        splits._columns(ratings, RATINGS_COLUMNS, "ratings", "Pass one row per rating with columns user, item, rating.")
+        columns(ratings, RATINGS_COLUMNS, "ratings", "Pass one row per rating with columns user, item, rating.")
         if len(ratings) == 0:
             raise ValueError(
                 "ratings has no rows: every user to score needs at least one rating to adapt on; pass each "
@@ -325,19 +323,23 @@ class Recommender:
             for s in range(0, len(group), self.batch_size):
                 members = group[s : s + self.batch_size]
                 slots = _padded(len(members), min(MIN_TASKS, self.batch_size), self.batch_size)
+                tasks = RaggedTasks(  # the support sets; the query set is a placeholder (adapt reads none of it)
+                    support_x=[support_x[i] for i in members],
+                    support_y=[support_y[i] for i in members],
+                    query_x=[{f: a[:1] for f, a in support_x[i].items()} for i in members],
+                    query_y=[np.zeros(1, np.float32)] * len(members),
+                )
+                batch = pad_tasks(tasks, support_size=int(size), query_size=1, num_tasks=slots)
+                fast = self.learner.adapt(self.state, batch)  # every user of the batch adapted once
                 for c in range(0, len(candidates), self.candidate_chunk):
                     chunk = candidates[c : c + self.candidate_chunk]
                     width = _padded(len(chunk), min(MIN_QUERY, self.candidate_chunk), self.candidate_chunk)
-                    qx = self._inputs(np.repeat(users[members], len(chunk)), np.tile(chunk, len(members)), name)
-                    tasks = RaggedTasks(
-                        support_x=[support_x[i] for i in members],
-                        support_y=[support_y[i] for i in members],
-                        query_x=[{f: a[j * len(chunk) : (j + 1) * len(chunk)] for f, a in qx.items()}
-                                 for j in range(len(members))],
-                        query_y=[np.zeros(len(chunk), np.float32)] * len(members),
-                    )
-                    batch = pad_tasks(tasks, support_size=int(size), query_size=width, num_tasks=slots)
-                    predictions = np.asarray(self.learner.predict(self.state, batch))
+                    users_x = np.repeat(users[members], len(chunk))
+                    qx = self._inputs(users_x, np.tile(chunk, len(members)), name)
+                    # [slots, width, ...]: each user's candidates, padded (the padding rows' scores are dropped)
+                    x = {f: _rows(a.reshape(len(members), len(chunk), *a.shape[1:]), slots, width)
+                         for f, a in qx.items()}
+                    predictions = np.asarray(self.learner.apply_adapted(self.state, fast, x))
                     scores[members, c : c + len(chunk)] = predictions[: len(members), : len(chunk)]
         bad = ~np.isfinite(scores).all(axis=1)
         if bad.any():

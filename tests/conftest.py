@@ -12,8 +12,21 @@ import optax
 import pytest
 
 from jaxmeta import algorithms
-from jaxmeta.models import Model
+from jaxmeta.models import Model, Stage
 from jaxmeta.tasks import RaggedTasks, pad_tasks
+
+# One persistent XLA compilation cache for the session and every process it starts (jax reads
+# JAX_COMPILATION_CACHE_DIR from the environment): many tests and subprocesses compile the same
+# programs, and a rerun (the slow suite after the default one, a second local run) finds them all.
+# An entry is keyed by the program, the compile options, XLA flags and the jax version, and holds
+# the executable a fresh compilation gives, so results do not change. Every compilation is stored
+# (the suite's programs mostly compile in under jax's default threshold of 1 s). In .pytest_cache,
+# so `pytest --cache-clear` empties it; JAX_COMPILATION_CACHE_DIR= (empty) turns it off.
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                               str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+_CACHE_FROM = os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", _CACHE or None)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", float(_CACHE_FROM))
 
 # Like equinox's tests, implicit rank promotion is an error. (Strict dtype promotion
 # is not set: optax's own Adam mixes Python floats with its int32 step count.)
@@ -36,7 +49,8 @@ def real(sub: str) -> Path:
 def tiny_model(dtype=jnp.float32, *, staged: bool = False) -> Model:
     """Two embedded fields (slow) -> tanh layer -> linear head (fast). Smooth, so
     finite differences are accurate everywhere. ``staged``: with the embedding
-    lookup declared as the model's input stage (``Model.embed``)."""
+    lookup declared as the model's input stage and the tanh layer as the dense
+    layer after it (``Model.stage``)."""
 
     def init(key):
         k = jax.random.split(key, 4)
@@ -55,12 +69,9 @@ def tiny_model(dtype=jnp.float32, *, staged: bool = False) -> Model:
     def after_dense(params, z):
         return (jnp.tanh(z) @ params["head"]["w"] + params["head"]["b"][None, :])[:, 0]
 
-    model = Model(init, lambda params, x: apply_embedded(params, embed(params, x)), is_fast=lambda p: p[0] != "emb",
-                  is_head=lambda p: p[0] == "head")
-    if staged:
-        model = model._replace(embed=embed, apply_embedded=apply_embedded, is_embedding=lambda p: p[0] == "emb",
-                               dense=("body",), after_dense=after_dense)
-    return model
+    stage = Stage(embed, apply_embedded, is_embedding=lambda p: p[0] == "emb", dense=("body",), after_dense=after_dense)
+    return Model(init, lambda params, x: apply_embedded(params, embed(params, x)), is_fast=lambda p: p[0] != "emb",
+                 is_head=lambda p: p[0] == "head", stage=stage if staged else None)
 
 
 def random_tasks(num_users: int, *, seed: int = 0, support=(2, 6), query=(1, 4), dtype=np.float32) -> RaggedTasks:
@@ -76,20 +87,20 @@ def random_tasks(num_users: int, *, seed: int = 0, support=(2, 6), query=(1, 4),
     return RaggedTasks(sx, sy, qx, qy)
 
 
-def learner_factories(outer_optimizer, inner_lr=0.3, inner_steps=2, **extra):
+def learner_factories(outer_optimizer, inner_optimizer=0.3, inner_steps=2, **extra):
     """Every algorithm, meta-learners and baselines, with comparable settings."""
-    inner = optax.sgd(inner_lr)
     common = dict(outer_optimizer=outer_optimizer, **extra)
+    inner = dict(inner_optimizer=inner_optimizer, inner_steps=inner_steps, **common)
     return {
-        "maml": lambda m: algorithms.maml(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
-        "maml_remat": lambda m: algorithms.maml(m, inner_optimizer=inner, inner_steps=inner_steps, remat=True, **common),
-        "fomaml": lambda m: algorithms.fomaml(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
-        "reptile": lambda m: algorithms.reptile(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
-        "anil": lambda m: algorithms.anil(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
-        "metasgd": lambda m: algorithms.metasgd(m, inner_lr=inner_lr, inner_steps=inner_steps, **common),
-        "imaml": lambda m: algorithms.imaml(m, inner_optimizer=inner, inner_steps=inner_steps, reg=2.0, cg_steps=8, **common),
+        "maml": lambda m: algorithms.maml(m, **inner),
+        "maml_remat": lambda m: algorithms.maml(m, remat=True, **inner),
+        "fomaml": lambda m: algorithms.fomaml(m, **inner),
+        "reptile": lambda m: algorithms.reptile(m, **inner),
+        "anil": lambda m: algorithms.anil(m, **inner),
+        "metasgd": lambda m: algorithms.metasgd(m, **inner),
+        "imaml": lambda m: algorithms.imaml(m, reg=2.0, cg_steps=8, **inner),
         "no_adaptation": lambda m: algorithms.no_adaptation(m, **common),
-        "finetune": lambda m: algorithms.finetune(m, inner_optimizer=inner, inner_steps=inner_steps, **common),
+        "finetune": lambda m: algorithms.finetune(m, **inner),
     }
 
 

@@ -1,5 +1,7 @@
 """Every algorithm, table-driven: batching over users equals a per-user loop,
-chunking and padding change nothing, and the step compiles once.
+chunking and padding change nothing, the step compiles once, every factory
+takes the same options, plain SGD takes the fast path however it is given, and
+a user without support rows is predicted unadapted, never NaN.
 
 The per-user loop here runs the library's step on one user at a time; the
 independent references (plain Python loops over users and inner steps, finite
@@ -8,6 +10,10 @@ differences, hand-computed and closed-form updates) are in test_gradients.py.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,10 +21,11 @@ import optax
 import pytest
 
 from jaxmeta import algorithms
+from jaxmeta.algorithms._defaults import DEFAULT_OUTER_OPTIMIZER, plain_sgd_rate
 from jaxmeta.models import Model, embedding_mlp
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
-from conftest import ALGORITHMS, learner_factories, meta_grad, random_tasks, tiny_model
+from conftest import ALGORITHMS, VOCAB, learner_factories, meta_grad, random_tasks, tiny_model
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -222,3 +229,238 @@ def test_binary_cross_entropy_loss_trains_clicks():
 def test_bad_arguments_raise_with_the_value_and_a_fix(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- one set of options
+
+FACTORIES = {**algorithms.META_LEARNERS, **algorithms.BASELINES}
+COMMON = {"inner_optimizer": 0.03, "inner_steps": 5, "outer_optimizer": DEFAULT_OUTER_OPTIMIZER, "loss": "mse",
+          "chunk_size": None, "is_fast": None, "backend": "xla"}
+NO_INNER_LOOP = ("inner_optimizer", "inner_steps", "is_fast", "backend")  # options no_adaptation refuses
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_every_factory_lists_the_common_keywords_with_the_common_defaults(name):
+    params = inspect.signature(FACTORIES[name]).parameters
+    assert next(iter(params)) == "model"
+    assert all(p.kind is p.KEYWORD_ONLY for key, p in params.items() if key != "model"), "no **kwargs, no positionals"
+    for key, default in COMMON.items():
+        want = None if name == "no_adaptation" and key in NO_INNER_LOOP else default
+        assert params[key].default is want or params[key].default == want, (key, params[key].default)
+    for key in ("first_order", "remat"):
+        if key in params:
+            assert params[key].default is (None if (name, key) == ("fomaml", "first_order") else False)
+    assert ("first_order" in params) == (name in ("maml", "fomaml", "anil", "metasgd"))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: algorithms.fomaml(tiny_model(), first_order=True), "fomaml: first_order=True does not apply"),
+        (lambda: algorithms.fomaml(tiny_model(), first_order=False), "fomaml: first_order=False does not apply"),
+        (lambda: algorithms.anil(tiny_model(), is_fast=lambda path: True), "anil: is_fast=.* does not apply"),
+        (lambda: algorithms.no_adaptation(tiny_model(), inner_optimizer=0.03), "no_adaptation: inner_optimizer=0.03 "),
+        (lambda: algorithms.no_adaptation(tiny_model(), inner_steps=5), "no_adaptation: inner_steps=5 does not apply"),
+        (lambda: algorithms.no_adaptation(tiny_model(), is_fast=lambda path: True), "no_adaptation: is_fast="),
+        (lambda: algorithms.no_adaptation(tiny_model(), backend="xla"), "no_adaptation: backend='xla' does not"),
+        (lambda: algorithms.metasgd(tiny_model(), backend="pallas"), "metasgd: backend='pallas' does not apply"),
+        (lambda: algorithms.imaml(tiny_model(), backend="pallas"), "imaml: backend='pallas' does not apply"),
+        (lambda: algorithms.metasgd(tiny_model(), inner_optimizer=optax.adam(0.1)), "metasgd: inner_optimizer is an"),
+        (lambda: algorithms.reptile(tiny_model(), backend="gpu"), "reptile: backend='gpu'"),
+        (lambda: algorithms.finetune(tiny_model(), inner_optimizer="adam"), "finetune: inner_optimizer='adam'"),
+        (lambda: algorithms.imaml(tiny_model(), cg_steps=0), r"cg_steps=0: .*\(imaml's"),
+    ],
+)
+def test_an_option_that_does_not_apply_raises_one_value_error_naming_it(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+INNER_LOOP = sorted(name for name in FACTORIES if name != "no_adaptation")
+
+
+@pytest.mark.parametrize("name", INNER_LOOP)
+@pytest.mark.parametrize("option, value", [("inner_steps", 0), ("inner_optimizer", -0.1), ("inner_optimizer", 0)])
+def test_bad_inner_options_are_refused_by_every_factory(name, option, value):
+    with pytest.raises(ValueError, match=f"{option}={value}") as error:
+        FACTORIES[name](tiny_model(), **{option: value})
+    assert name in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["metasgd", "imaml"])
+def test_auto_backend_is_xla_where_there_is_no_kernel(name):
+    FACTORIES[name](tiny_model(staged=True), backend="auto")
+
+
+# --------------------------------------------------------------------------- plain SGD, however it is given
+
+
+def fast_of(model, is_fast=None):
+    return algorithms.split_fast(model.param_shapes(), model.is_fast if is_fast is None else is_fast)[0]
+
+
+PROBES = {
+    "sgd": (optax.sgd(0.3), 0.3),
+    "identity_then_sgd": (optax.chain(optax.identity(), optax.sgd(0.3)), 0.3),
+    "scale": (optax.scale(-0.3), 0.3),
+    "masked_everywhere": (optax.masked(optax.sgd(0.3), lambda params: jax.tree.map(lambda _: True, params)), 0.3),
+    "masked_matrices": (optax.masked(optax.sgd(0.3), lambda params: jax.tree.map(lambda x: x.ndim > 1, params)), None),
+    "momentum": (optax.sgd(0.3, momentum=0.9), None),
+    "momentum_0": (optax.sgd(0.3, momentum=0.0), None),  # a momentum trace in its state, though it changes nothing
+    "schedule": (optax.sgd(optax.exponential_decay(0.3, 10, 0.5)), None),  # a step count in its state
+    "adam": (optax.adam(0.3), None),
+    "clip_by_global_norm": (optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.3)), None),
+    "clip_by_global_norm_1e6": (optax.chain(optax.clip_by_global_norm(1e6), optax.sgd(0.3)), None),  # the 1e10 probe
+    "clip": (optax.chain(optax.clip(1.0), optax.sgd(0.3)), None),
+    "weight_decay": (optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.3)), None),
+    "sign": (optax.chain(optax.scale_by_sign(), optax.sgd(0.3)), None),
+    "normalised": (optax.chain(optax.normalize_by_update_norm(), optax.sgd(0.3)), None),
+    "nonnegative": (optax.chain(optax.sgd(0.3), optax.keep_params_nonnegative()), None),
+    "ascent": (optax.scale(0.3), None),
+}
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_plain_sgd_is_recognised_by_probing(name):
+    transformation, rate = PROBES[name]
+    got = plain_sgd_rate(transformation, fast_of(tiny_model()))
+    assert got == (None if rate is None else float(np.float32(rate)))  # float32: the rate optax multiplies by
+    with jax.enable_x64(True):  # float64: the rate exactly
+        assert plain_sgd_rate(transformation, fast_of(tiny_model(jnp.float64))) == rate
+
+
+@pytest.fixture
+def inner_loops(monkeypatch):
+    """Counts the generic inner loops (``inner_adapt``) and the closed-form ones
+    (``inner_adapt_dense``) that the algorithms trace, through every module of
+    jaxmeta.algorithms that calls them."""
+    calls = {"generic": 0, "closed_form": 0}
+
+    def counted(fn, kind):
+        def run(*args, **kwargs):
+            calls[kind] += 1  # runs only while JAX traces
+            return fn(*args, **kwargs)
+
+        return run
+
+    importlib.import_module("jaxmeta.algorithms")
+    for module in [m for name, m in sys.modules.items() if name.startswith("jaxmeta.algorithms.")]:
+        for fn, kind in (("inner_adapt", "generic"), ("inner_adapt_dense", "closed_form")):
+            if hasattr(module, fn):
+                monkeypatch.setattr(module, fn, counted(getattr(module, fn), kind))
+    return calls
+
+
+MODELS = {
+    "staged": lambda: tiny_model(staged=True),  # a fast dense layer after the embeddings, then a head
+    "linear_head": lambda: embedding_mlp(VOCAB, embed_dim=2, hidden=()),  # one layer: dense on the features and head
+}
+
+
+@pytest.mark.parametrize(
+    "name, model, closed_form",
+    [
+        ("maml", "staged", True),
+        ("maml_remat", "staged", True),
+        ("fomaml", "staged", True),
+        ("anil", "linear_head", True),
+        ("anil", "staged", False),  # the head is not the dense layer on the features
+        ("reptile", "staged", False),
+        ("metasgd", "staged", False),  # per-parameter rates: no closed form
+        ("imaml", "staged", False),  # a proximal inner loss: no closed form
+        ("finetune", "staged", False),
+    ],
+)
+def test_plain_sgd_as_a_number_or_as_optax_sgd_is_one_computation(name, model, closed_form, inner_loops):
+    """``inner_optimizer=0.3`` and ``optax.sgd(0.3)`` build the same learner: the
+    same step, metrics and predictions, through the same inner loops, and the
+    closed form where the algorithm has one (no generic loop is even traced)."""
+    batch = pad_tasks(random_tasks(5, seed=2))
+
+    def run(inner):
+        inner_loops.update(generic=0, closed_form=0)
+        learner = learner_factories(optax.adam(1e-2), inner_optimizer=inner)[name](MODELS[model]())
+        state, metrics = learner.step(learner.init(jax.random.key(0)), batch)
+        return (state.params, state.hyper, metrics, learner.predict(state, batch)), dict(inner_loops)
+
+    number, number_loops = run(0.3)
+    sgd, sgd_loops = run(optax.sgd(0.3))
+    assert_trees_close(number, sgd, rtol=1e-6, atol=1e-7)
+    assert number_loops == sgd_loops
+    if closed_form:
+        assert number_loops["closed_form"] > 0 and number_loops["generic"] == 0, number_loops
+    else:
+        assert number_loops["generic"] > 0 and number_loops["closed_form"] == 0, number_loops
+
+
+def test_the_default_inner_optimizer_is_plain_sgd_in_closed_form(inner_loops):
+    learner = algorithms.maml(tiny_model(staged=True), inner_steps=2)
+    learner.step(learner.init(jax.random.key(0)), pad_tasks(random_tasks(3, seed=0)))
+    assert inner_loops["closed_form"] > 0 and inner_loops["generic"] == 0, inner_loops
+
+
+# --------------------------------------------------------------------------- users without support rows
+
+INNER_OPTIMIZERS = {
+    "number": 0.3,
+    "optax_sgd": optax.sgd(0.3),
+    "clip_by_global_norm": optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.3)),  # no derivative at 0
+    "adam": optax.adam(0.1, eps_root=1e-8),
+}
+EMPTY = 2  # the user without support rows
+
+
+ZERO_SUPPORT_CASES = [
+    (name, inner)
+    for name in ALGORITHMS
+    for inner in ((None,) if name == "no_adaptation" else INNER_OPTIMIZERS)
+    if not (name == "metasgd" and inner in ("clip_by_global_norm", "adam"))  # Meta-SGD's is its own SGD (refused above)
+]
+
+
+@pytest.mark.parametrize("name, inner", ZERO_SUPPORT_CASES, ids=[f"{n}-{i}" for n, i in ZERO_SUPPORT_CASES])
+def test_a_user_without_support_rows_is_predicted_unadapted_and_never_nan(name, inner):
+    """A real user (query rows) with no support rows, after a step has moved the
+    parameters: finite loss, meta-gradient and predictions, the unadapted
+    weights and predictions, and (but in Reptile, which trains on the query rows
+    too) the meta-gradient of the unadapted model's query loss. The model has a
+    fast dense layer, so plain SGD runs in closed form."""
+    model = tiny_model(staged=True)
+    tasks = random_tasks(5, seed=3)
+    sx, sy = list(tasks.support_x), list(tasks.support_y)
+    sx[EMPTY], sy[EMPTY] = sx[EMPTY][:0], sy[EMPTY][:0]
+    tasks = RaggedTasks(sx, sy, tasks.query_x, tasks.query_y)
+    batch = pad_tasks(tasks, support_size=6, query_size=4)
+    alone = pad_tasks(tasks.take([EMPTY]), support_size=6, query_size=4, num_tasks=5)
+    others = pad_tasks(random_tasks(5, seed=4), support_size=6, query_size=4)
+    assert not batch.support_mask[EMPTY].any() and batch.query_mask[EMPTY].any()
+
+    options = {} if inner is None else {"inner_optimizer": INNER_OPTIMIZERS[inner]}
+    learner = learner_factories(optax.sgd(1.0), **options)[name](model)
+    start = learner.init(jax.random.key(0))
+    state, _ = learner.step(start, others)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.params, start.params)
+    assert max(jax.tree.leaves(moved)) > 1e-3
+
+    grads, metrics = meta_grad(learner, state, batch)
+    finite = lambda tree: all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(tree))  # noqa: E731
+    assert finite(grads) and finite(metrics)
+    predictions = learner.predict(state, batch)
+    assert finite(predictions)
+    rows = batch.query_mask[EMPTY]
+    unadapted = model.apply(state.params, batch.query_x[EMPTY])
+    np.testing.assert_allclose(predictions[EMPTY][rows], unadapted[rows], rtol=1e-5, atol=1e-6)
+    initial = algorithms.split_fast(state.params, learner.is_fast)[0]
+    adapted = learner.adapt(state, batch)
+    for got, want in zip(jax.tree.leaves(adapted), jax.tree.leaves(initial), strict=True):
+        np.testing.assert_array_equal(got[EMPTY], want)
+
+    (params_grad, hyper_grad), metrics = meta_grad(learner, state, alone)
+    assert finite((params_grad, hyper_grad)) and int(metrics["tasks"]) == 1
+    if name != "reptile":
+        def query_loss(params):  # the unadapted model's mean squared error on the user's query rows
+            errors = jnp.where(rows, model.apply(params, alone.query_x[0]) - alone.query_y[0], 0)
+            return jnp.sum(errors**2) / rows.sum()
+
+        assert_trees_close(params_grad, jax.grad(query_loss)(state.params), rtol=1e-4, atol=1e-6)
+        assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(hyper_grad))  # Meta-SGD's rates

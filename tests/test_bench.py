@@ -1,21 +1,23 @@
-"""Smoke tests of the benchmark workloads (bench/): each runs for a couple of steps at
-a tiny batch and prints records with the documented keys. Nothing here is timed."""
+"""The benchmark workloads (bench/, installed as ``jaxmeta.bench``): their batches, their
+refusals and their packaging by default; a smoke run of each workload for a couple of steps
+at a tiny batch, printing records with the documented keys, under ``pytest -m slow`` (each
+compiles a MeLU step). Nothing here is timed."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+import setuptools
+
+from jaxmeta.bench import run, workloads
+from jaxmeta.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench import run, workloads  # noqa: E402
-
 KEYS = {"workload", "variant", "batch", "tasks_per_s", "step_ms", "compile_s", "peak_mem_mb", "padded_fraction",
         "device", "jax_version"}
 
@@ -28,6 +30,27 @@ def check(record, workload, variant, batch):
     assert record["backend"] in workloads.BACKENDS
 
 
+def test_bench_installs_as_a_subpackage_of_jaxmeta():
+    # The link makes bench/ the package jaxmeta.bench, as kernels/ is jaxmeta.kernels: wheels hold real files.
+    assert os.readlink(ROOT / "jaxmeta" / "bench") == "../bench"
+    found = setuptools.find_packages(str(ROOT), include=["jaxmeta*"])
+    assert {"jaxmeta.bench", "jaxmeta.bench.peers", "jaxmeta.kernels"} <= set(found)
+
+
+@pytest.mark.parametrize("variant", workloads.WORKLOADS["melu"])
+def test_w1_variants_trace_to_the_workload_shapes(variant):
+    # Traced, not compiled: the workload still fits the API; the timed smoke runs are in the slow suite.
+    learner, fn = run._stepper(variant, None)
+    state = jax.eval_shape(learner.init, jax.random.key(0))
+    out = jax.eval_shape(fn, state, workloads.batch(np.random.default_rng(0), 3))
+    if variant == "melu-adapt":
+        assert out.shape == (3, workloads.QUERY)
+    else:
+        new, metrics = out
+        assert jax.tree.structure(new) == jax.tree.structure(state) and metrics["loss"].shape == ()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", workloads.WORKLOADS["melu"])
 def test_w1_variants(variant):
     record = run.measure_w1(variant, 3, steps=2, warmup=1)
@@ -35,6 +58,7 @@ def test_w1_variants(variant):
     assert record["padded_fraction"] == 0.0 and record["support"] == workloads.SUPPORT and record["backend"] == "xla"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", workloads.KERNEL_VARIANTS)
 def test_w1_through_the_pallas_kernel(variant):
     # Interpret mode here: a smoke test, not a timing.
@@ -63,20 +87,25 @@ def test_w2_ragged_buckets_and_padding():
     sizes = np.concatenate([np.asarray(b.support_mask).sum(1) for b in batches])
     assert sizes.min() >= workloads.RAGGED_SUPPORT[0] and sizes.max() <= workloads.RAGGED_SUPPORT[1]
     assert len(sizes) == run.RAGGED_POOL * 8 and len({b.support_size for b in batches}) <= 3
+
+
+@pytest.mark.slow
+def test_w2_ragged_measurement():
     record = run.measure_ragged(8, steps=1, warmup=0, num_buckets=2)
     check(record, "ragged", "melu", 8)
     assert record["padded_fraction"] > 0 and record["w1_same_support_tasks_per_s"] > 0
 
 
-def test_jaxmeta_bench_command_prints_json_lines():
-    exe = Path(sys.executable).with_name("jaxmeta")
-    out = subprocess.run([str(exe), "bench", "--workload", "scale", "--batch", "2", "4", "--steps", "1",
-                          "--warmup", "0", "--backend", "xla"], capture_output=True, text=True, timeout=600,
-                         cwd=ROOT / "tests")
-    assert out.returncode == 0, out.stderr
-    records = [json.loads(line) for line in out.stdout.strip().splitlines()]
+@pytest.mark.slow
+def test_jaxmeta_bench_command_prints_json_lines(capsys):
+    assert main(["bench", "--workload", "scale", "--batch", "2", "4", "--steps", "1", "--warmup", "0",
+                 "--backend", "xla"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["batch"] for r in records] == [2, 4]
     for r, b in zip(records, (2, 4)):
         check(r, "scale", "melu", b)
-    bad = subprocess.run([str(exe), "bench", "--variant", "melu-xx"], capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and "variant='melu-xx'" in bad.stderr
+
+
+def test_jaxmeta_bench_refuses_an_unknown_variant(capsys):
+    assert main(["bench", "--variant", "melu-xx"]) == 2
+    assert "variant='melu-xx'" in capsys.readouterr().err

@@ -26,9 +26,10 @@ import optax
 import pytest
 
 from jaxmeta import algorithms
-from jaxmeta.data import synthetic
+from jaxmeta.data import datasets, synthetic
+from jaxmeta.job import TrainConfig, make_learner, make_model, outer_optimizer
 from jaxmeta.tasks import pad_tasks
-from jaxmeta.train import TrainConfig, fit, make_learner, make_model, outer_optimizer
+from jaxmeta.train import BatchStream, fit
 
 CONFIG = TrainConfig(seed=0, data_seed=0)
 
@@ -38,11 +39,11 @@ MARGIN = {"maml": 0.25, "fomaml": 0.2, "reptile": 0.15, "anil": 0.15, "metasgd":
 @pytest.fixture(scope="module")
 def setting():
     """The data, the model, the new users and the two baselines' query MSE."""
-    data = synthetic.generate(seed=CONFIG.data_seed)
-    model = make_model(CONFIG, data)
+    data = synthetic.generate(seed=CONFIG.data_seed)  # every training user trains: no validation hold-out
+    model = make_model(CONFIG, datasets.synthetic(seed=CONFIG.data_seed))
     new_users = pad_tasks(data.new)
     global_model = algorithms.no_adaptation(model, outer_optimizer=outer_optimizer(CONFIG))
-    global_state, _ = fit(global_model, data.train, CONFIG, progress=False)
+    global_state = _fit(global_model, data.train, CONFIG)
     finetune = algorithms.finetune(
         model, inner_optimizer=optax.sgd(CONFIG.inner_lr), inner_steps=CONFIG.inner_steps
     ).evaluate(global_state, new_users)
@@ -51,6 +52,11 @@ def setting():
         "fine-tune": float(finetune["query_loss_after"]),
     }
     return data, model, new_users, baselines
+
+
+def _fit(learner, tasks, config):
+    stream = BatchStream(tasks, batch_size=config.batch_size, num_buckets=config.num_buckets, seed=config.seed)
+    return fit(learner, stream, steps=config.steps, seed=config.seed, progress=False)
 
 
 def test_margins_cover_every_meta_learner():
@@ -62,7 +68,7 @@ def test_meta_learner_beats_both_baselines_on_new_users(algo, setting):
     data, model, new_users, baselines = setting
     config = dataclasses.replace(CONFIG, algo=algo)
     learner = make_learner(config, model)
-    state, _ = fit(learner, data.train, config, progress=False)
+    state = _fit(learner, data.train, config)
     after = float(learner.evaluate(state, new_users)["query_loss_after"])
     for name, value in baselines.items():
         assert after < value - MARGIN[algo], (

@@ -1,12 +1,13 @@
 """Users sharded over devices and tables sharded by rows (jaxmeta.distributed), on a CPU
 forced to show 4 devices. XLA_FLAGS must be set before jax starts, so the sharded
-steps run in a subprocess (tests/scripts/sharded_steps.py) that prints its findings."""
+steps run in a subprocess (tests/scripts/sharded_steps.py) that prints its findings.
+The slow suite (pytest -m slow) holds the jobs of two processes (``jaxmeta train`` over gloo)
+and the sharded steps of second-order MAML with an optax inner optimizer and of first-order MAML."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,26 +19,44 @@ import pytest
 from jaxmeta.distributed import make_mesh, shard_batch, shard_state
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "sharded_steps.py"
+# The driver's closed-form MAML and Reptile's own outer update by default; the other two in the slow suite.
+DEFAULT_ALGOS, SLOW_ALGOS = ("maml_closed_form", "reptile"), ("maml", "fomaml")
+ALGOS = [*DEFAULT_ALGOS, *(pytest.param(algo, marks=pytest.mark.slow) for algo in SLOW_ALGOS)]
 
 
-@pytest.fixture(scope="module")
-def four_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600)
+def _run(script: str, *args: str, devices: int) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, str(SCRIPT.with_name(script)), *args], capture_output=True, text=True,
+                         env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("algo", ["maml", "maml_closed_form", "fomaml", "reptile"])
+@pytest.fixture(scope="module")
+def four_devices():
+    """``four_devices(algo)``: the findings of tests/scripts/sharded_steps.py for ``algo``'s group of
+    algorithms (one subprocess per group, run when a test first asks for it)."""
+    found: dict[tuple[str, ...], dict] = {}
+
+    def of(algo: str) -> dict:
+        group = DEFAULT_ALGOS if algo in DEFAULT_ALGOS else SLOW_ALGOS
+        if group not in found:
+            found[group] = _run(SCRIPT.name, *group, devices=4)
+        return found[group]
+
+    return of
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_sharded_steps_equal_the_single_device_steps(four_devices, algo):
-    found = four_devices[algo]
+    found = four_devices(algo)[algo]
     assert found["loss_gap"] < 1e-5 and found["param_gap"] < 1e-5  # 3 outer steps, 8 user slots over 4 devices
     assert found["batch_spec"] == "P('users',)" and found["batch_shards"] == [2]
 
 
-@pytest.mark.parametrize("algo", ["maml", "maml_closed_form", "fomaml", "reptile"])
+@pytest.mark.parametrize("algo", ALGOS)
 def test_row_sharded_tables_equal_replicated_ones_and_stay_sharded(four_devices, algo):
-    found = four_devices[algo]
+    found = four_devices(algo)[algo]
     assert found["rows_loss_gap"] < 1e-5 and found["rows_param_gap"] < 1e-5
     # after three steps the table is still split: each device holds a quarter of its rows
     assert found["table_spec"] == "P('users',)" and found["table_shard_rows"] == [found["table_rows"] // 4]
@@ -45,10 +64,11 @@ def test_row_sharded_tables_equal_replicated_ones_and_stay_sharded(four_devices,
 
 
 def test_uneven_batches_and_tables_are_refused(four_devices):
-    assert four_devices["uneven_batch_error"] == ("a batch of 6 users does not split over 4 devices: pass a batch "
-                                                  "size that is a multiple of 4.")
-    assert four_devices["uneven_table_error"] == ("table params/emb/0 has 3 rows, which do not split over 4 devices: "
-                                                  "give it a multiple of 4 rows (unused rows are never read).")
+    found = four_devices(DEFAULT_ALGOS[0])
+    assert found["uneven_batch_error"] == ("a batch of 6 users does not split over 4 devices: pass a batch "
+                                           "size that is a multiple of 4.")
+    assert found["uneven_table_error"] == ("table params/emb/0 has 3 rows, which do not split over 4 devices: "
+                                           "give it a multiple of 4 rows (unused rows are never read).")
 
 
 def test_one_device_mesh_in_process():
@@ -69,28 +89,21 @@ def test_one_device_mesh_in_process():
         make_mesh([])
 
 
-def _run(script: str, *args: str, devices: int) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, str(SCRIPT.with_name(script)), *args], capture_output=True, text=True,
-                         env=env, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
-def saved_on_4(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("saved_on_4")
-    return folder, _run("sharded_resume.py", str(folder), "save", devices=4)
+def saved_on_4_resumed_on_fewer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved_on_4") / "ckpt"
+    saved = _run("sharded_resume.py", str(folder), "save", devices=4)
+    return saved, _run("sharded_resume.py", str(folder), "resume", devices=2)  # on 1 device, then on 2
 
 
 @pytest.mark.parametrize("later", [1, 2])
-def test_a_run_saved_on_4_devices_resumes_on_fewer_as_if_never_stopped(saved_on_4, tmp_path, later):
-    folder, saved = saved_on_4
+def test_a_run_saved_on_4_devices_resumes_on_fewer_as_if_never_stopped(saved_on_4_resumed_on_fewer, later):
+    saved, resumed = saved_on_4_resumed_on_fewer
     assert saved["devices"] == 4
     assert saved["replicated"] == {"step": 6, "head": [], "table": []}
     assert saved["rows"] == {"step": 6, "head": [], "table": ["users"]}
-    shutil.copytree(folder, tmp_path / "ckpt")  # each resume continues its own copy
-    resumed = _run("sharded_resume.py", str(tmp_path / "ckpt"), "resume", devices=later)
+    assert resumed["devices"] == 2
+    resumed = resumed["on"][str(later)]
     assert resumed["devices"] == later
     for name, shard_rows in (("replicated", [8]), ("rows", [8 // later])):
         assert resumed[name]["step"] == 12
@@ -137,6 +150,7 @@ def two_processes(tmp_path_factory):
     return outs, results, continued, folder
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(two_processes):
     outs, results, _, folder = two_processes
     first = json.loads(outs[0].strip().splitlines()[-1])
@@ -150,6 +164,7 @@ def test_two_processes_train_as_one(two_processes):
     assert steps[-1] >= 8
 
 
+@pytest.mark.slow
 def test_a_two_process_run_resumes_in_one_process(two_processes):
     *_, continued, _ = two_processes
     two, one = continued  # the two-process run on 2 devices of one process; the one-device run on 1
@@ -177,7 +192,7 @@ def test_initialize_reads_flags_and_environment_and_names_what_is_missing(monkey
 
 
 def test_shard_tables_names_pad_and_refuse_unknown_tables():
-    from jaxmeta.train import TABLE_ROWS, TrainConfig, row_sharded, table_rows
+    from jaxmeta.job import TABLE_ROWS, TrainConfig, row_sharded, table_rows
 
     tables = {"item": ("embeddings", "1"), "user_group": ("embeddings", "0")}
     config = TrainConfig(shard_tables=("item",))

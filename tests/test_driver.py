@@ -3,15 +3,19 @@ the metrics log, config files and the one-line errors of the commands."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,16 +23,19 @@ import numpy as np
 import pytest
 from conftest import random_tasks, tiny_model
 
+from jaxmeta import cli
 from jaxmeta.checkpoint import CheckpointError, Checkpoints
-from jaxmeta.runs import load_config
+from jaxmeta.job import TrainConfig, load_config, make_learner, make_model, restore_run
 from jaxmeta.tasks import pad_tasks
 from jaxmeta.train import (
     BatchStream,
+    LogMetrics,
     MetricsLog,
-    TrainConfig,
+    SaveCheckpoints,
+    StopOnNaN,
     TrainingInterrupted,
+    Validate,
     fit,
-    make_learner,
 )
 
 CONFIG = TrainConfig(algo="maml", steps=12, batch_size=4, inner_lr=0.3, outer_lr=0.05, num_buckets=2, resplit=True)
@@ -39,19 +46,37 @@ def setup():
     return learner, random_tasks(24, seed=2), [pad_tasks(random_tasks(5, seed=8))]
 
 
+def stream(tasks, config=CONFIG):
+    return BatchStream(tasks, batch_size=config.batch_size, num_buckets=config.num_buckets, seed=config.seed,
+                       resplit=config.resplit)
+
+
+def train(learner, tasks, *, steps=CONFIG.steps, valid=None, store=None, every=None, resume=False):
+    """``fit`` with the hooks of a run: NaN stop, validation every 4 steps, checkpoints every ``every``."""
+    batches = stream(tasks)
+    state = None
+    if resume:
+        state, saved = store.restore(learner.init(jax.random.key(CONFIG.seed)))
+        batches.restore(saved["position"])
+    hooks = [StopOnNaN(1, checkpoints=store)]
+    validate = None if valid is None else Validate({"users": valid}, learner, every=4)
+    hooks += [] if validate is None else [validate]
+    if store is not None:
+        hooks.append(SaveCheckpoints(store, batches, every=every, seed=CONFIG.seed, validation=validate))
+    return fit(learner, batches, steps=steps, seed=CONFIG.seed, state=state, hooks=hooks, progress=False)
+
+
 def leaves(state):
     return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
 def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path):
     learner, tasks, valid = setup()
-    whole, _ = fit(learner, tasks, CONFIG, progress=False, valid=valid, eval_every=4)
+    whole = train(learner, tasks, valid=valid)
     half = Checkpoints(tmp_path / "ckpt")
-    fit(learner, tasks, dataclasses.replace(CONFIG, steps=7), progress=False, valid=valid, eval_every=4,
-        checkpoints=half, checkpoint_every=3)
+    train(learner, tasks, steps=7, valid=valid, store=half, every=3)
     assert half.latest_step() == 7
-    resumed, _ = fit(learner, tasks, CONFIG, progress=False, valid=valid, eval_every=4,
-                     checkpoints=Checkpoints(tmp_path / "ckpt"), checkpoint_every=3, resume=True)
+    resumed = train(learner, tasks, valid=valid, store=Checkpoints(tmp_path / "ckpt"), every=3, resume=True)
     assert int(resumed.step) == CONFIG.steps
     for a, b in zip(leaves(whole), leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise: same batches, same order, same arithmetic
@@ -60,17 +85,36 @@ def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path):
 def test_batch_stream_position_survives_json_and_continues_exactly():
     tasks = random_tasks(30, seed=4)
     config = TrainConfig(batch_size=4, num_buckets=2, resplit=True, seed=3)
-    first = BatchStream(tasks, config)
+    first = stream(tasks, config)
     expected = [next(first) for _ in range(20)]
-    second = BatchStream(tasks, config)
+    second = stream(tasks, config)
     for _ in range(11):  # into the second epoch (8 batches per epoch)
         next(second)
-    third = BatchStream(tasks, config)
+    third = stream(tasks, config)
     third.restore(json.loads(json.dumps(second.position())))
     for want in expected[11:]:
         got = next(third)
         np.testing.assert_array_equal(got.support_x, want.support_x)
         np.testing.assert_array_equal(got.query_y, want.query_y)
+
+
+def test_validation_keeps_each_methods_best_state_and_adapts_once_per_check():
+    learner, tasks, valid = setup()
+    calls = {"n": 0}
+
+    def counted(state):
+        calls["n"] += 1
+        return lambda batch: learner.predict(state, batch)
+
+    validate = Validate({"users": valid, "other": valid}, {"model": counted}, every=4, keep=True)
+    log = LogMetrics(every=6)
+    fit(learner, stream(tasks), steps=CONFIG.steps, hooks=[log, validate], progress=False)
+    assert calls["n"] == 3  # steps 4, 8, 12: one predictor per check, shared by both sets
+    curve = validate.curves["model"]["users"]
+    assert [step for step, _ in curve] == [4, 8, 12] and curve == validate.curves["model"]["other"]
+    best = validate.chosen("users", "model")
+    assert round(best.valid_mae, 4) == min(mae for _, mae in curve) and int(best.state.step) == best.step
+    assert [r["step"] for r in log.history] == [6, 12] and log.total_users == 12 * CONFIG.batch_size
 
 
 def test_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
@@ -87,8 +131,7 @@ def test_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
 
     store = Checkpoints(tmp_path / "ckpt")
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 7; stopped \(last good checkpoint: step 5"):
-        fit(learner._replace(step=poisoned), tasks, CONFIG, progress=False, log_every=1, checkpoints=store,
-            checkpoint_every=5)
+        train(learner._replace(step=poisoned), tasks, store=store, every=5)
     assert store.all_steps() == [5]  # nothing written from the poisoned steps
 
 
@@ -111,11 +154,10 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
 
     store = Checkpoints(tmp_path / "ckpt")
     with pytest.raises(TrainingInterrupted) as stop:
-        fit(learner._replace(step=interrupted), tasks, CONFIG, progress=False, checkpoints=store, checkpoint_every=10)
+        train(learner._replace(step=interrupted), tasks, store=store, every=10)
     assert stop.value.step == 4 and stop.value.saved and store.all_steps() == [4]
-    resumed, _ = fit(learner, tasks, CONFIG, progress=False, checkpoints=Checkpoints(tmp_path / "ckpt"),
-                     checkpoint_every=10, resume=True)
-    whole, _ = fit(learner, tasks, CONFIG, progress=False)
+    resumed = train(learner, tasks, store=Checkpoints(tmp_path / "ckpt"), every=10, resume=True)
+    whole = train(learner, tasks)
     for a, b in zip(leaves(whole), leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -189,38 +231,71 @@ def test_config_files_toml_and_yaml(tmp_path):
         load_config(tmp_path / "e.toml")
 
 
-def jaxmeta(*args, cwd=None):
-    exe = Path(sys.executable).with_name("jaxmeta")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_train_resume_eval_and_plot_commands(tmp_path):
-    run = tmp_path / "run"
-    (tmp_path / "job.toml").write_text("steps = 30\neval_every = 10\ncheckpoint_every = 10\nbatch_size = 16\n")
-    first = jaxmeta("train", "--config", str(tmp_path / "job.toml"), "--steps", "20", "--out", str(run), "--quiet")
+def jaxmeta(*args, cwd=None) -> Ran:
+    """``jaxmeta ARGS`` run in this process (``cli.main``): its exit status and output."""
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main([str(a) for a in args])
+            except SystemExit as exit:  # argparse's usage errors
+                code = exit.code
+    finally:
+        os.chdir(here)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """One 20-step run on the built-in data (from a config file and a flag), shared by the module's tests."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    (folder / "job.toml").write_text("steps = 30\neval_every = 10\ncheckpoint_every = 10\nbatch_size = 16\n"
+                                     "num_buckets = 1\n")
+    first = jaxmeta("train", "--config", folder / "job.toml", "--steps", "20", "--out", folder / "run", "--quiet")
     assert first.returncode == 0, first.stderr
+    return folder
+
+
+def test_train_resume_eval_and_plot_commands(synthetic_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(synthetic_run / "run", run)
+    config = synthetic_run / "job.toml"
     assert "steps: 20" in (run / "config.yaml").read_text()  # the flag overrode the file
-    resumed = jaxmeta("train", "--config", str(tmp_path / "job.toml"), "--out", str(run), "--resume", "--quiet",
-                      "--json")
+    resumed = jaxmeta("train", "--config", config, "--out", run, "--resume", "--quiet", "--json")
     assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["algo"] == "maml"
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 30
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["step"] for r in records if r["kind"] == "valid"} == {10, 20, 30}
-    other = jaxmeta("train", "--config", str(tmp_path / "job.toml"), "--out", str(run), "--resume", "--inner-lr", "0.5",
-                    "--quiet")
+    other = jaxmeta("train", "--config", config, "--out", run, "--resume", "--inner-lr", "0.5", "--quiet")
     assert other.returncode == 2 and "inner_lr=0.5" in other.stderr and "Traceback" not in other.stderr
-    evaluated = jaxmeta("eval", "--run", str(run), "--json")
+    evaluated = jaxmeta("eval", "--run", run, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     last = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert set(last) == {"user_cold"} and {"mae", "rmse", "ndcg@3"} <= set(last["user_cold"])
     curve = json.loads((run / "adaptation.json").read_text())
     assert len(curve["curves"]) == 2 and all(len(v) == len(curve["inner_steps"]) for v in curve["curves"].values())
     pytest.importorskip("matplotlib")
-    plotted = jaxmeta("plot", "--run", str(run))
+    plotted = jaxmeta("plot", "--run", run)
     assert plotted.returncode == 0, plotted.stderr
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["adaptation.png", "learning_curves.png",
                                                                   "scenarios.png"]
+
+
+def test_the_console_script_runs_in_its_own_process(synthetic_run):
+    exe = Path(sys.executable).with_name("jaxmeta")
+    out = subprocess.run([str(exe), "eval", "--run", str(synthetic_run / "nowhere")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "not a run folder" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize(
@@ -240,6 +315,7 @@ def test_bad_input_gives_one_line(tmp_path, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # a MovieLens run: pytest -m slow
 def test_recommend_and_describe_on_movielens_100k(tmp_path):
     from conftest import real
 
@@ -261,11 +337,9 @@ def test_recommend_and_describe_on_movielens_100k(tmp_path):
     assert described.returncode == 0 and "943" in described.stdout and "users kept" in described.stdout
 
 
-def test_recommend_on_a_synthetic_run_says_what_to_do(tmp_path):
-    run = tmp_path / "run"
-    assert jaxmeta("train", "--steps", "5", "--out", str(run), "--quiet").returncode == 0
+def test_recommend_on_a_synthetic_run_says_what_to_do(synthetic_run, tmp_path):
     (tmp_path / "me.csv").write_text("user,item,rating\n1,1,5\n")
-    out = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"))
+    out = jaxmeta("recommend", "--run", synthetic_run / "run", "--ratings", tmp_path / "me.csv")
     assert out.returncode == 2 and "--data ml-100k" in out.stderr
 
 
@@ -277,7 +351,7 @@ def test_train_and_eval_on_any_ratings_table(tmp_path):
     path.write_text("user,item,rating,timestamp\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
     run = tmp_path / "run"
     trained = jaxmeta("train", "--data", "table", "--path", str(path), "--steps", "6", "--eval-every", "3",
-                      "--out", str(run), "--quiet")
+                      "--num-buckets", "1", "--out", str(run), "--quiet")
     assert trained.returncode == 0, trained.stderr
     assert "(table, user_cold)" in trained.stdout
     evaluated = jaxmeta("eval", "--run", str(run), "--json")
@@ -296,13 +370,12 @@ def test_model_flag_trains_serves_and_guards_resume(tmp_path):
     path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
     run = tmp_path / "run"
     trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "mf", "--embed-dim", "4",
-                      "--steps", "4", "--eval-every", "2", "--out", str(run), "--quiet")
+                      "--steps", "4", "--eval-every", "2", "--num-buckets", "1", "--out", str(run), "--quiet")
     assert trained.returncode == 0, trained.stderr
     saved = load_config(run / "config.yaml")
     assert saved["model"] == "mf" and saved["embed_dim"] == 4 and saved["hidden"] is None
-    from jaxmeta.runs import restore_learner
-
-    _, data, _, state, _ = restore_learner(run)
+    restored = restore_run(run)
+    data, state = restored.data, restored.state
     warm = {int(i) for xs in (data.train.support_x, data.train.query_x) for x in xs for i in x["item_id"]}
     assert 40 < len(warm) < 80  # the cold items (a random 20%) are not among them
     assert state.params["items"]["vectors"].shape == (1 + len(warm), 4)  # biased MF: the OOV row and the warm items
@@ -315,7 +388,8 @@ def test_model_flag_trains_serves_and_guards_resume(tmp_path):
                     "--quiet")
     assert other.returncode == 2 and "--resume with model='melu', but the run was made with model='mf'" in other.stderr
     resumed = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "mf", "--embed-dim", "4",
-                      "--steps", "6", "--eval-every", "2", "--out", str(run), "--resume", "--quiet")
+                      "--steps", "6", "--eval-every", "2", "--num-buckets", "1", "--out", str(run), "--resume",
+                      "--quiet")
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -326,11 +400,10 @@ def test_an_unknown_scenario_names_the_ones_there(tmp_path):
 
 @pytest.mark.parametrize("algo", ["fomaml", "reptile"])
 def test_the_kernel_backend_trains_like_xla(algo):
-    from jaxmeta.data import synthetic
-    from jaxmeta.train import make_model
+    from jaxmeta.data import datasets
 
     config = TrainConfig(algo=algo, batch_size=8)
-    data = synthetic.generate(num_train_users=8, num_new_users=2, seed=0)
+    data = datasets.synthetic(num_train_users=9, num_new_users=2, seed=0)
     model, batch = make_model(config, data), pad_tasks(data.train)
     states, losses = {}, {}
     for backend in ("xla", "pallas"):

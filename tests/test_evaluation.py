@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import jax
 import numpy as np
+import optax
 import pandas as pd
 import pytest
 
@@ -139,9 +141,9 @@ def test_with_item_ids_rejects_another_table(tiny_split):
         ev.with_item_ids(tasks, table.iloc[1:])
 
 
-def test_evaluation_batches_cover_every_user_once(tiny_split):
+def test_evaluation_batches_cover_every_user_once_in_one_shape(tiny_split):
     tasks, _ = tiny_split
-    batches = list(ev.evaluation_batches(tasks, 2, num_buckets=2))
+    (batches,) = ev.evaluation_batches([tasks], 2)
     assert all(b.num_tasks == 2 for b in batches)
     predictions, queries = ev.predict_tasks(lambda b: np.asarray(b.query_y) + 1.0, batches)
     assert int(np.asarray(queries.query_mask).any(axis=1).sum()) == len(tasks)
@@ -149,5 +151,29 @@ def test_evaluation_batches_cover_every_user_once(tiny_split):
     assert got == sorted(tuple(y.tolist()) for y in tasks.query_y)
     m = ev.query_metrics(predictions, queries)
     assert m["mae"] == pytest.approx(1.0) and m["rmse"] == pytest.approx(1.0)
-    fixed = list(ev.evaluation_batches(tasks, 2, support_size=20, query_size=6))
-    assert {(b.support_size, b.query_size) for b in fixed} == {(20, 6)}
+    assert len({(b.support_size, b.query_size) for b in batches}) == 1
+    # several sets share one shape: the largest support and query sets of all of them
+    small = tasks.take(np.arange(1))
+    a, b = ev.evaluation_batches([small, tasks], 3)
+    assert {(x.support_size, x.query_size) for x in a + b} == {
+        (int(tasks.support_sizes.max()), int(tasks.query_sizes.max()))}
+    assert [len(a), len(b)] == [1, -(-len(tasks) // 3)]
+    with pytest.raises(TypeError, match=r"pass \[tasks\]"):
+        ev.evaluation_batches(tasks, 2)
+
+
+def test_adaptation_curve_is_the_query_loss_of_plain_sgd_step_by_step():
+    from conftest import random_tasks, tiny_model
+
+    from jaxmeta import algorithms
+    from jaxmeta.tasks import pad_tasks
+
+    model, batch = tiny_model(), pad_tasks(random_tasks(5, seed=3), num_tasks=8)
+    params = model.init(jax.random.key(0))
+    curve = ev.adaptation_curve(model, params, [batch], learning_rate=0.2, steps=3)
+    for k in range(4):  # an independent reference: the fine-tuning baseline with k inner steps
+        tune = algorithms.finetune(model, inner_optimizer=optax.sgd(0.2), inner_steps=k) if k else None
+        state = algorithms.no_adaptation(model).init(jax.random.key(0))
+        want = (tune.evaluate(state, batch)["query_loss_after"] if k
+                else algorithms.no_adaptation(model).evaluate(state, batch)["query_loss_before"])
+        assert curve[k] == pytest.approx(float(want), rel=1e-5), k

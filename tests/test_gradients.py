@@ -148,7 +148,7 @@ def test_reptile_update_equals_hand_computed():
 
 def test_metasgd_learning_rates_receive_gradient(setting):
     model, tasks, params = setting
-    learner = algorithms.metasgd(model, inner_lr=LR, inner_steps=K, outer_optimizer=optax.sgd(1.0))
+    learner = algorithms.metasgd(model, inner_optimizer=LR, inner_steps=K, outer_optimizer=optax.sgd(1.0))
     (_, lr_grads), _ = meta_grad(learner, _state(learner, params), pad_tasks(tasks, dtype=np.float64))
     leaves = jax.tree.leaves(lr_grads["log_inner_lr"])
     assert len(leaves) == 4  # body w, b and head w, b; none for the slow embeddings
@@ -159,7 +159,7 @@ def test_metasgd_learning_rates_receive_gradient(setting):
 def test_metasgd_with_uniform_rates_equals_maml(setting):
     model, tasks, params = setting
     batch = pad_tasks(tasks, dtype=np.float64)
-    msgd = algorithms.metasgd(model, inner_lr=LR, inner_steps=K, outer_optimizer=optax.sgd(1.0))
+    msgd = algorithms.metasgd(model, inner_optimizer=LR, inner_steps=K, outer_optimizer=optax.sgd(1.0))
     mm = algorithms.maml(model, inner_optimizer=optax.sgd(LR), inner_steps=K, outer_optimizer=optax.sgd(1.0))
     (g1, _), _ = meta_grad(msgd, _state(msgd, params), batch)
     (g2, _), _ = meta_grad(mm, _state(mm, params), batch)
@@ -242,14 +242,14 @@ def test_an_embedding_stage_with_fast_tables_is_not_used():
         grads.append(meta_grad(learner, _state(learner, params), tasks)[0])
     for a, b in zip(*(jax.tree.leaves(g) for g in grads)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
-    with pytest.raises(ValueError, match="set all three or none"):
-        model._replace(is_embedding=None).staged()
+    with pytest.raises(ValueError, match="Stage.is_embedding is None"):
+        model._replace(stage=model.stage._replace(is_embedding=None))
 
 
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("remat", [False, True])
 def test_dense_layer_in_closed_form_equals_plain_sgd(first_order, remat):
-    # inner_optimizer given as a number: the first dense layer is adapted in closed form
+    # plain SGD on a staged model: the first dense layer is adapted in closed form
     # (jaxmeta.inner.inner_adapt_dense); step, metrics, adapted weights and predictions
     # must be those of the plain SGD loop, and the second-order gradient that of the
     # finite-difference-checked reference.

@@ -238,8 +238,8 @@ def test_melu_and_embedding_mlp_declare_their_mlp():
     h = jax.random.normal(jax.random.key(1), (5, 12))
     for model in (melu(fields, embed_dim=4, hidden=(8, 6)), embedding_mlp((3, 5, 2), embed_dim=4, hidden=(8, 6))):
         params = jax.jit(model.init)(jax.random.key(0))
-        assert model.mlp == ("layers",)
-        np.testing.assert_allclose(jax.jit(model.apply_embedded)(params, h), jax.jit(mlp)(params["layers"], h),
+        assert model.stage.mlp == ("layers",)
+        np.testing.assert_allclose(jax.jit(model.stage.apply_embedded)(params, h), jax.jit(mlp)(params["layers"], h),
                                    rtol=1e-6)
 
 
@@ -258,11 +258,11 @@ def test_first_order_maml_on_the_kernel_equals_the_xla_path():
 
     def counting_embed(params, x):
         traces.append(1)  # runs only while JAX traces
-        return net.embed(params, x)
+        return net.stage.embed(params, x)
 
     make = lambda backend, model: algorithms.fomaml(model, inner_optimizer=0.3, inner_steps=2,
                                                     outer_optimizer=optax.sgd(1.0), chunk_size=3, backend=backend)
-    xla, pallas = make("xla", net), make("pallas", net._replace(embed=counting_embed))
+    xla, pallas = make("xla", net), make("pallas", net._replace(stage=net.stage._replace(embed=counting_embed)))
     state, batch = xla.init(jax.random.key(0)), padded_batch(seed=1)
     assert_same(meta_grad(pallas, state, batch), meta_grad(xla, state, batch))
     for fn in ("adapt", "predict", "evaluate"):
@@ -292,8 +292,12 @@ def test_the_other_learners_on_the_kernel_equal_the_xla_path(name, check):
     "call, match",
     [
         (lambda: algorithms.maml(tiny_model(staged=True), inner_optimizer=0.3, backend="gpu"), "backend='gpu'"),
-        (lambda: algorithms.maml(tiny_model(staged=True), inner_optimizer=0.3, backend="pallas"), "Model.mlp"),
-        (lambda: algorithms.fomaml(embedding_mlp((3, 5)), backend="pallas"), "inner_optimizer=0.03"),
+        (lambda: algorithms.maml(tiny_model(staged=True), inner_optimizer=0.3, backend="pallas"), "Stage.mlp"),
+        (lambda: algorithms.fomaml(embedding_mlp((3, 5)), inner_optimizer=optax.sgd(0.3, momentum=0.9),
+                                   backend="pallas"), "not plain SGD"),
+        (lambda: algorithms.metasgd(embedding_mlp((3, 5)), backend="pallas"), "backend='pallas' does not apply"),
+        (lambda: algorithms.imaml(embedding_mlp((3, 5)), backend="pallas"), "backend='pallas' does not apply"),
+        (lambda: algorithms.anil(embedding_mlp((3, 5)), backend="pallas"), "fast weights"),
         (lambda: algorithms.maml(embedding_mlp((3, 5)), inner_optimizer=0.3, loss="bce", backend="pallas"), "'mse'"),
         (lambda: algorithms.reptile(embedding_mlp((3, 5)), inner_optimizer=0.3, backend="pallas",
                                     is_fast=lambda path: path[:2] == ("layers", "1")), "fast weights"),
@@ -304,6 +308,14 @@ def test_the_other_learners_on_the_kernel_equal_the_xla_path(name, check):
 def test_the_kernel_backend_refuses_what_it_cannot_run(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("inner", [0.3, optax.sgd(0.3), optax.chain(optax.identity(), optax.sgd(0.3))],
+                         ids=["number", "sgd", "chain"])
+def test_plain_sgd_takes_the_kernel_however_it_is_given(inner):
+    for factory in (algorithms.maml, algorithms.fomaml, algorithms.reptile, algorithms.finetune):
+        # backend="pallas" raises where the kernel does not apply
+        factory(embedding_mlp((3, 5)), inner_optimizer=inner, backend="pallas")
 
 
 def test_auto_backend_is_xla_without_a_gpu_or_where_the_kernel_does_not_apply():

@@ -1,5 +1,6 @@
-"""Models: the embedding MLP against a NumPy forward pass, the fast/slow split, and
-the Flax bridges, which must give the very same MAML step as a pure-dict model."""
+"""Models: the Model record checked when built, the embedding MLP against a NumPy
+forward pass, the fast/slow split, and the Flax bridges, which must give the very
+same MAML step as a pure-dict model."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from flax import linen, nnx
 
 from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaState
-from jaxmeta.models import Model, combine, embedding_mlp, from_linen, from_nnx, mask_where, partition, path_names
+from jaxmeta.models import (Model, Stage, combine, embedding_mlp, from_linen, from_nnx, mask_where, partition,
+                            path_names)
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -22,6 +24,53 @@ def assert_trees_close(a, b, **tol):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), **(tol or TOL))
+
+
+# --------------------------------------------------------------------------- Model
+
+
+def stage_of(model: Model, **changes) -> Stage:
+    return model.stage._replace(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"embed": None}, "Stage.embed is None"),
+        ({"apply_embedded": None}, "Stage.apply_embedded is None"),
+        ({"is_embedding": None}, "Stage.is_embedding is None"),
+        ({"after_dense": None}, "Stage.after_dense is None while dense is set"),
+        ({"dense": None}, "Stage.dense is None while after_dense is set"),
+        ({"dense": "layers"}, "Stage.dense='layers': pass a parameter path as a tuple of strings"),
+        ({"mlp": ("layers", 0)}, r"Stage.mlp=\('layers', 0\)"),
+    ],
+)
+def test_a_stage_missing_a_partner_is_refused_when_the_model_is_built(changes, match):
+    model = embedding_mlp([3, 5], embed_dim=2, hidden=(4,))
+    with pytest.raises(ValueError, match=match):
+        Model(model.init, model.apply, stage=stage_of(model, **changes))
+    with pytest.raises(ValueError, match=match):  # _replace builds a new Model: checked again
+        model._replace(stage=stage_of(model, **changes))
+    with pytest.raises(TypeError, match="Model.stage="):
+        Model(model.init, model.apply, stage=tuple(model.stage))
+
+
+def test_parameter_shapes_are_traced_once_per_model():
+    base = embedding_mlp([3, 5], embed_dim=2, hidden=(4,))
+    traces = []
+
+    def init(key):
+        traces.append(1)  # runs only while JAX traces (nothing here calls init for real)
+        return base.init(key)
+
+    model = base._replace(init=init)
+    assert model.staged() and model.dense_fast() and not model.staged(lambda path: True)
+    assert not model.dense_fast(lambda path: path[:2] == ("layers", "1"))
+    for factory in (algorithms.maml, algorithms.reptile, algorithms.finetune, algorithms.metasgd):
+        factory(model, inner_optimizer=optax.sgd(0.1))
+    assert len(traces) == 1
+    shapes = jax.tree.map(lambda s: s.shape, model.param_shapes())
+    assert shapes == jax.tree.map(jnp.shape, base.init(jax.random.key(0)))
 
 
 # --------------------------------------------------------------------------- embedding_mlp

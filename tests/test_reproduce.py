@@ -1,20 +1,20 @@
-"""The reproduction's pieces that need no real data: model selection on
-validation users, the vocabularies fitted on training rows, the --inner-lr flag."""
+"""The reproduction's pieces: model selection on validation sets (the :class:`Validate` hook),
+the vocabularies fitted on training rows, the --inner-lr flag, held-out items, the report."""
 
 from __future__ import annotations
-
-from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import random_tasks, tiny_model
 
+from jaxmeta.cli import _inner_rates
+from jaxmeta.data.datasets import _fit_encoder
 from jaxmeta.data.features import FeatureEncoder
 from jaxmeta.evaluation import predict_tasks, query_metrics
-from jaxmeta.reproduce import _fit_encoder, _inner_rates, _predictor, _train
+from jaxmeta.job import TrainConfig, make_learner
 from jaxmeta.tasks import pad_tasks
-from jaxmeta.train import TrainConfig, make_learner
+from jaxmeta.train import BatchStream, Validate, fit
 
 
 def setup(steps=12):
@@ -24,18 +24,28 @@ def setup(steps=12):
     return config, learner, random_tasks(16, seed=1), valid
 
 
+def predictor(learner):
+    return lambda state: (lambda batch: learner.predict(state, batch))
+
+
+def select(learner, train, config, valid, methods, every):
+    """Trains with a :class:`Validate` hook that keeps every method's best state; returns the hook."""
+    validate = Validate(valid, methods, every=every, keep=True)
+    stream = BatchStream(train, batch_size=config.batch_size, num_buckets=config.num_buckets, seed=config.seed)
+    fit(learner, stream, steps=config.steps, seed=config.seed, hooks=[validate], progress=False)
+    return validate
+
+
 def test_selection_keeps_the_best_checkpoint_and_its_score():
     config, learner, train, valid = setup()
-    methods = {"maml": partial(_predictor, learner)}
-    every_step, seconds, rate = _train(learner, train, config, desc="t", progress=False, methods=methods,
-                                       valid=valid, every=1)
-    last_only, _, _ = _train(learner, train, config, desc="t", progress=False, methods=methods, valid=valid,
-                             every=config.steps)
-    best, last = every_step["users"]["maml"], last_only["users"]["maml"]
-    assert seconds > 0 and rate > 0
+    methods = {"maml": predictor(learner)}
+    every_step = select(learner, train, config, valid, methods, every=1)
+    last_only = select(learner, train, config, valid, methods, every=config.steps)
+    best, last = every_step.chosen("users", "maml"), last_only.chosen("users", "maml")
+    assert every_step.seconds > 0
     assert last.step == config.steps and 1 <= best.step <= config.steps
     assert best.valid_mae <= last.valid_mae  # training is seeded: the last checkpoint was a candidate
-    predictions, queries = predict_tasks(_predictor(learner, best.state), valid["users"])
+    predictions, queries = predict_tasks(predictor(learner)(best.state), valid["users"])
     assert query_metrics(predictions, queries, ks=())["mae"] == pytest.approx(best.valid_mae, rel=1e-6)
     assert int(best.state.step) == best.step
 
@@ -46,15 +56,15 @@ def test_selection_checks_every_few_steps_and_at_the_end():
 
     def watch(state):
         seen.append(int(state.step))
-        return _predictor(learner, state)
+        return predictor(learner)(state)
 
-    curves = {}
-    best, _, _ = _train(learner, train, config, desc="t", progress=False, methods={"m": watch}, valid=valid,
-                        every=4, curves=curves)
+    validate = select(learner, train, config, valid, {"m": watch}, every=4)
+    best = validate.chosen("users", "m")
     assert seen == [4, 8, 10]
-    assert [step for step, _ in curves["m"]["users"]] == [4, 8, 10]  # every check is recorded
-    assert dict(curves["m"]["users"])[best["users"]["m"].step] == round(best["users"]["m"].valid_mae, 4)
-    assert min(mae for _, mae in curves["m"]["users"]) == round(best["users"]["m"].valid_mae, 4)
+    curve = validate.curves["m"]["users"]
+    assert [step for step, _ in curve] == [4, 8, 10]  # every check is recorded
+    assert dict(curve)[best.step] == round(best.valid_mae, 4)
+    assert min(mae for _, mae in curve) == round(best.valid_mae, 4)
 
 
 def test_selection_skips_diverged_checkpoints_and_fails_if_all_diverge():
@@ -63,33 +73,32 @@ def test_selection_skips_diverged_checkpoints_and_fails_if_all_diverge():
 
     def sometimes_nan(state):
         calls.append(int(state.step))
-        good = _predictor(learner, state)
+        good = predictor(learner)(state)
         return good if int(state.step) == 2 else (lambda b: np.full(np.shape(b.query_y), np.nan))
 
-    best, _, _ = _train(learner, train, config, desc="t", progress=False, methods={"m": sometimes_nan},
-                        valid=valid, every=1)
-    assert best["users"]["m"].step == 2 and calls == [1, 2, 3, 4]
+    validate = select(learner, train, config, valid, {"m": sometimes_nan}, every=1)
+    assert validate.chosen("users", "m").step == 2 and calls == [1, 2, 3, 4]
+    assert [mae is None for _, mae in validate.curves["m"]["users"]] == [True, False, True, True]
+    never = select(learner, train, config, valid, {"m": lambda s: (lambda b: np.full(np.shape(b.query_y), np.inf))},
+                   every=1)
     with pytest.raises(FloatingPointError, match="never gave finite"):
-        _train(learner, train, config, desc="t", progress=False, valid=valid, every=1,
-               methods={"m": lambda s: (lambda b: np.full(np.shape(b.query_y), np.inf))})
+        never.chosen("users", "m")
 
 
 def test_each_validation_set_keeps_its_own_best_checkpoint():
     config, learner, train, valid = setup(steps=12)
     valid["other"] = [pad_tasks(random_tasks(6, seed=4), support_size=6, query_size=4)]
-    methods = {"maml": partial(_predictor, learner)}
-    both, _, _ = _train(learner, train, config, desc="t", progress=False, methods=methods, valid=valid, every=1)
-    assert set(both) == {"users", "other"}
+    methods = {"maml": predictor(learner)}
+    both = select(learner, train, config, valid, methods, every=1)
     for name, batches in valid.items():
         # the same run with this set alone: the same choice, so neither set's choice leaks into the other's
-        alone, _, _ = _train(learner, train, config, desc="t", progress=False, methods=methods,
-                             valid={name: batches}, every=1)
-        assert both[name]["maml"].step == alone[name]["maml"].step
-        assert both[name]["maml"].valid_mae == pytest.approx(alone[name]["maml"].valid_mae, rel=1e-6)
+        alone = select(learner, train, config, {name: batches}, methods, every=1)
+        assert both.chosen(name, "maml").step == alone.chosen(name, "maml").step
+        assert both.chosen(name, "maml").valid_mae == pytest.approx(alone.chosen(name, "maml").valid_mae, rel=1e-6)
         # and the kept score is the checkpoint's own on that set (an explicit evaluation)
-        predictions, queries = predict_tasks(_predictor(learner, both[name]["maml"].state), batches)
+        predictions, queries = predict_tasks(predictor(learner)(both.chosen(name, "maml").state), batches)
         mae = query_metrics(predictions, queries, ks=())["mae"]
-        assert mae == pytest.approx(both[name]["maml"].valid_mae, rel=1e-6)
+        assert mae == pytest.approx(both.chosen(name, "maml").valid_mae, rel=1e-6)
 
 
 def test_vocabularies_from_training_rows_send_unseen_values_to_oov():
@@ -135,11 +144,11 @@ def test_inner_lr_flag_rejects_bad_values(value, message):
 
 
 def test_real_ml1m_held_out_items_never_train_and_leave_the_rest_alone():
-    """``load(valid_items=...)``: the held-out items leave the training users and the item
+    """``movielens(valid_items=...)``: the held-out items leave the training users and the item
     vocabularies; the validation users and the test scenarios are those of a plain load."""
     from conftest import real
 
-    from jaxmeta.reproduce import load
+    from jaxmeta.data.datasets import movielens as load
 
     folder = real("ml-1m")
 
@@ -147,12 +156,13 @@ def test_real_ml1m_held_out_items_never_train_and_leave_the_rest_alone():
         return {int(i) for x in (*tasks.support_x, *tasks.query_x) for i in np.asarray(x["item_id"])}
 
     plain, held = load("ml-1m", folder), load("ml-1m", folder, valid_items=0.1)
-    new = items(held.valid_items)
-    assert plain.valid_items is None and len(held.valid_items) > 100
+    new = items(held.valid["new_items"])
+    assert list(plain.valid) == ["users"] and len(held.valid["new_items"]) > 100
     assert new <= set(plain.warm_ratings["item"]) and not new & items(held.train)  # warm items, held out
     assert not new & set(held.warm_ratings["item"])  # the simple baselines never see them either
     assert len(items(held.train)) < len(items(plain.train))
-    np.testing.assert_array_equal(np.concatenate(plain.valid.query_y), np.concatenate(held.valid.query_y))
+    np.testing.assert_array_equal(np.concatenate(plain.valid["users"].query_y),
+                                  np.concatenate(held.valid["users"].query_y))
     for s in set(plain.scenarios) - {"warm"}:  # "warm" is the training users: they lost the held-out items
         np.testing.assert_array_equal(np.concatenate(plain.scenarios[s].query_y),
                                       np.concatenate(held.scenarios[s].query_y))
@@ -165,7 +175,7 @@ def test_real_ml1m_held_out_items_never_train_and_leave_the_rest_alone():
 
 
 def test_markdown_lists_the_checkpoints_chosen_on_held_out_items():
-    from jaxmeta.reproduce import format_markdown
+    from jaxmeta.report import format_markdown
 
     selected = {"maml": {"step": 1600, "valid_mae": 0.7605, "inner_lr": 0.1,
                          "new_items": {"step": 400, "valid_mae": 0.8086, "inner_lr": 0.1}},

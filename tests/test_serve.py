@@ -23,7 +23,7 @@ ITEM_TABLE = pd.DataFrame({"item": ITEMS, "genres": GENRES, "year": YEARS})
 
 LEARNERS = {
     "maml": lambda m: algorithms.maml(m, inner_optimizer=optax.sgd(0.1), inner_steps=2),
-    "metasgd": lambda m: algorithms.metasgd(m, inner_lr=0.1, inner_steps=2),
+    "metasgd": lambda m: algorithms.metasgd(m, inner_optimizer=0.1, inner_steps=2),
     "no_adaptation": lambda m: algorithms.no_adaptation(m),
 }
 
@@ -155,15 +155,35 @@ def test_items_only_in_the_table_encode_as_oov(parts):
 
 
 def test_no_recompilation_for_other_users_of_similar_support_sizes(parts):
-    predict = parts["maml"][0].predict
-    if not hasattr(predict, "_cache_size"):
+    learner = parts["maml"][0]
+    if not hasattr(learner.adapt, "_cache_size"):
         pytest.skip("this jax's jitted functions have no _cache_size()")
     rec = recommender(parts, batch_size=8)
     rec.score(ratings_of({u: 9 + u for u in range(1, 6)}, seed=1))  # 5 users of 10..14 ratings: 8 slots, 16 rows
-    compiled = predict._cache_size()
+    compiled = learner.adapt._cache_size(), learner.apply_adapted._cache_size()
     rec.score(ratings_of({u: 16 - u for u in range(1, 8)}, seed=2))  # 7 other users of 9..15 ratings
     rec.recommend(ratings_of({u: 12 for u in range(2, 10)}, seed=3), k=3)  # 8 users of 12
-    assert predict._cache_size() == compiled
+    assert (learner.adapt._cache_size(), learner.apply_adapted._cache_size()) == compiled
+
+
+def test_each_user_is_adapted_once_whatever_the_number_of_candidate_chunks(parts):
+    learner, state = parts["maml"]
+    calls = {"adapt": 0, "apply": 0}
+
+    def adapt(s, batch):
+        calls["adapt"] += 1
+        return learner.adapt(s, batch)
+
+    def apply_adapted(s, fast, x):
+        calls["apply"] += 1
+        return learner.apply_adapted(s, fast, x)
+
+    counted = learner._replace(adapt=adapt, apply_adapted=apply_adapted)
+    ratings = ratings_of({u: 12 for u in range(1, 4)}, seed=4)
+    chunked = Recommender(counted, state, ENCODER, ITEMS, candidate_chunk=8).score(ratings)
+    assert calls == {"adapt": 1, "apply": -(-len(ITEMS) // 8)}  # one adaptation, one call per chunk of 8 items
+    whole = Recommender(learner, state, ENCODER, ITEMS).score(ratings)
+    np.testing.assert_allclose(chunked["score"], whole["score"], rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -190,19 +190,18 @@ def test_cold_users_and_items_by_first_rating_time():
     assert parts["user_item_cold"][["user", "item"]].values.tolist() == [[5, 14]]
 
 
-def test_cold_start_split_keeps_users_with_13_to_100_ratings_per_scenario(raw):
+def test_cold_start_tasks_keep_users_with_13_to_100_ratings_per_scenario(raw):
     ratings, items = raw
     enc = encoder_for(ratings)
-    tasks = splits.cold_start_split(ratings, enc, rng=7, items=items)
-    a, b = np.random.default_rng(7).spawn(2)  # as documented: users from the first, queries from the second
-    frames = splits.cold_start_scenarios(ratings, items=items, rng=a)
-    same = splits.split_tasks(splits.split_tables(frames, rng=b), enc)
+    frames = splits.cold_start_scenarios(ratings, items=items, rng=7)
+    tasks = splits.split_tasks(splits.split_tables(frames, rng=8), enc)
+    again = splits.split_tasks(splits.split_tables(frames, rng=8), enc)
     for name in splits.SCENARIOS:
         sizes = frames[name].groupby("user").size()
-        assert len(tasks[name]) == len(same[name]) == int(sizes.between(13, 100).sum()), name
+        assert len(tasks[name]) == len(again[name]) == int(sizes.between(13, 100).sum()), name
         for i in range(len(tasks[name])):
-            np.testing.assert_array_equal(tasks[name].query_y[i], same[name].query_y[i])
-            np.testing.assert_array_equal(tasks[name].support_x[i]["item"], same[name].support_x[i]["item"])
+            np.testing.assert_array_equal(tasks[name].query_y[i], again[name].query_y[i])
+            np.testing.assert_array_equal(tasks[name].support_x[i]["item"], again[name].support_x[i]["item"])
     assert len(tasks["warm"]) > 0 and len(tasks["user_cold"]) > 0
 
 
@@ -260,7 +259,7 @@ def write_state(folder: Path, state: str, rows: dict) -> None:
     (folder / f"{state}_y.json").write_text(json.dumps({str(u): [y for _, y in r] for u, r in rows.items()}))
 
 
-def test_melu_split_from_state_files(tmp_path):
+def test_melu_scenarios_from_state_files(tmp_path):
     rng = np.random.default_rng(0)
     sizes = {"warm_state": {1: 20, 2: 12, 3: 100}, "user_cold_state": {4: 13, 5: 101},
              "item_cold_state": {1: 14, 3: 9}, "user_and_item_cold_state": {4: 30}}
@@ -269,7 +268,7 @@ def test_melu_split_from_state_files(tmp_path):
                                       for u, n in users.items()})
     every = pd.concat(splits.melu_scenarios(tmp_path).values())
     enc = encoder_for(every)
-    tasks = splits.melu_split(tmp_path, enc, rng=0)
+    tasks = splits.split_tasks(splits.split_tables(splits.melu_scenarios(tmp_path), rng=0), enc)
     counts = {name: len(t) for name, t in tasks.items()}
     assert counts == {"warm": 2, "user_cold": 1, "item_cold": 1, "user_item_cold": 1}  # 13-100 ratings only
     assert all(set(t.query_sizes.tolist()) == {10} for t in tasks.values())
@@ -280,7 +279,8 @@ def test_melu_split_from_state_files(tmp_path):
         assert multiset(table) == multiset(kept)
         np.testing.assert_array_equal(np.concatenate(tasks[name].query_y),
                                       table.loc[table["query"], "rating"].to_numpy(np.float32))
-    cold_only = splits.melu_split(tmp_path, enc, rng=0, scenarios=["user_cold", "item_cold"])
+    cold_only = splits.split_tasks(splits.split_tables(splits.melu_scenarios(tmp_path, scenarios=["user_cold", "item_cold"]),
+                                                       rng=0), enc)
     assert list(cold_only) == ["user_cold", "item_cold"]
     np.testing.assert_array_equal(cold_only["item_cold"].query_y[0], tasks["item_cold"].query_y[0])
     with pytest.raises(ValueError, match=r"scenarios=\['cold'\]: pass a non-empty list drawn from"):
@@ -321,7 +321,7 @@ def test_real_ml100k_recbole_user_split():
     enc = FeatureEncoder.fit(ml.load_ml100k_users(folder), ml.load_ml100k_items(folder),
                              user_categorical=["gender", "occupation", "zip"], user_numeric=["age"],
                              item_multi=["genres"])
-    tasks = splits.recbole_split(ratings, enc, rng=0)
+    tasks = splits.split_tasks(splits.split_tables(splits.recbole_user_split(ratings, rng=0), rng=1), enc)
     assert {name: len(t) for name, t in tasks.items()} == {"train": 466, "valid": 58, "test": 58}  # 582 users
     assert all(set(t.query_sizes.tolist()) == {10} for t in tasks.values())
     assert sum(int(t.support_sizes.sum() + t.query_sizes.sum()) for t in tasks.values()) == int(

@@ -394,17 +394,16 @@ def test_resplit_is_seeded_and_moves_rows():
 
 
 def test_training_batches_resplit_every_epoch_with_fixed_shapes():
-    from jaxmeta.train import TrainConfig, batches
+    from jaxmeta.train import BatchStream
 
     tasks = pair_tasks([(4, 2), (6, 2), (5, 2), (3, 2)])
-    config = TrainConfig(batch_size=4, num_buckets=1, resplit=True)
-    stream = batches(tasks, config)  # 4 users, one batch of 4: one batch per epoch
+    stream = BatchStream(tasks, batch_size=4, num_buckets=1, resplit=True)  # 4 users, one batch of 4 per epoch
     first, second = next(stream), next(stream)
     assert first.support_x["a"].shape == second.support_x["a"].shape == (4, 6)
     assert first.query_y.shape == second.query_y.shape == (4, 2)
     codes = lambda b: sorted(np.asarray(b.query_y)[np.asarray(b.query_mask)].tolist())  # noqa: E731
     assert codes(first) != codes(second)  # new query rows in the second epoch
-    fixed = next(batches(tasks, TrainConfig(batch_size=4, num_buckets=1)))
+    fixed = next(BatchStream(tasks, batch_size=4, num_buckets=1))
     assert codes(fixed) == sorted(np.concatenate(tasks.query_y).tolist())
 
 

@@ -257,7 +257,7 @@ def test_maml_meta_learns_the_projection_as_a_slow_weight():
     new, _ = learner.step(state, batch)
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, new.params)
     assert moved["embeddings"]["text"]["w"] > 0 and moved["embeddings"]["text"]["b"] > 0
-    assert not model.is_fast(("embeddings", "text", "w")) and model.is_embedding(("embeddings", "text", "w"))
+    assert not model.is_fast(("embeddings", "text", "w")) and model.stage.is_embedding(("embeddings", "text", "w"))
 
 
 def test_two_tower_takes_an_item_vector_field():

@@ -1,1 +1,1 @@
-"""PyTorch peers of the benchmark workloads (torch.func, learn2learn); see /work/shared/BENCH.md."""
+"""PyTorch peers of the benchmark workloads (torch.func, learn2learn); see bench/README.md."""

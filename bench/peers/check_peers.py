@@ -24,8 +24,8 @@ from functools import partial
 
 import torch
 
-from bench.peers import learn2learn_peer, torch_func, w1_torch
-from bench.peers.w1_torch import INNER_LR, INNER_STEPS, Batch, Fast
+from . import learn2learn_peer, torch_func, w1_torch
+from .w1_torch import INNER_LR, INNER_STEPS, Batch, Fast
 
 VOCAB_SIZES = (3, 4, 5, 6, 3, 4, 5, 6)  # small tables, so every row gets gradient
 USERS = 2

@@ -26,8 +26,8 @@ import learn2learn as l2l
 import torch
 from torch import nn
 
-from bench.peers import w1_torch
-from bench.peers.w1_torch import INNER_LR, INNER_STEPS, OUTER_LR, Batch, Fast
+from . import w1_torch
+from .w1_torch import INNER_LR, INNER_STEPS, OUTER_LR, Batch, Fast
 
 
 def build(

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.func import grad, vmap
 
-from bench.peers import w1_torch
-from bench.peers.w1_torch import INNER_LR, INNER_STEPS, OUTER_LR, Batch, Fast
+from . import w1_torch
+from .w1_torch import INNER_LR, INNER_STEPS, OUTER_LR, Batch, Fast
 
 
 def user_loss(fast: Fast, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,12 @@
-"""Meta-learning algorithms and baselines, each a factory returning a MetaLearner."""
+"""Meta-learning algorithms and baselines, each a factory returning a MetaLearner.
 
-from jaxmeta.algorithms._core import BACKENDS as BACKENDS  # the inner loop's backends: xla, pallas, auto
+Every factory takes the same keywords with the same defaults (inner_optimizer=0.03,
+plain SGD; inner_steps=5; outer_optimizer=optax.adam(1e-3); loss="mse";
+chunk_size=None; is_fast=None; backend="xla"), defined in one place,
+:mod:`jaxmeta.algorithms._defaults`; an option that does not apply to an algorithm
+raises a ValueError naming it.
+"""
+
 from jaxmeta.algorithms._core import MetaLearner as MetaLearner
 from jaxmeta.algorithms._core import MetaState as MetaState
 from jaxmeta.algorithms._core import build as build  # the engine, for new algorithms (examples/custom_algorithm.py)
@@ -8,6 +14,7 @@ from jaxmeta.algorithms._core import query_loss as query_loss
 from jaxmeta.algorithms._core import split_fast as split_fast
 from jaxmeta.algorithms._core import support_loss as support_loss
 from jaxmeta.algorithms._core import tree_vdot as tree_vdot
+from jaxmeta.algorithms._defaults import BACKENDS as BACKENDS  # the inner loop's backends: xla, pallas, auto
 from jaxmeta.algorithms.anil import anil as anil
 from jaxmeta.algorithms.baselines import finetune as finetune
 from jaxmeta.algorithms.baselines import no_adaptation as no_adaptation

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmeta.algorithms._defaults import check_backend
 from jaxmeta.losses import LossFn, masked_mean, squared_error
 from jaxmeta.models import Model, combine, mask_where, partition
 from jaxmeta.tasks import TaskBatch, task_mask
@@ -63,6 +64,11 @@ class MetaLearner(NamedTuple):
       predict: ``predict(state, batch) -> predictions``: query predictions after
         adaptation, float ``[tasks, query]``.
       is_fast: the predicate on parameter paths that this learner adapts.
+      apply_adapted: ``apply_adapted(state, fast, x) -> predictions``: the model
+        with each user's fast weights of ``adapt`` (leaves ``[tasks, ...]``) and
+        the state's slow weights, on each user's rows ``x`` (leaves ``[tasks,
+        rows, ...]``), float ``[tasks, rows]``: adapt once, then score any number
+        of item chunks (serving).
     """
 
     init: Callable[[jax.Array], MetaState]
@@ -71,6 +77,7 @@ class MetaLearner(NamedTuple):
     evaluate: Callable[[MetaState, TaskBatch], Metrics]
     predict: Callable[[MetaState, TaskBatch], jax.Array]
     is_fast: Callable[[tuple[str, ...]], bool]
+    apply_adapted: Callable[[MetaState, Params, Any], jax.Array]
 
 
 def masked_loss(loss_fn: LossFn, predictions: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
@@ -120,11 +127,11 @@ def embed_stage(model: Model, is_fast: Callable) -> tuple[Model, Callable[[Param
         return model, lambda params, task: task
 
     def embed(params: Params, task: TaskBatch) -> TaskBatch:
-        features = lambda x, mask: model.embed(params, zero_padded_rows(x, mask))  # noqa: E731
+        features = lambda x, mask: model.stage.embed(params, zero_padded_rows(x, mask))  # noqa: E731
         return task._replace(support_x=features(task.support_x, task.support_mask),
                              query_x=features(task.query_x, task.query_mask))
 
-    return model._replace(apply=model.apply_embedded, embed=None, apply_embedded=None, is_embedding=None), embed
+    return model._replace(apply=model.stage.apply_embedded, stage=None), embed
 
 
 def split_fast(params: Params, is_fast: Callable) -> tuple[Params, Params]:
@@ -132,7 +139,16 @@ def split_fast(params: Params, is_fast: Callable) -> tuple[Params, Params]:
     return partition(params, mask_where(params, is_fast))
 
 
-BACKENDS = ("xla", "pallas", "auto")
+def fast_shapes(model: Model, is_fast: Callable) -> Params:
+    """The shapes of the fast part of ``model``'s parameters (``None`` at slow leaves)."""
+    return split_fast(model.param_shapes(), is_fast)[0]
+
+
+def has_rows(mask: jax.Array) -> jax.Array:
+    """bool ``[]``: whether one task's ``mask`` (``[rows]``) keeps any row; False
+    for a user without support rows, whom the inner loop leaves unadapted
+    (``active`` of :func:`jaxmeta.inner.inner_adapt`)."""
+    return jnp.any(mask)
 
 
 def _at(tree, path):
@@ -160,31 +176,30 @@ def kernel_adapter(model: Model, is_fast: Callable, loss_fn: LossFn, *, inner_lr
     ``run(fast, support_x, support_y, support_mask, query_x, *, with_weights)`` takes
     one embedded task and returns ``(adapted fast weights or None, query predictions,
     inner losses)``. The kernel applies when the model declares its MLP on features
-    (:attr:`jaxmeta.models.Model.mlp`), is staged under ``is_fast``, its fast weights
-    are exactly that MLP's layers, the inner optimizer is plain SGD given as a
-    number and the loss is mean squared error. ``backend="pallas"`` asks for it
-    (interpret mode without a GPU) and raises where it does not apply;
-    ``"auto"`` takes it where it applies on a GPU, XLA otherwise; ``"xla"`` never.
+    (:attr:`jaxmeta.models.Stage.mlp`), is staged under ``is_fast``, its fast weights
+    are exactly that MLP's layers, the inner optimizer is plain SGD (``inner_lr``,
+    from :func:`jaxmeta.algorithms._defaults.inner_optimizer_of`) and the loss is
+    mean squared error. ``backend="pallas"`` asks for it (interpret mode without a
+    GPU) and raises where it does not apply; ``"auto"`` takes it where it applies
+    on a GPU, XLA otherwise; ``"xla"`` never.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"{who}: backend={backend!r}; pass 'xla' (the default), 'pallas' (the fused Pallas "
-                         "kernel, jaxmeta.kernels) or 'auto' (the kernel where it applies on a GPU).")
-    if backend == "xla":
+    if check_backend(backend, who=who) == "xla":
         return None
     why = []
-    if model.mlp is None:
-        why.append("the model declares no MLP on features (Model.mlp; melu and embedding_mlp do)")
+    mlp = None if model.stage is None else model.stage.mlp
+    if mlp is None:
+        why.append("the model declares no MLP on features (Stage.mlp; melu and embedding_mlp do)")
     elif not model.staged(is_fast):
-        why.append("the model has no input stage that stays slow (Model.embed, its tables not fast)")
+        why.append("the model has no input stage that stays slow (Model.stage, its tables not fast)")
     else:
-        shapes = jax.eval_shape(model.init, jax.random.key(0))
-        in_mlp = mask_where(shapes, lambda path: path[: len(model.mlp)] == tuple(model.mlp))
+        shapes = model.param_shapes()
+        in_mlp = mask_where(shapes, lambda path: path[: len(mlp)] == tuple(mlp))
         if jax.tree.leaves(in_mlp) != jax.tree.leaves(mask_where(shapes, lambda path: bool(is_fast(path)))):
-            why.append("its fast weights are not exactly the layers of Model.mlp (pass is_fast=None)")
-        elif len(_at(shapes, model.mlp)) < 2:
+            why.append("its fast weights are not exactly the layers of Stage.mlp (pass is_fast=None)")
+        elif len(_at(shapes, mlp)) < 2:
             why.append("its MLP has no hidden layer")
     if inner_lr is None:
-        why.append("the inner optimizer is not plain SGD given as a number (pass e.g. inner_optimizer=0.03)")
+        why.append("the inner optimizer is not plain SGD (pass a number, e.g. inner_optimizer=0.03, or optax.sgd)")
     if loss_fn is not squared_error:
         why.append("the loss is not 'mse'")
     if why or (backend == "auto" and jax.default_backend() != "gpu"):
@@ -195,9 +210,9 @@ def kernel_adapter(model: Model, is_fast: Callable, loss_fn: LossFn, *, inner_lr
     from jaxmeta.kernels import fused_adapt_task
 
     def run(fast, support_x, support_y, support_mask, query_x, *, with_weights: bool = True):
-        out = fused_adapt_task(support_x, support_y, support_mask, query_x, _at(fast, model.mlp), lr=inner_lr,
+        out = fused_adapt_task(support_x, support_y, support_mask, query_x, _at(fast, mlp), lr=inner_lr,
                                steps=inner_steps, with_weights=with_weights)
-        adapted = _replace_at(fast, model.mlp, out.layers) if with_weights else None
+        adapted = _replace_at(fast, mlp, out.layers) if with_weights else None
         return adapted, out.predictions, out.losses
 
     return run
@@ -256,7 +271,9 @@ def _fill_padding_tasks(batch: TaskBatch, valid: jax.Array) -> TaskBatch:
     Their objective is masked out with a zero cotangent, but a zero cotangent
     times an infinite local derivative is NaN: an all-masked task has an exactly
     zero support gradient, where inner optimizers such as global-norm clipping
-    have no derivative. Real rows keep every such derivative finite.
+    have no derivative. Real rows keep every such derivative finite. (A real
+    user without support rows is kept finite by the inner loop itself: see
+    ``active`` in :func:`jaxmeta.inner.inner_adapt`.)
     """
     source = jnp.where(valid, jnp.arange(valid.shape[0]), jnp.argmax(valid))
     return jax.tree.map(lambda a: a[source], batch)
@@ -377,4 +394,9 @@ def build(
     def predict(state: MetaState, batch: TaskBatch) -> jax.Array:
         return map_tasks(lambda task: adapted_predictions(state, task), batch, chunk_size)
 
-    return MetaLearner(init, step, adapt, evaluate, predict, is_fast)
+    @jax.jit
+    def apply_adapted(state: MetaState, fast: Params, x: Any) -> jax.Array:
+        slow = split_fast(state.params, is_fast)[1]
+        return jax.vmap(lambda f, rows: model.apply(combine(f, slow), rows))(fast, x)
+
+    return MetaLearner(init, step, adapt, evaluate, predict, is_fast, apply_adapted)

@@ -29,9 +29,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmeta._checks import positive_int
 from jaxmeta.algorithms._core import (
     MetaLearner,
     build,
+    fast_shapes,
+    has_rows,
     masked_loss,
     query_loss,
     split_fast,
@@ -39,7 +42,17 @@ from jaxmeta.algorithms._core import (
     tree_vdot,
     zero_padded_rows,
 )
-from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS
+from jaxmeta.algorithms._defaults import (
+    DEFAULT_BACKEND,
+    DEFAULT_INNER_OPTIMIZER,
+    DEFAULT_INNER_STEPS,
+    DEFAULT_LOSS,
+    DEFAULT_OUTER_OPTIMIZER,
+    InnerOptimizer,
+    check_inner_steps,
+    inner_optimizer_of,
+    no_kernel,
+)
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine
@@ -74,16 +87,17 @@ def conjugate_gradient(matvec: Callable, b, *, steps: int):
 def imaml(
     model: Model,
     *,
+    inner_optimizer: InnerOptimizer = DEFAULT_INNER_OPTIMIZER,
+    inner_steps: int = DEFAULT_INNER_STEPS,
+    outer_optimizer: optax.GradientTransformation = DEFAULT_OUTER_OPTIMIZER,
+    loss: str | LossFn = DEFAULT_LOSS,
+    chunk_size: int | None = None,
+    is_fast: Callable | None = None,
+    backend: str = DEFAULT_BACKEND,
     reg: float = 1.0,
     cg_steps: int = 5,
     curvature: str = "gauss_newton",
     slow_grad: str = "direct",
-    inner_optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
-    inner_steps: int = DEFAULT_INNER_STEPS,
-    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
-    loss: str | LossFn = "mse",
-    chunk_size: int | None = None,
-    is_fast: Callable | None = None,
 ) -> MetaLearner:
     """Implicit MAML.
 
@@ -91,9 +105,15 @@ def imaml(
     as in MAML, only a few inner steps are taken, which leave the proximal
     problem partly unsolved, so the gradient is an approximation; raise
     ``inner_steps`` (and ``reg``, which speeds the inner solve by about
-    ``(1 - lr * reg)`` per step) for a more exact one.
+    ``(1 - lr * reg)`` per step) for a more exact one. The meta-gradient does not
+    go through the inner loop, so there is no ``first_order`` or ``remat``. A
+    user without support rows is not adapted (``phi* = theta``).
 
     Args:
+      inner_optimizer: the optax transformation that solves the proximal inner
+        problem, or a number: plain SGD at that rate (default 0.03).
+      backend: ``"xla"`` (default) or ``"auto"`` (XLA: the proximal inner loop
+        has no fused kernel); ``"pallas"`` raises a ValueError.
       reg: strength of the proximal term (``lambda`` in the paper), > 0;
         larger keeps adapted weights nearer the initialisation.
       cg_steps: conjugate-gradient iterations for the implicit gradient.
@@ -112,17 +132,30 @@ def imaml(
         built-in data (support loss growing to NaN within 1,000 steps), so
         ``"direct"`` is the default.
       Others as in :func:`jaxmeta.algorithms.maml`.
+
+    Example:
+      >>> import jax
+      >>> from jaxmeta.data import synthetic
+      >>> from jaxmeta.models import embedding_mlp
+      >>> from jaxmeta.tasks import pad_tasks
+      >>> data = synthetic.generate(num_train_users=8, num_new_users=2, seed=0)
+      >>> learner = imaml(embedding_mlp(data.vocab_sizes), inner_optimizer=0.03, reg=2.0)
+      >>> state, metrics = learner.step(learner.init(jax.random.key(0)), pad_tasks(data.train))
+      >>> sorted(metrics)
+      ['inner_loss', 'loss', 'tasks']
     """
     if slow_grad not in ("direct", "implicit"):
-        raise ValueError(f"slow_grad={slow_grad!r}: pass 'direct' or 'implicit'.")
+        raise ValueError(f"imaml: slow_grad={slow_grad!r}: pass 'direct' or 'implicit'.")
     if curvature not in ("hessian", "gauss_newton"):
-        raise ValueError(f"curvature={curvature!r}: pass 'hessian' or 'gauss_newton'.")
-    if reg <= 0:
-        raise ValueError(f"reg={reg}: the proximal strength must be positive.")
-    if inner_steps < 1 or cg_steps < 1:
-        raise ValueError(f"inner_steps={inner_steps}, cg_steps={cg_steps}: pass a positive number of each.")
+        raise ValueError(f"imaml: curvature={curvature!r}: pass 'hessian' or 'gauss_newton'.")
+    if not reg > 0:
+        raise ValueError(f"imaml: reg={reg}: the proximal strength must be positive.")
+    inner_steps = check_inner_steps(inner_steps, who="imaml")
+    cg_steps = positive_int("cg_steps", cg_steps, "imaml's conjugate-gradient steps")
+    no_kernel(backend, who="imaml", why="implicit MAML's proximal inner loop has no fused kernel")
     loss_fn = get_loss(loss)
     is_fast = model.is_fast if is_fast is None else is_fast
+    inner = inner_optimizer_of(inner_optimizer, fast_shapes(model, is_fast), who="imaml")
     sg = jax.lax.stop_gradient
 
     def support(fast, slow, task):
@@ -136,7 +169,8 @@ def imaml(
             dist = sum(jnp.sum(jnp.square(p - t)) for p, t in zip(jax.tree.leaves(phi), jax.tree.leaves(theta)))
             return support(phi, slow, task) + 0.5 * reg * dist
 
-        return inner_adapt(proximal, theta, optimizer=inner_optimizer, steps=inner_steps, first_order=True)
+        return inner_adapt(proximal, theta, optimizer=inner.optimizer, steps=inner_steps, first_order=True,
+                           active=has_rows(task.support_mask))
 
     def objective(meta, task):
         theta, slow = split_fast(meta[0], is_fast)

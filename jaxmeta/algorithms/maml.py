@@ -23,53 +23,68 @@ from jaxmeta.algorithms._core import (
     MetaLearner,
     build,
     embed_stage,
+    fast_shapes,
+    has_rows,
     kernel_adapter,
     masked_loss,
     query_loss,
     split_fast,
     support_loss,
 )
+from jaxmeta.algorithms._defaults import (
+    DEFAULT_BACKEND,
+    DEFAULT_INNER_OPTIMIZER,
+    DEFAULT_INNER_STEPS,
+    DEFAULT_LOSS,
+    DEFAULT_OUTER_OPTIMIZER,
+    InnerOptimizer,
+    check_inner_steps,
+    inner_optimizer_of,
+    refuse,
+)
 from jaxmeta.inner import dense_outputs, dense_weights, inner_adapt, inner_adapt_dense
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine, mask_where, partition, path_names
-
-DEFAULT_INNER_OPTIMIZER = optax.sgd(0.03)
-DEFAULT_INNER_STEPS = 5
 
 
 def maml_family(
     model: Model,
     *,
+    who: str,
     inner_optimizer: Callable[[Any], optax.GradientTransformation],
+    inner_lr: float | None,
     inner_steps: int,
     outer_optimizer: optax.GradientTransformation,
     loss: str | LossFn,
     first_order: bool,
     remat: bool,
     chunk_size: int | None,
-    is_fast: Callable | None,
+    is_fast: Callable,
+    backend: str,
     init_hyper: Callable[[Any], Any] = lambda params: (),
-    inner_lr: float | None = None,
-    backend: str = "xla",
 ) -> MetaLearner:
     """MAML with the inner optimizer made from the meta-learned ``hyper``.
 
     ``inner_optimizer(hyper)`` builds the inner transformation inside the traced
     step, so meta-learned hyper-parameters (Meta-SGD's learning rates) receive
-    gradients like any parameter. :func:`maml`, :func:`jaxmeta.algorithms.anil` and
-    :func:`jaxmeta.algorithms.metasgd` are this with different arguments.
-    ``inner_lr``: the inner optimizer is plain SGD at this rate; a model with a
-    fast dense layer on its features (:meth:`jaxmeta.models.Model.dense_fast`)
-    then adapts it in closed form (:func:`jaxmeta.inner.inner_adapt_dense`).
-    ``backend``: see :func:`maml`.
+    gradients like any parameter. :func:`maml`, :func:`fomaml`,
+    :func:`jaxmeta.algorithms.anil` and :func:`jaxmeta.algorithms.metasgd` are
+    this with different arguments. ``inner_lr``: the inner optimizer is plain SGD
+    at this rate (:func:`jaxmeta.algorithms._defaults.inner_optimizer_of`); a
+    model with a fast dense layer on its features
+    (:meth:`jaxmeta.models.Model.dense_fast`) then adapts it in closed form
+    (:func:`jaxmeta.inner.inner_adapt_dense`), and ``backend`` may run the
+    fused kernel. ``who`` names the algorithm in errors.
+
+    A user without support rows is not adapted: the inner loop leaves its fast
+    weights as they are (``active`` of :func:`jaxmeta.inner.inner_adapt`), so
+    its predictions, loss and meta-gradient are those of the unadapted model.
     """
-    if inner_steps < 1:
-        raise ValueError(f"inner_steps={inner_steps}: meta-learning needs at least one inner step.")
+    inner_steps = check_inner_steps(inner_steps, who=who)
     loss_fn = get_loss(loss)
-    is_fast = model.is_fast if is_fast is None else is_fast
     inner_model, embed = embed_stage(model, is_fast)
     kernel = kernel_adapter(model, is_fast, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, backend=backend,
-                            who="maml")
+                            who=who)
 
     def adapt(meta, task, *, first_order=False, remat=False):
         params, hyper = meta
@@ -82,6 +97,7 @@ def maml_family(
             steps=inner_steps,
             first_order=first_order,
             remat=remat,
+            active=has_rows(task.support_mask),
         )
         return adapted, slow, task, losses
 
@@ -138,7 +154,7 @@ def _dense_maml(model: Model, embed: Callable, *, inner_lr: float, inner_steps: 
     """The per-task functions of :func:`maml_family` for plain SGD on a model whose first
     fast layer is dense on its features: that layer is adapted in closed form (the
     same function, far less work)."""
-    is_dense = lambda path: path[: len(model.dense)] == tuple(model.dense)  # noqa: E731
+    is_dense = lambda path: path[: len(model.stage.dense)] == tuple(model.stage.dense)  # noqa: E731
 
     def adapt(meta, task, *, first_order=False, remat=False):
         fast, slow = split_fast(meta[0], is_fast)
@@ -146,7 +162,7 @@ def _dense_maml(model: Model, embed: Callable, *, inner_lr: float, inner_steps: 
         layer, rest = partition(fast, mask_where(fast, is_dense))
         named = {path_names(p)[-1]: x for p, x in jax.tree_util.tree_leaves_with_path(layer)}
         support = lambda z, r: masked_loss(  # noqa: E731
-            loss_fn, model.after_dense(combine(r, slow), z), task.support_y, task.support_mask)
+            loss_fn, model.stage.after_dense(combine(r, slow), z), task.support_y, task.support_mask)
         result = inner_adapt_dense(support, task.support_x, named["w"], named["b"], rest, learning_rate=inner_lr,
                                    steps=inner_steps, first_order=first_order, remat=remat)
         return result, layer, named, slow, task
@@ -155,7 +171,7 @@ def _dense_maml(model: Model, embed: Callable, *, inner_lr: float, inner_steps: 
         result, _, named, slow, task = adapt(meta, task, first_order=first_order, remat=remat)
         z = dense_outputs(task.query_x, task.support_x, named["w"], named["b"], result.total,
                           learning_rate=inner_lr, first_order=first_order)
-        return model.after_dense(combine(result.rest, slow), z), result.losses, task
+        return model.stage.after_dense(combine(result.rest, slow), z), result.losses, task
 
     def objective(meta, task):
         predictions, losses, task = query(meta, task, first_order=first_order, remat=remat)
@@ -172,62 +188,81 @@ def _dense_maml(model: Model, embed: Callable, *, inner_lr: float, inner_steps: 
     return {"objective": objective, "adapt_task": adapt_task, "predict_task": lambda meta, task: query(meta, task)[0]}
 
 
-def inner_sgd(inner_optimizer: optax.GradientTransformation | float) -> tuple[optax.GradientTransformation,
-                                                                              float | None]:
-    """``(transformation, rate)``: a number is plain SGD at that rate (``rate`` is the
-    number, which unlocks the closed-form layer and the Pallas kernel); any optax
-    transformation passes through with ``rate`` None."""
-    if isinstance(inner_optimizer, int | float):
-        if not inner_optimizer > 0:
-            raise ValueError(f"inner_optimizer={inner_optimizer}: pass a positive SGD rate or an optax transformation.")
-        return optax.sgd(float(inner_optimizer)), float(inner_optimizer)
-    return inner_optimizer, None
+def sgd_maml(
+    model: Model,
+    *,
+    who: str,
+    inner_optimizer: InnerOptimizer,
+    inner_steps: int,
+    outer_optimizer: optax.GradientTransformation,
+    loss: str | LossFn,
+    first_order: bool,
+    remat: bool,
+    chunk_size: int | None,
+    is_fast: Callable,
+    backend: str,
+) -> MetaLearner:
+    """:func:`maml_family` with one inner optimizer for every user (MAML, FOMAML, ANIL)."""
+    inner = inner_optimizer_of(inner_optimizer, fast_shapes(model, is_fast), who=who)
+    return maml_family(model, who=who, inner_optimizer=lambda hyper: inner.optimizer, inner_lr=inner.rate,
+                       inner_steps=inner_steps, outer_optimizer=outer_optimizer, loss=loss, first_order=first_order,
+                       remat=remat, chunk_size=chunk_size, is_fast=is_fast, backend=backend)
 
 
 def maml(
     model: Model,
     *,
-    inner_optimizer: optax.GradientTransformation | float = DEFAULT_INNER_OPTIMIZER,
+    inner_optimizer: InnerOptimizer = DEFAULT_INNER_OPTIMIZER,
     inner_steps: int = DEFAULT_INNER_STEPS,
-    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
-    loss: str | LossFn = "mse",
+    outer_optimizer: optax.GradientTransformation = DEFAULT_OUTER_OPTIMIZER,
+    loss: str | LossFn = DEFAULT_LOSS,
     first_order: bool = False,
     remat: bool = False,
     chunk_size: int | None = None,
     is_fast: Callable | None = None,
-    backend: str = "xla",
+    backend: str = DEFAULT_BACKEND,
 ) -> MetaLearner:
     """Model-agnostic meta-learning, second order unless ``first_order``.
 
+    Padding: padded rows and padding users change no result (the engine's
+    masked losses, :mod:`jaxmeta.algorithms._core`); a real user without
+    support rows is not adapted, and is predicted by the meta-learned model as
+    it is.
+
     Args:
       model: the model; its ``is_fast`` leaves are adapted per user.
-      inner_optimizer: optax transformation of the inner loop (plain SGD, lr 0.03,
-        by default); its state starts fresh for every user. For Adam in second
-        order, pass ``eps_root > 0`` (see :func:`jaxmeta.inner.inner_adapt`). A
-        number is plain SGD at that rate, which lets a model with a fast dense
-        layer on its features (MeLU, :func:`jaxmeta.models.embedding_mlp`) adapt
-        that layer in closed form (:func:`jaxmeta.inner.inner_adapt_dense`; the
-        same result, several times faster).
-      inner_steps: inner steps ``K`` on the support set.
-      outer_optimizer: optax transformation of the meta-parameters.
-      loss: ``"mse"`` (ratings), ``"bce"`` (clicks, model outputs logits) or an
-        elementwise callable ``loss(predictions, targets)``.
+      inner_optimizer: the inner loop's optax transformation, or a number: plain
+        SGD at that rate (default 0.03). Its state starts fresh for every user.
+        Plain SGD, given either way, lets a model with a fast dense layer on its
+        features (MeLU, :func:`jaxmeta.models.embedding_mlp`) adapt that layer
+        in closed form (:func:`jaxmeta.inner.inner_adapt_dense`; the same
+        result, several times faster). For Adam in second order, pass
+        ``eps_root > 0`` (see :func:`jaxmeta.inner.inner_adapt`).
+      inner_steps: inner steps ``K`` on the support set (default 5).
+      outer_optimizer: optax transformation of the meta-parameters (default
+        ``optax.adam(1e-3)``).
+      loss: ``"mse"`` (ratings, the default), ``"bce"`` (clicks, model outputs
+        logits) or an elementwise callable ``loss(predictions, targets)``.
       first_order: drop second-order terms (first-order MAML).
       remat: recompute each inner step in the backward pass to bound memory.
-      chunk_size: process the users of a batch this many at a time.
+      chunk_size: process the users of a batch this many at a time (default: all).
       is_fast: override the model's fast-weight predicate.
       backend: ``"xla"`` (default) or ``"pallas"``: adapt users with the fused
         Pallas kernel (:mod:`jaxmeta.kernels`; Triton on a GPU, interpret mode
         elsewhere) in ``adapt``, ``predict``, ``evaluate`` and, when
         ``first_order``, the training step (the second-order step stays on XLA).
         It needs a model that declares its MLP on features
-        (:attr:`jaxmeta.models.Model.mlp`: MeLU, ``embedding_mlp``) with exactly
-        that MLP fast, ``inner_optimizer`` a number and ``loss="mse"``, and raises
-        otherwise. ``"auto"``: the kernel where it applies and the default
-        backend is a GPU, XLA otherwise.
+        (:attr:`jaxmeta.models.Stage.mlp`: MeLU, ``embedding_mlp``) with exactly
+        that MLP fast, plain SGD and ``loss="mse"``, and raises otherwise.
+        ``"auto"``: the kernel where it applies and the default backend is a
+        GPU, XLA otherwise.
 
     Returns:
       A :class:`jaxmeta.algorithms.MetaLearner`.
+
+    Raises:
+      ValueError: an option with a bad value (naming it), or ``backend="pallas"``
+        where the kernel does not apply.
 
     Example:
       >>> import jax
@@ -241,24 +276,37 @@ def maml(
       >>> sorted(metrics), int(metrics["tasks"])
       (['inner_loss', 'loss', 'tasks'], 8)
     """
-    inner_optimizer, inner_lr = inner_sgd(inner_optimizer)
-    return maml_family(
-        model,
-        inner_optimizer=lambda hyper: inner_optimizer,
-        inner_lr=inner_lr,
-        inner_steps=inner_steps,
-        outer_optimizer=outer_optimizer,
-        loss=loss,
-        first_order=first_order,
-        remat=remat,
-        chunk_size=chunk_size,
-        is_fast=is_fast,
-        backend=backend,
-    )
+    return sgd_maml(model, who="maml", inner_optimizer=inner_optimizer, inner_steps=inner_steps,
+                    outer_optimizer=outer_optimizer, loss=loss, first_order=first_order, remat=remat,
+                    chunk_size=chunk_size, is_fast=model.is_fast if is_fast is None else is_fast, backend=backend)
 
 
-def fomaml(model: Model, **kwargs) -> MetaLearner:
-    """First-order MAML: :func:`maml` with ``first_order=True`` (same arguments)."""
-    if "first_order" in kwargs:
-        raise TypeError("fomaml is always first order: call maml(..., first_order=...) instead.")
-    return maml(model, first_order=True, **kwargs)
+def fomaml(
+    model: Model,
+    *,
+    inner_optimizer: InnerOptimizer = DEFAULT_INNER_OPTIMIZER,
+    inner_steps: int = DEFAULT_INNER_STEPS,
+    outer_optimizer: optax.GradientTransformation = DEFAULT_OUTER_OPTIMIZER,
+    loss: str | LossFn = DEFAULT_LOSS,
+    first_order: None = None,
+    remat: bool = False,
+    chunk_size: int | None = None,
+    is_fast: Callable | None = None,
+    backend: str = DEFAULT_BACKEND,
+) -> MetaLearner:
+    """First-order MAML: :func:`maml` with ``first_order=True``.
+
+    Args:
+      first_order: does not apply (fomaml is always first order); raises a
+        ValueError if set. Call ``maml(..., first_order=...)`` to choose.
+      Others as in :func:`maml`.
+
+    Example:
+      >>> from jaxmeta.models import embedding_mlp
+      >>> learner = fomaml(embedding_mlp([3, 5]), inner_optimizer=0.1, inner_steps=2)
+    """
+    refuse(who="fomaml", why="fomaml is always first order; call maml(..., first_order=...) to choose",
+           first_order=first_order)
+    return sgd_maml(model, who="fomaml", inner_optimizer=inner_optimizer, inner_steps=inner_steps,
+                    outer_optimizer=outer_optimizer, loss=loss, first_order=True, remat=remat,
+                    chunk_size=chunk_size, is_fast=model.is_fast if is_fast is None else is_fast, backend=backend)

@@ -26,12 +26,23 @@ from jaxmeta.algorithms._core import (
     all_rows,
     build,
     embed_stage,
+    fast_shapes,
+    has_rows,
     kernel_adapter,
     rows_loss,
     split_fast,
     tree_vdot,
 )
-from jaxmeta.algorithms.maml import DEFAULT_INNER_OPTIMIZER, DEFAULT_INNER_STEPS, inner_sgd
+from jaxmeta.algorithms._defaults import (
+    DEFAULT_BACKEND,
+    DEFAULT_INNER_OPTIMIZER,
+    DEFAULT_INNER_STEPS,
+    DEFAULT_LOSS,
+    DEFAULT_OUTER_OPTIMIZER,
+    InnerOptimizer,
+    check_inner_steps,
+    inner_optimizer_of,
+)
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine
@@ -40,24 +51,43 @@ from jaxmeta.models import Model, combine
 def reptile(
     model: Model,
     *,
-    inner_optimizer: optax.GradientTransformation | float = DEFAULT_INNER_OPTIMIZER,
+    inner_optimizer: InnerOptimizer = DEFAULT_INNER_OPTIMIZER,
     inner_steps: int = DEFAULT_INNER_STEPS,
-    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
-    loss: str | LossFn = "mse",
+    outer_optimizer: optax.GradientTransformation = DEFAULT_OUTER_OPTIMIZER,
+    loss: str | LossFn = DEFAULT_LOSS,
     chunk_size: int | None = None,
     is_fast: Callable | None = None,
-    backend: str = "xla",
+    backend: str = DEFAULT_BACKEND,
 ) -> MetaLearner:
-    """Reptile; arguments as in :func:`jaxmeta.algorithms.maml`. With ``backend="pallas"``
-    the inner loop (training and test-time adaptation) runs on the fused kernel."""
-    if inner_steps < 1:
-        raise ValueError(f"inner_steps={inner_steps}: Reptile needs at least one inner step.")
+    """Reptile.
+
+    Reptile differentiates nothing through its inner loop, so it takes no
+    ``first_order`` or ``remat``. A user without support rows is not adapted at
+    test time (its fast weights stay the initialisation).
+
+    Args:
+      backend: as in :func:`jaxmeta.algorithms.maml`; with ``"pallas"`` the inner
+        loop (training and test-time adaptation) runs on the fused kernel.
+      Others as in :func:`jaxmeta.algorithms.maml`.
+
+    Example:
+      >>> import jax, optax
+      >>> from jaxmeta.data import synthetic
+      >>> from jaxmeta.models import embedding_mlp
+      >>> from jaxmeta.tasks import pad_tasks
+      >>> data = synthetic.generate(num_train_users=8, num_new_users=2, seed=0)
+      >>> learner = reptile(embedding_mlp(data.vocab_sizes), outer_optimizer=optax.sgd(1.0))
+      >>> state, metrics = learner.step(learner.init(jax.random.key(0)), pad_tasks(data.train))
+      >>> int(state.step), int(metrics["tasks"])
+      (1, 8)
+    """
+    inner_steps = check_inner_steps(inner_steps, who="reptile")
     loss_fn = get_loss(loss)
     is_fast = model.is_fast if is_fast is None else is_fast
     sg = jax.lax.stop_gradient
     inner_model, embed = embed_stage(model, is_fast)
-    inner_optimizer, inner_lr = inner_sgd(inner_optimizer)
-    kernel = kernel_adapter(model, is_fast, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, backend=backend,
+    inner = inner_optimizer_of(inner_optimizer, fast_shapes(model, is_fast), who="reptile")
+    kernel = kernel_adapter(model, is_fast, loss_fn, inner_lr=inner.rate, inner_steps=inner_steps, backend=backend,
                             who="reptile")
 
     def train(fast, slow, x, y, mask):
@@ -65,7 +95,8 @@ def reptile(
             adapted, _, losses = kernel(fast, x, y, mask, x)
             return adapted, losses
         rows = lambda f: rows_loss(inner_model, loss_fn, combine(f, slow), x, y, mask)  # noqa: E731
-        return inner_adapt(rows, fast, optimizer=inner_optimizer, steps=inner_steps, first_order=True)
+        return inner_adapt(rows, fast, optimizer=inner.optimizer, steps=inner_steps, first_order=True,
+                           active=has_rows(mask))
 
     def objective(meta, task):
         fast, slow = split_fast(meta[0], is_fast)

@@ -1,6 +1,8 @@
 """Data: the built-in synthetic data, MovieLens and MeLU files, any interactions table,
-feature encoding (item text vectors included) and the cold-start protocol."""
+feature encoding (item text vectors included), the cold-start protocol, and one
+assembly entry per source (:mod:`jaxmeta.data.datasets`) that every command uses."""
 
+from jaxmeta.data import datasets as datasets
 from jaxmeta.data import features as features
 from jaxmeta.data import interactions as interactions
 from jaxmeta.data import movielens as movielens
@@ -16,26 +18,23 @@ from jaxmeta.data.interactions import check_ids_in_features as check_ids_in_feat
 from jaxmeta.data.interactions import read_features as read_features
 from jaxmeta.data.interactions import read_interactions as read_interactions
 from jaxmeta.data.splits import SCENARIOS as SCENARIOS
-from jaxmeta.data.splits import cold_start_split as cold_start_split
-from jaxmeta.data.splits import melu_split as melu_split
-from jaxmeta.data.splits import recbole_split as recbole_split
+from jaxmeta.data.datasets import Dataset as Dataset
 
 __all__ = (
     "SCENARIOS",
+    "Dataset",
     "FeatureEncoder",
     "FeatureSpec",
     "FieldSpec",
     "Vocabulary",
     "check_ids_in_features",
-    "cold_start_split",
+    "datasets",
     "features",
     "interactions",
     "melu_encoder",
-    "melu_split",
     "movielens",
     "read_features",
     "read_interactions",
-    "recbole_split",
     "splits",
     "synthetic",
     "text_features",

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jaxmeta._checks import columns
 from jaxmeta.data import interactions, movielens, splits
 
 DEFAULT_BINS = (1, 5, 13, 20, 50, 100, 200, 500)
@@ -112,8 +113,8 @@ def describe(
       >>> d["user_histogram"]["1-4"], d["user_histogram"]["13-19"]
       (1, 1)
     """
-    splits._columns(ratings, ("user", "item", "rating"), "ratings")
-    splits._check_sizes(query_size, min_ratings, max_ratings)
+    columns(ratings, ("user", "item", "rating"), "ratings")
+    splits.check_sizes(query_size, min_ratings, max_ratings)
     bins = _check_bins(bins)
     if len(ratings) == 0:
         raise ValueError("ratings has no rows: pass a table with at least one rating to describe.")

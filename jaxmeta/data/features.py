@@ -48,7 +48,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from jaxmeta.data.interactions import _shown
+from jaxmeta._checks import positive_int
+from jaxmeta._checks import shown as _shown
 
 FIELD_KINDS = ("categorical", "multi", "numeric", "vector")
 TABLES = ("user", "item")
@@ -165,8 +166,7 @@ class Vocabulary:
           min_count: values seen fewer times than this are left out (they will
             encode as the OOV index 0).
         """
-        if isinstance(min_count, bool) or not isinstance(min_count, numbers.Integral) or min_count < 1:
-            raise ValueError(f"min_count={min_count!r}: pass a whole number >= 1.")
+        positive_int("min_count", min_count)
         counts = Counter()
         for i, value in enumerate(values):
             if not _is_missing(value):
@@ -561,8 +561,7 @@ class FeatureEncoder:
                         f"{option} names {name!r}, which is {what}; it applies to {' and '.join(allowed)} fields: "
                         f"{[m for m in names if kind_of[m] in allowed]}."
                     )
-                if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-                    raise ValueError(f"{option}[{name!r}]={n!r}: pass a whole number >= 1.")
+                positive_int(f"{option}[{name!r}]", n)
 
         fields = []
         for name, table, kind in plan:

@@ -31,6 +31,8 @@ from typing import NamedTuple, NoReturn
 import numpy as np
 import pandas as pd
 
+from jaxmeta._checks import shown
+
 Source = str | os.PathLike | pd.DataFrame
 
 DUPLICATE_POLICIES = ("last", "keep", "error")
@@ -65,9 +67,7 @@ class _Origin(NamedTuple):
         return f"line {position + self.first_line}"
 
 
-def _shown(value) -> str:
-    """repr of a value, numpy scalars shown as the Python ones (7.0, not np.float32(7.0))."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
+_shown = shown
 
 
 def _raise_at(

@@ -24,9 +24,9 @@ Three layers, each usable alone:
    :class:`~jaxmeta.data.features.FeatureEncoder` into a
    :class:`~jaxmeta.tasks.RaggedTasks`; :func:`split_tasks` maps it over tables.
 
-:func:`melu_split`, :func:`cold_start_split` and :func:`recbole_split` chain the
-three and return ``{scenario: RaggedTasks}``. Task ``i`` of a scenario is user
-``pd.unique(table["user"])[i]`` of its task table.
+:mod:`jaxmeta.data.datasets` chains the three, once per source, into the
+:class:`~jaxmeta.data.datasets.Dataset` every command uses. Task ``i`` of a
+scenario is user ``pd.unique(table["user"])[i]`` of its task table.
 
 How the query items are chosen: MeLU's generator (``data_generation.py``)
 shuffles each user's rating indices with Python's unseeded ``random.shuffle`` and
@@ -59,7 +59,9 @@ import numpy as np
 import pandas as pd
 
 from jaxmeta.data.features import FeatureEncoder
-from jaxmeta.data.interactions import _shown
+from jaxmeta._checks import columns as _columns
+from jaxmeta._checks import positive_int
+from jaxmeta._checks import shown as _shown
 from jaxmeta.data.movielens import load_melu_state
 from jaxmeta.tasks import RaggedTasks
 
@@ -84,12 +86,9 @@ __all__ = (
     "SCENARIOS",
     "build_tasks",
     "cold_start_scenarios",
-    "cold_start_split",
     "hold_out_items",
     "hold_out_users",
     "melu_scenarios",
-    "melu_split",
-    "recbole_split",
     "recbole_user_split",
     "select_queries",
     "split_tables",
@@ -110,21 +109,10 @@ def _generator(rng: Rng | None, what: str) -> np.random.Generator:
     )
 
 
-def _columns(frame: pd.DataFrame, needed: Sequence[str], what: str, hint: str = "") -> None:
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}.")
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{what} lacks the column(s) {missing}; available columns: {list(frame.columns)}. "
-            f"{hint or 'Pass a table with canonical columns, e.g. from jaxmeta.data.movielens.'}".rstrip()
-        )
-
-
-def _check_sizes(query_size: int, min_ratings: int, max_ratings: int) -> None:
+def check_sizes(query_size: int, min_ratings: int, max_ratings: int) -> None:
+    """Checks a task table's sizes: whole numbers with room for a support rating."""
     for name, value in (("query_size", query_size), ("min_ratings", min_ratings), ("max_ratings", max_ratings)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name}={value!r}: pass a whole number >= 1.")
+        positive_int(name, value)
     if min_ratings <= query_size:
         raise ValueError(
             f"min_ratings={min_ratings} with query_size={query_size} would leave users without a support rating: "
@@ -230,7 +218,7 @@ def select_queries(
     _columns(ratings, ("user", "item", "rating"), "ratings")
     if "query" in ratings.columns:
         raise ValueError("ratings already has a 'query' column: pass the ratings, not a task table.")
-    _check_sizes(query_size, min_ratings, max_ratings)
+    check_sizes(query_size, min_ratings, max_ratings)
     generator = _generator(rng, "select_queries")
     for column in ("user", "item"):
         if ratings[column].isna().any():
@@ -584,115 +572,3 @@ def recbole_user_split(
         name: frame[frame["user"].isin(users[a:b])].reset_index(drop=True)
         for name, a, b in zip(RECBOLE_PARTS, bounds[:-1], bounds[1:])
     }
-
-
-# ----------------------------------------------------------------------------- one call
-
-
-def melu_split(
-    directory: str | os.PathLike,
-    encoder: FeatureEncoder,
-    *,
-    rng: Rng,
-    ratings: pd.DataFrame | None = None,
-    scenarios: Sequence[str] = SCENARIOS,
-    query_size: int = QUERY_SIZE,
-    min_ratings: int = MIN_RATINGS,
-    max_ratings: int = MAX_RATINGS,
-) -> dict[str, RaggedTasks]:
-    """Tasks of MeLU's published split: ``{scenario: RaggedTasks}``.
-
-    Same as ``split_tasks(split_tables(melu_scenarios(directory, ratings=ratings,
-    scenarios=scenarios), rng=rng), encoder)``.
-
-    Args:
-      directory: the folder of MeLU's state files.
-      encoder: e.g. :func:`jaxmeta.data.features.melu_encoder` on the ML-1M users
-        and MeLU's item metadata.
-      rng: an int seed or numpy Generator, for the query items.
-      ratings: needed where ``warm_state.json`` is absent, see :func:`melu_scenarios`.
-      scenarios, query_size, min_ratings, max_ratings: see :func:`melu_scenarios`
-        and :func:`select_queries`.
-    """
-    frames = melu_scenarios(directory, ratings=ratings, scenarios=scenarios)
-    tables = split_tables(frames, rng=rng, query_size=query_size, min_ratings=min_ratings, max_ratings=max_ratings)
-    return split_tasks(tables, encoder)
-
-
-def cold_start_split(
-    ratings: pd.DataFrame,
-    encoder: FeatureEncoder,
-    *,
-    rng: Rng,
-    items: pd.DataFrame | None = None,
-    cold_items: str | Collection = "year",
-    year_threshold: int | None = None,
-    item_quantile: float | None = None,
-    year_column: str = "year",
-    cold_users: str | Collection = "random",
-    cold_user_fraction: float | None = None,
-    user_quantile: float | None = None,
-    query_size: int = QUERY_SIZE,
-    min_ratings: int = MIN_RATINGS,
-    max_ratings: int = MAX_RATINGS,
-) -> dict[str, RaggedTasks]:
-    """Tasks of the cold-start scenarios computed from raw ratings: ``{scenario: RaggedTasks}``.
-
-    ``rng`` is spawned into two generators: the first divides the users (used
-    only by ``cold_users="random"``), the second picks the query items. Same as
-    ``split_tasks(split_tables(cold_start_scenarios(ratings, rng=a, ...), rng=b),
-    encoder)`` with ``a, b = rng.spawn(2)`` (``a`` left out unless the cold
-    users are drawn at random).
-
-    Args:
-      ratings: ``user``, ``item``, ``rating`` (and ``timestamp`` for the
-        time-based options).
-      encoder: encodes the pairs.
-      rng: an int seed or numpy Generator.
-      items, cold_items, year_threshold, item_quantile, year_column, cold_users,
-        cold_user_fraction, user_quantile: see :func:`cold_start_scenarios`.
-      query_size, min_ratings, max_ratings: see :func:`select_queries`.
-    """
-    users_rng, query_rng = _generator(rng, "cold_start_split").spawn(2)
-    random_users = isinstance(cold_users, str) and cold_users == "random"
-    frames = cold_start_scenarios(
-        ratings,
-        items=items,
-        cold_items=cold_items,
-        year_threshold=year_threshold,
-        item_quantile=item_quantile,
-        year_column=year_column,
-        cold_users=cold_users,
-        cold_user_fraction=cold_user_fraction,
-        user_quantile=user_quantile,
-        rng=users_rng if random_users else None,
-    )
-    tables = split_tables(frames, rng=query_rng, query_size=query_size, min_ratings=min_ratings,
-                          max_ratings=max_ratings)
-    return split_tasks(tables, encoder)
-
-
-def recbole_split(
-    ratings: pd.DataFrame,
-    encoder: FeatureEncoder,
-    *,
-    rng: Rng,
-    ratios: Sequence[float] = (0.8, 0.1, 0.1),
-    query_size: int = QUERY_SIZE,
-    min_ratings: int = MIN_RATINGS,
-    max_ratings: int = MAX_RATINGS,
-) -> dict[str, RaggedTasks]:
-    """Tasks of RecBole-MetaRec's user split: ``{"train", "valid", "test": RaggedTasks}``.
-
-    Every user of ``valid`` and ``test`` is new (a ``user_cold`` scenario).
-    ``rng`` is spawned into two generators: the first shuffles the users, the
-    second picks the query items. Same as ``split_tasks(split_tables(
-    recbole_user_split(ratings, rng=a, ...), rng=b), encoder)`` with
-    ``a, b = rng.spawn(2)``.
-    """
-    users_rng, query_rng = _generator(rng, "recbole_split").spawn(2)
-    frames = recbole_user_split(ratings, rng=users_rng, ratios=ratios, min_ratings=min_ratings,
-                                max_ratings=max_ratings)
-    tables = split_tables(frames, rng=query_rng, query_size=query_size, min_ratings=min_ratings,
-                          max_ratings=max_ratings)
-    return split_tasks(tables, encoder)

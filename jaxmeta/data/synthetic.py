@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxmeta._checks import positive_int
+
 from jaxmeta.tasks import RaggedTasks
 
 FIELDS = ("user_group", "item", "item_genre")
@@ -79,8 +81,7 @@ def generate(
         query_size=query_size,
     )
     for name, value in counts.items():
-        if value < 1:
-            raise ValueError(f"{name}={value}: pass a positive integer.")
+        positive_int(name, value)
     rng = np.random.default_rng(seed)
     genre = rng.integers(num_genres, size=num_items)
     attributes = rng.normal(size=(num_genres, latent_dim))[genre] + 0.7 * rng.normal(size=(num_items, latent_dim))

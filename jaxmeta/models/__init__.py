@@ -1,6 +1,7 @@
 """Models: pure ``init``/``apply`` pairs with a fast/slow parameter split."""
 
 from jaxmeta.models._model import Model as Model
+from jaxmeta.models._model import Stage as Stage
 from jaxmeta.models._model import combine as combine
 from jaxmeta.models._model import mask_where as mask_where
 from jaxmeta.models._model import partition as partition
@@ -15,6 +16,7 @@ from jaxmeta.models.two_tower import two_tower as two_tower
 
 __all__ = (
     "Model",
+    "Stage",
     "biased_mf",
     "biased_mf_by_id",
     "combine",

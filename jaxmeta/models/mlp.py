@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxmeta.models._model import Model
+from jaxmeta.models._model import Model, Stage
 
 
 def embedding_mlp(
@@ -93,10 +93,6 @@ def embedding_mlp(
         apply=lambda params, x: apply_embedded(params, embed(params, x)),
         is_fast=lambda path: path[0] == "layers",
         is_head=lambda path: path[:2] == ("layers", last),
-        embed=embed,
-        apply_embedded=apply_embedded,
-        is_embedding=lambda path: path[0] == "embeddings",
-        dense=("layers", "0"),
-        after_dense=after_dense,
-        mlp=("layers",),
+        stage=Stage(embed, apply_embedded, is_embedding=lambda path: path[0] == "embeddings", dense=("layers", "0"),
+                    after_dense=after_dense, mlp=("layers",)),
     )

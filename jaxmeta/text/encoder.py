@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmeta._checks import positive_int
+
 from jaxmeta.text.bert import BertConfig, bert_hidden, params_from_tensors
 
 __all__ = (
@@ -371,8 +373,8 @@ class SentenceEncoder:
           float32 ``[len(texts), dim]`` (``[0, dim]`` for no text).
         """
         for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r}: pass a whole number >= 1.")
+            if value is not None:
+                positive_int(name, value)
         tokens = self.tokenize(texts)
         out = np.zeros((len(tokens), self.dim), np.float32)
         lengths = np.array([len(t) for t in tokens], np.int64)

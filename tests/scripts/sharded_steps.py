@@ -1,5 +1,8 @@
 """Runs on a forced 4-device CPU (XLA_FLAGS set by the caller): sharded against
-single-device outer steps, printed as one JSON line for tests/test_distributed.py."""
+single-device outer steps, printed as one JSON line for tests/test_distributed.py.
+
+    python sharded_steps.py [ALGO ...]   # maml, maml_closed_form, fomaml, reptile (default: all)
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def main():
     batches = [pad_tasks(random_tasks(7, seed=s), num_tasks=8) for s in range(STEPS)]  # 7 users and a padding slot
     tables = lambda path: path[0] == "emb"  # noqa: E731
     out = {}
-    for name in ("maml", "maml_closed_form", "fomaml", "reptile"):
+    for name in sys.argv[1:] or ("maml", "maml_closed_form", "fomaml", "reptile"):
         kwargs = dict(inner_steps=2, outer_optimizer=optax.adam(1e-2))
         factory = {"maml": algorithms.maml, "maml_closed_form": algorithms.maml, "fomaml": algorithms.fomaml,
                    "reptile": algorithms.reptile}[name]

@@ -1,0 +1,50 @@
+"""Argument checks shared by every module: one place, one message for each kind of mistake.
+
+Each raises ``ValueError`` (``TypeError`` for a table that is not a DataFrame)
+naming the bad value and what to pass instead.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ("columns", "positive_int", "shown")
+
+
+def shown(value: Any) -> str:
+    """repr of a value, numpy scalars shown as the Python ones (7.0, not np.float32(7.0))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def positive_int(name: str, value: Any, what: str = "") -> int:
+    """``value`` as an int when it is a whole number >= 1 (not a bool).
+
+    Example:
+      >>> positive_int("steps", 3)
+      3
+      >>> positive_int("steps", 0, "outer steps")
+      Traceback (most recent call last):
+      ...
+      ValueError: steps=0: pass a whole number >= 1 (outer steps).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}={value!r}: pass a whole number >= 1" + (f" ({what})." if what else "."))
+    return int(value)
+
+
+def columns(frame: Any, needed: Sequence[str], what: str, hint: str = "") -> None:
+    """Checks that ``frame`` is a DataFrame holding the columns ``needed``."""
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}.")
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{what} lacks the column(s) {missing}; available columns: {list(frame.columns)}. "
+            f"{hint or 'Pass a table with canonical columns, e.g. from jaxmeta.data.movielens.'}".rstrip()
+        )

@@ -1,0 +1,385 @@
+"""A training job's settings and what they build: the data, the model, the learners, a saved run.
+
+:class:`TrainConfig` holds the settings of ``jaxmeta train`` (its flags, or a
+TOML/YAML file of the same names). From it: :func:`load_dataset` (through
+:func:`jaxmeta.data.datasets.load`), :func:`make_model`, :func:`make_learner`
+and :func:`baseline_learners`; :func:`restore_run` rebuilds all of them from a
+run folder and restores its checkpoint. ``jaxmeta train``/``eval``
+(:mod:`jaxmeta.runs`), serving (:mod:`jaxmeta.serve`) and the CLI read runs
+through this module alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+import yaml
+
+from jaxmeta import algorithms
+from jaxmeta._checks import positive_int
+from jaxmeta.algorithms import MetaLearner, MetaState
+from jaxmeta.algorithms.maml import DEFAULT_INNER_STEPS
+from jaxmeta.checkpoint import CheckpointError, Checkpoints
+from jaxmeta.data import datasets, text_features
+from jaxmeta.data.datasets import Dataset
+from jaxmeta.evaluation import ITEM_KEY
+from jaxmeta.models import Model, biased_mf_by_id, embedding_mlp, melu
+
+__all__ = (
+    "DATA_SOURCES",
+    "MODELS",
+    "Restored",
+    "TrainConfig",
+    "baseline_learners",
+    "load_config",
+    "load_dataset",
+    "make_learner",
+    "make_model",
+    "restore_run",
+    "save_config",
+)
+
+DATA_SOURCES = datasets.SOURCES
+# The driver's models: {name: (embed_dim, hidden) when the config leaves them unset}. "mlp" reads the
+# built-in data's integer ids; "melu" and "mf" (biased MF on the raw item ids) read featured data.
+MODELS = {"mlp": (8, (32,)), "melu": (32, (64, 64)), "mf": (32, ())}
+# A row-sharded table's rows are rounded up to a multiple of this (the rows added are never read), so that
+# it splits over any power-of-two number of devices up to it: a run saved on N devices restores on M.
+TABLE_ROWS = 1024
+# The algorithms whose inner loop may run on the fused Pallas kernel (TrainConfig.backend).
+KERNEL_ALGOS = ("maml", "fomaml", "reptile")
+# Fields a resumed run may change: they do not alter the computation of the steps already taken
+# (the backend computes the same function, up to rounding).
+RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last", "devices", "backend")
+CONFIG_FILE = "config.yaml"
+TABLE_KINDS = ("categorical", "multi")  # the kinds of MeLU fields that have an embedding table
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training job (the flags of ``jaxmeta train``)."""
+
+    algo: str = "maml"  # a key of jaxmeta.algorithms.META_LEARNERS
+    steps: int = 1500  # outer steps, for the algorithm and for the baselines' global model
+    batch_size: int = 32  # users per outer step
+    inner_steps: int = DEFAULT_INNER_STEPS  # inner steps, at training and at test time
+    model: str = "auto"  # one of MODELS, or "auto": "mlp" for the synthetic data, "melu" for the others
+    hidden: tuple[int, ...] | None = None  # hidden widths of the MLP on the embeddings (None: the model's default)
+    embed_dim: int | None = None  # embedding width per field; MF's vector width (None: the model's default)
+    inner_lr: float = 0.03  # plain-SGD rate of the inner loop (Meta-SGD: initial rates)
+    outer_lr: float = 3e-3  # Adam rate of the outer step
+    clip_norm: float = 1.0  # global-norm clip of the meta-gradient
+    num_buckets: int = 4  # support-size buckets (compiled shapes)
+    chunk_size: int | None = None  # users per chunk inside the compiled step
+    resplit: bool = False  # deal each user's rows afresh into support and query every epoch
+    seed: int = 0  # initialisation and data order
+    data_seed: int = 0  # the synthetic data; the split of the others
+    data: str = "synthetic"  # one of DATA_SOURCES
+    data_dir: str = "../shared/data"  # the folder holding ml-100k/ and ml-1m/ (MovieLens sources)
+    path: str = ""  # data="table": a CSV or Parquet file with user, item, rating (and optional timestamp) columns
+    scenario: str = "user_cold"  # the new users the training table reports (jaxmeta eval scores every scenario)
+    eval_every: int = 100  # steps between validation checks (they rank the checkpoints)
+    checkpoint_every: int = 500  # steps between checkpoints of a run with an output folder
+    keep_last: int = 3  # checkpoints kept besides the best
+    devices: int | None = None  # devices per process the users of a batch are split across (None: all of them)
+    shard_tables: tuple[str, ...] = ()  # embedding tables split by rows over the devices ("all": every table)
+    backend: str = "xla"  # the inner loop: "xla", "pallas" (the fused kernel, jaxmeta.kernels) or "auto"
+    text: str = ""  # MovieLens: a sentence encoder (folder or packaged name) for an item text field ("": none)
+    text_tokens: int = text_features.DEFAULT_TOKENS  # the most tokens of an item's text (the model's own limit caps it)
+
+    def __post_init__(self):
+        if self.algo not in algorithms.META_LEARNERS:
+            raise ValueError(f"algo={self.algo!r}: pass one of {sorted(algorithms.META_LEARNERS)}.")
+        if self.data not in DATA_SOURCES:
+            raise ValueError(f"data={self.data!r}: pass one of {DATA_SOURCES}.")
+        if (self.data == "table") != bool(self.path):
+            raise ValueError(f"data={self.data!r}, path={self.path!r}: pass a ratings file as path with "
+                             "data='table' (--data table --path FILE), and a path only then.")
+        if self.model != "auto" and self.model not in MODELS:
+            raise ValueError(f"model={self.model!r}: pass 'auto' or one of {tuple(MODELS)}.")
+        if self.model_name() == "mlp" and self.data != "synthetic":
+            raise ValueError(f"model='mlp' reads the synthetic data's integer ids, not data={self.data!r}; "
+                             "pass model='melu' or 'mf' (or 'auto').")
+        if self.model_name() != "mlp" and self.data == "synthetic":
+            raise ValueError(f"model={self.model!r} reads featured data; the synthetic data has only integer ids: "
+                             "pass model='mlp' (or 'auto'), or another data source.")
+        if self.model_name() == "mf" and self.hidden:
+            raise ValueError(f"hidden={self.hidden}: biased MF has no hidden layers; leave hidden unset with model='mf'.")
+        for name in ("steps", "batch_size", "inner_steps", "num_buckets", "eval_every",
+                     "checkpoint_every", "keep_last"):
+            positive_int(name, getattr(self, name))
+        for name in ("inner_lr", "outer_lr", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)}: pass a positive number.")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"devices={self.devices}: pass a positive number of devices, or leave it unset for all.")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size={self.chunk_size}: pass a positive number of users, or leave it unset.")
+        if self.embed_dim is not None and self.embed_dim < 1:
+            raise ValueError(f"embed_dim={self.embed_dim}: pass a positive integer, or leave it unset.")
+        if self.text and self.data not in datasets.MOVIELENS:
+            raise ValueError(f"text={self.text!r}: item text comes from MovieLens titles, genres and metadata; "
+                             f"pass data='ml-100k' or 'ml-1m', or leave text unset with data={self.data!r}.")
+        if isinstance(self.text_tokens, bool) or not isinstance(self.text_tokens, int) or self.text_tokens < 2:
+            raise ValueError(f"text_tokens={self.text_tokens!r}: pass a whole number >= 2 ([CLS] and [SEP] count).")
+        if self.backend not in algorithms.BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: pass one of {algorithms.BACKENDS}.")
+        if self.backend != "xla" and self.algo not in KERNEL_ALGOS:
+            raise ValueError(f"backend={self.backend!r}: the fused kernel runs the inner loop of {KERNEL_ALGOS}, "
+                             f"not algo={self.algo!r}; pass backend='xla' or one of those algorithms.")
+        if isinstance(self.shard_tables, str):
+            object.__setattr__(self, "shard_tables", (self.shard_tables,))
+        object.__setattr__(self, "shard_tables", tuple(str(t) for t in self.shard_tables))
+        if "all" in self.shard_tables and len(self.shard_tables) > 1:
+            raise ValueError(f"shard_tables={self.shard_tables}: pass 'all' alone, or the names of the tables.")
+        if self.hidden is not None:
+            object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+            if any(h < 1 for h in self.hidden):
+                raise ValueError(f"hidden={self.hidden}: pass positive layer widths.")
+
+    def model_name(self) -> str:
+        """The model the run builds: ``model``, with ``"auto"`` resolved for the data source."""
+        if self.model != "auto":
+            return self.model
+        return "mlp" if self.data == "synthetic" else "melu"
+
+    def model_sizes(self) -> tuple[int, tuple[int, ...]]:
+        """``(embed_dim, hidden)``, the unset ones taken from the model's defaults in :data:`MODELS`."""
+        embed_dim, hidden = MODELS[self.model_name()]
+        return (embed_dim if self.embed_dim is None else self.embed_dim,
+                hidden if self.hidden is None else self.hidden)
+
+
+# ----------------------------------------------------------------------------- config files
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
+    """Writes ``config`` as YAML."""
+    fields = dataclasses.asdict(config)
+    for name in ("hidden", "shard_tables"):
+        if fields[name] is not None:
+            fields[name] = list(fields[name])
+    Path(path).write_text(yaml.safe_dump(fields, sort_keys=False))
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of a TOML (``.toml``) or YAML (``.yaml``, ``.yml``) file, checked against TrainConfig's fields.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: another suffix, a parse error, a non-table document, or an
+        unknown key (the message lists the known ones).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file.")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"{path}: a config file must end in .toml, .yaml or .yml.")
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(path.read_text())
+        else:
+            values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, ValueError) as error:
+        raise ValueError(f"{path}: cannot parse it ({str(error).splitlines()[0]}).") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: the config must be a table of settings, not {type(values).__name__}.")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; the settings are {sorted(known)}.")
+    return values
+
+
+def config_from_fields(fields: Mapping[str, Any]) -> TrainConfig:
+    """The TrainConfig of saved fields (YAML lists back to tuples)."""
+    return TrainConfig(**{k: tuple(v) if k in ("hidden", "shard_tables") and v is not None else v
+                          for k, v in fields.items()})
+
+
+def check_resumable(saved: Mapping[str, Any], config: TrainConfig, folder: Path) -> None:
+    """Raises :class:`CheckpointError` when ``config`` differs from the ``saved`` fields in a
+    setting that changes the steps already taken (anything but :data:`RESUMABLE_CHANGES`)."""
+
+    def resolved(fields: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields with the model and its sizes resolved (an unset size is the model's default)."""
+        try:
+            settled = config_from_fields(fields)
+        except (TypeError, ValueError):
+            return dict(fields)
+        embed_dim, hidden = settled.model_sizes()
+        return {**fields, "model": settled.model_name(), "embed_dim": embed_dim, "hidden": list(hidden),
+                "shard_tables": list(settled.shard_tables)}
+
+    now, before = resolved(dataclasses.asdict(config)), resolved(saved)
+    for key, value in before.items():
+        if key not in RESUMABLE_CHANGES and key in now and now[key] != value:
+            raise CheckpointError(f"{folder}: --resume with {key}={now[key]!r}, but the run was made with "
+                                  f"{key}={value!r}; resume with the same settings (only {', '.join(RESUMABLE_CHANGES)} "
+                                  "may change) or start a new run in another folder.")
+
+
+# ----------------------------------------------------------------------------- what a config builds
+
+
+def load_dataset(config: TrainConfig) -> Dataset:
+    """The :class:`~jaxmeta.data.datasets.Dataset` of ``config.data`` (split with ``config.data_seed``)."""
+    options: dict[str, Any] = {}
+    if config.data in datasets.MOVIELENS:
+        options = {"text": config.text or None, "text_tokens": config.text_tokens}
+    data = datasets.load(config.data, data_dir=config.data_dir, path=config.path or None, seed=config.data_seed,
+                         **options)
+    if config.model_name() == "mf" and not np.issubdtype(data.warm_ratings["item"].dtype, np.integer):
+        raise ValueError(f"{config.path or config.data}: model='mf' reads integer item ids, but the item column has "
+                         f"dtype {data.warm_ratings['item'].dtype}; pass integer item ids or model='melu'.")
+    return data
+
+
+def table_rows(config: TrainConfig, name: str, rows: int) -> int:
+    """The rows to give table ``name`` of ``rows`` ids: rounded up to a multiple of :data:`TABLE_ROWS`
+    when ``config.shard_tables`` splits it over the devices."""
+    if "all" in config.shard_tables or name in config.shard_tables:
+        return -(-rows // TABLE_ROWS) * TABLE_ROWS
+    return rows
+
+
+def model_tables(config: TrainConfig, data: Dataset) -> dict[str, tuple[str, ...]]:
+    """The embedding tables of :func:`make_model`: ``{name: parameter path}``."""
+    if data.encoder is None:
+        from jaxmeta.data.synthetic import FIELDS
+
+        return {f: ("embeddings", str(i)) for i, f in enumerate(FIELDS)}
+    if config.model_name() == "mf":
+        return {"items": ("items",)}
+    return {f.name: ("embeddings", f.name) for f in data.encoder.spec if f.kind in TABLE_KINDS}
+
+
+def row_sharded(config: TrainConfig, tables: Mapping[str, tuple[str, ...]]) -> Callable[[tuple[str, ...]], bool]:
+    """The path predicate of the tables ``config.shard_tables`` names, among the model's ``tables``
+    (``{name: parameter path}``).
+
+    Raises:
+      ValueError: a name that is not one of ``tables``.
+    """
+    unknown = [t for t in config.shard_tables if t != "all" and t not in tables]
+    if unknown:
+        raise ValueError(f"shard_tables={config.shard_tables}: this model has no table {', '.join(map(repr, unknown))}; "
+                         f"pass 'all' or some of {sorted(tables)}.")
+    chosen = [path for name, path in tables.items() if "all" in config.shard_tables or name in config.shard_tables]
+    return lambda path: any(tuple(path[: len(p)]) == p for p in chosen)
+
+
+def make_model(config: TrainConfig, data: Dataset) -> Model:
+    """The config's model of ``data``, its output bias the mean training rating: the MLP on the
+    synthetic ids, MeLU on the encoder's fields, or biased MF on the raw item ids."""
+    embed_dim, hidden = config.model_sizes()
+    if data.encoder is None:
+        from jaxmeta.data.synthetic import FIELDS
+
+        vocab = tuple(table_rows(config, name, size) for name, size in zip(FIELDS, data.vocab_sizes))
+        return embedding_mlp(vocab, embed_dim=embed_dim, hidden=hidden, output_bias=data.mean_rating)
+    if config.model_name() == "mf":
+        items = data.warm_ratings["item"].to_numpy()
+        rows = table_rows(config, "items", len(np.unique(items)) + 1)
+        return biased_mf_by_id(items, key=ITEM_KEY, dim=embed_dim, global_bias=data.mean_rating, rows=rows)
+    spec = [f._replace(size=table_rows(config, f.name, f.size)) if f.kind in TABLE_KINDS else f
+            for f in data.encoder.spec]
+    return melu(spec, embed_dim=embed_dim, hidden=hidden, output_bias=data.mean_rating)
+
+
+def outer_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam at ``config.outer_lr`` after a global-norm clip at ``config.clip_norm``."""
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(config.outer_lr))
+
+
+def make_learner(config: TrainConfig, model: Model) -> MetaLearner:
+    """The config's meta-learning algorithm: plain SGD at ``inner_lr`` for ``inner_steps`` inner steps."""
+    options: dict[str, Any] = dict(inner_optimizer=config.inner_lr, inner_steps=config.inner_steps,
+                                   outer_optimizer=outer_optimizer(config), chunk_size=config.chunk_size)
+    if config.backend != "xla":
+        options["backend"] = config.backend
+    return algorithms.META_LEARNERS[config.algo](model, **options)
+
+
+def baseline_learners(config: TrainConfig, model: Model) -> tuple[MetaLearner, MetaLearner]:
+    """``(no_adaptation, finetune)``: the global model, and the same fine-tuned per user by
+    plain SGD at the config's inner rate for its inner steps."""
+    outer = outer_optimizer(config)
+    glob = algorithms.no_adaptation(model, outer_optimizer=outer, chunk_size=config.chunk_size)
+    tune = algorithms.finetune(model, inner_optimizer=config.inner_lr, inner_steps=config.inner_steps,
+                               outer_optimizer=outer, chunk_size=config.chunk_size, backend=config.backend)
+    return glob, tune
+
+
+# ----------------------------------------------------------------------------- saved runs
+
+
+class Restored(NamedTuple):
+    """A saved run, rebuilt."""
+
+    config: TrainConfig
+    data: Dataset
+    model: Model
+    learner: MetaLearner  # the meta-learner; for the baseline, the fine-tuning learner
+    state: MetaState
+    step: int  # the checkpoint's step
+
+
+def read_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The config of the run in ``run_dir``.
+
+    Raises:
+      CheckpointError: not a run folder.
+    """
+    folder = Path(run_dir)
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{folder}: not a run folder (no {CONFIG_FILE}); pass the --out folder of jaxmeta train.")
+    return config_from_fields(yaml.safe_load((folder / CONFIG_FILE).read_text()))
+
+
+def restore_run(run_dir: str | os.PathLike, *, which: str = "best", name: str = "checkpoints",
+                data: Dataset | None = None) -> Restored:
+    """A saved run's config, data, model, learner and state.
+
+    Args:
+      run_dir: the ``--out`` folder of ``jaxmeta train``.
+      which: ``"best"`` (validation MAE; the latest when no step was scored),
+        ``"latest"``, or a step number.
+      name: ``"checkpoints"`` (the meta-learner) or ``"baseline"`` (the global
+        model, restored with the fine-tuning learner, whose ``evaluate``
+        reports both without and with adaptation).
+      data: the run's dataset when already loaded (else loaded from the config).
+
+    Raises:
+      CheckpointError: not a run folder, no such checkpoint, or vocabularies
+        other than the data's now.
+    """
+    folder = Path(run_dir)
+    config = read_config(folder)
+    data = load_dataset(config) if data is None else data
+    model = make_model(config, data)
+    learner = make_learner(config, model) if name == "checkpoints" else baseline_learners(config, model)[1]
+    store = Checkpoints(folder / name, read_only=True)
+    if which == "best":
+        step = store.best_step() or store.latest_step()
+    elif which == "latest":
+        step = store.latest_step()
+    else:
+        step = int(which)
+    state, extra = store.restore(jax.jit(learner.init)(jax.random.key(config.seed)), step)
+    if data.encoder is not None and extra.get("encoder") != data.encoder.to_dict():
+        raise CheckpointError(f"{folder}: the checkpoint's vocabularies differ from those of the data now; "
+                              "evaluate with the data the run was trained on.")
+    return Restored(config, data, model, learner, state, step)
