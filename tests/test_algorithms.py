@@ -56,7 +56,10 @@ def test_batched_step_equals_python_loop_over_users(name, tasks, batch):
             np.testing.assert_allclose(metrics[key], np.mean([m[key] for _, m in singles]), **TOL)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+# maml (second order), reptile (its own update) and no_adaptation (no inner loop) in the default suite;
+# every other algorithm with -m slow: chunking is the engine's, not the algorithm's.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in ("maml", "reptile", "no_adaptation")
+                                               else [pytest.mark.slow]) for n in ALGORITHMS])
 def test_chunked_equals_unchunked(name, batch):
     whole, chunked = make(name), make(name, chunk_size=3)  # 7 users: chunks of 3, 3 and 1 (+2 padding)
     state = whole.init(jax.random.key(0))
@@ -418,7 +421,14 @@ ZERO_SUPPORT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, inner", ZERO_SUPPORT_CASES, ids=[f"{n}-{i}" for n, i in ZERO_SUPPORT_CASES])
+# The default suite runs the default inner optimizer and the one with no derivative at a zero gradient for
+# every algorithm; optax.sgd (one computation with the number, tested above) and Adam run with -m slow.
+ZERO_SUPPORT_PARAMS = [pytest.param(n, i, id=f"{n}-{i}",
+                                    marks=[pytest.mark.slow] if i in ("optax_sgd", "adam") else [])
+                       for n, i in ZERO_SUPPORT_CASES]
+
+
+@pytest.mark.parametrize("name, inner", ZERO_SUPPORT_PARAMS)
 def test_a_user_without_support_rows_is_predicted_unadapted_and_never_nan(name, inner):
     """A real user (query rows) with no support rows, after a step has moved the
     parameters: finite loss, meta-gradient and predictions, the unadapted

@@ -108,6 +108,6 @@ def test_bad_flags_fail_with_a_message(capsys, args, message):
 )
 def test_examples_run(monkeypatch, capsys, script, expected):
     path = ROOT / "examples" / script
-    monkeypatch.setattr(sys, "argv", [str(path), "--steps", "100"])
+    monkeypatch.setattr(sys, "argv", [str(path), "--steps", "20"])
     runpy.run_path(str(path), run_name="__main__")
     assert expected in capsys.readouterr().out

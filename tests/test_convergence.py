@@ -33,6 +33,9 @@ from jaxmeta.train import BatchStream, fit
 
 CONFIG = TrainConfig(seed=0, data_seed=0)
 
+# 1,500 outer steps for each of 8 learners: the long runs of pytest -m slow.
+pytestmark = pytest.mark.slow
+
 MARGIN = {"maml": 0.25, "fomaml": 0.2, "reptile": 0.15, "anil": 0.15, "metasgd": 0.35, "imaml": 0.2}
 
 

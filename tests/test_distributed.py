@@ -96,6 +96,7 @@ def saved_on_4_resumed_on_fewer(tmp_path_factory):
     return saved, _run("sharded_resume.py", str(folder), "resume", devices=2)  # on 1 device, then on 2
 
 
+@pytest.mark.slow  # three sharded training runs in subprocesses: pytest -m slow
 @pytest.mark.parametrize("later", [1, 2])
 def test_a_run_saved_on_4_devices_resumes_on_fewer_as_if_never_stopped(saved_on_4_resumed_on_fewer, later):
     saved, resumed = saved_on_4_resumed_on_fewer

@@ -47,6 +47,7 @@ def test_custom_algorithm_trains_and_with_reg_0_is_fomaml(monkeypatch, capsys):
     assert len(set(results.values())) == 1, results
 
 
+@pytest.mark.slow  # a MovieLens run: pytest -m slow
 def test_movielens_cold_start_prints_a_row_per_method(monkeypatch, capsys):
     real("ml-100k")
     out = run_here("movielens_cold_start.py", "--data-dir", str(DATA), "--steps", "5", "--eval-every", "5",
@@ -59,6 +60,7 @@ def test_movielens_cold_start_prints_a_row_per_method(monkeypatch, capsys):
         assert 0 < mae < 4 and 0 < ndcg <= 1, row.group(0)
 
 
+@pytest.mark.slow  # a MovieLens run: pytest -m slow
 def test_adapt_new_user_shows_both_lists_and_the_held_out_scores(monkeypatch, capsys):
     real("ml-100k")
     out = run_here("adapt_new_user.py", "--data-dir", str(DATA), "--steps", "5", monkeypatch=monkeypatch,
