@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ("columns", "positive_int", "shown")
+__all__ = ("columns", "fraction", "positive_int", "shown")
 
 
 def shown(value: Any) -> str:
@@ -34,6 +34,15 @@ def positive_int(name: str, value: Any, what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}={value!r}: pass a whole number >= 1" + (f" ({what})." if what else "."))
     return int(value)
+
+
+def fraction(name: str, value: Any, *, zero: bool = False) -> float:
+    """``value`` as a float when it is a number in (0, 1), or in [0, 1) with ``zero`` (0: none)."""
+    low_ok = value >= 0 if zero else value > 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (low_ok and value < 1):
+        span = "in [0, 1) (0: none)" if zero else "strictly between 0 and 1"
+        raise ValueError(f"{name}={value!r}: pass a number {span}.")
+    return float(value)
 
 
 def columns(frame: Any, needed: Sequence[str], what: str, hint: str = "") -> None:

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from jaxmeta._checks import fraction
 from jaxmeta.data import interactions, splits, text_features
 from jaxmeta.data import movielens as ml
 from jaxmeta.data import synthetic as synthetic_data
@@ -74,14 +75,6 @@ class Dataset(NamedTuple):
         return "new_items" if scenario in ITEM_SCENARIOS and "new_items" in self.valid else "users"
 
 
-def _fraction(name: str, value: float, *, low_open: bool = True) -> float:
-    ok = (0 < value < 1) if low_open else (0 <= value < 1)
-    if not ok:
-        span = "strictly between 0 and 1" if low_open else "in [0, 1) (0: none)"
-        raise ValueError(f"{name}={value!r}: pass a fraction {span}.")
-    return float(value)
-
-
 def synthetic(*, seed: int = 0, valid_fraction: float = VALID_FRACTION, **sizes: Any) -> Dataset:
     """The built-in synthetic data: a seeded ``valid_fraction`` of its training users validate.
 
@@ -92,7 +85,7 @@ def synthetic(*, seed: int = 0, valid_fraction: float = VALID_FRACTION, **sizes:
       >>> len(data.train), len(data.valid["users"]), list(data.scenarios), data.encoder
       (45, 5, ['user_cold'], None)
     """
-    _fraction("valid_fraction", valid_fraction)
+    fraction("valid_fraction", valid_fraction)
     data = synthetic_data.generate(seed=seed, **sizes)
     order = np.random.default_rng(seed).permutation(len(data.train))
     held = max(1, round(valid_fraction * len(order)))
@@ -204,8 +197,8 @@ def movielens(
         raise ValueError(f"name={name!r}: pass one of {MOVIELENS}.")
     if vocab not in ("train", "all"):
         raise ValueError(f"vocab={vocab!r}: pass 'train' (training users and items) or 'all'.")
-    _fraction("valid_fraction", valid_fraction)
-    _fraction("valid_items", valid_items, low_open=False)
+    fraction("valid_fraction", valid_fraction)
+    fraction("valid_items", valid_items, zero=True)
     if valid_items and name != "ml-1m":
         raise ValueError(f"valid_items={valid_items!r}: {name} has no item-cold scenario; pass 0.")
     folder = _folder(data_dir, name)
@@ -261,7 +254,7 @@ def table(path: str | os.PathLike, *, seed: int = 0, valid_fraction: float = VAL
     column, else a seeded random 20%. The item vocabulary holds the warm items
     only, so every cold item is the OOV item. Validation: ``valid_fraction`` of the warm users.
     """
-    _fraction("valid_fraction", valid_fraction)
+    fraction("valid_fraction", valid_fraction)
     ratings = interactions.read_interactions(path, user="user", item="item", rating="rating",
                                              timestamp=_timestamp_column(path))
     users_rng, items_rng, valid_rng, query_rng = np.random.default_rng(seed).spawn(4)

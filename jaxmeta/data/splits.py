@@ -60,6 +60,7 @@ import pandas as pd
 
 from jaxmeta.data.features import FeatureEncoder
 from jaxmeta._checks import columns as _columns
+from jaxmeta._checks import fraction as _fraction
 from jaxmeta._checks import positive_int
 from jaxmeta._checks import shown as _shown
 from jaxmeta.data.movielens import load_melu_state
@@ -120,12 +121,6 @@ def check_sizes(query_size: int, min_ratings: int, max_ratings: int) -> None:
         )
     if max_ratings < min_ratings:
         raise ValueError(f"max_ratings={max_ratings} < min_ratings={min_ratings}: pass max_ratings >= min_ratings.")
-
-
-def _fraction(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise ValueError(f"{name}={value!r}: pass a number strictly between 0 and 1.")
-    return float(value)
 
 
 # ----------------------------------------------------------------------------- task tables
