@@ -78,13 +78,14 @@ def test_no_user_kept():
 def test_format_description():
     text = format_description(describe(RATINGS, **SPLIT, bins=(2, 4, 7)))
     lines = text.splitlines()
-    assert lines[:8] == [
+    assert lines[:9] == [
         "users                        4",
         "items                        7",
         "ratings                     16",
         "density                 53.57%",
         "repeated pairs               1",
         "rating values       1: 2  2: 1  3: 8  4: 2  5: 3",
+        "rating scale        1–5",
         "ratings per user    min 2  median 3.5  mean 4  max 7",
         "ratings per item    min 1  median 2  max 5",
     ]

@@ -22,6 +22,13 @@ Sources:
   ``rating`` and an optional ``timestamp``): the four scenarios computed from it
   (:func:`jaxmeta.data.splits.cold_start_scenarios`), the item id its one feature.
 
+Every dataset carries its rating scale (:class:`jaxmeta.data.scale.RatingScale`):
+the synthetic ratings' least and greatest; on MovieLens and tables, inferred from
+the ratings (:func:`jaxmeta.data.scale.infer_scale`, 1–5 on MovieLens), or given
+as ``rating_scale=(low, high)``. A table's rating outside it (a 1e9 among 1–5
+stars, a -1 in a non-negative table), or not a finite number, is an error
+naming the file and line, before anything trains on it.
+
 Every task's inputs carry the raw item id under :data:`jaxmeta.evaluation.ITEM_KEY`
 where the items have integer ids (MF and the per-item baselines read it; other
 models ignore it).
@@ -38,10 +45,11 @@ import numpy as np
 import pandas as pd
 
 from jaxmeta._checks import fraction
-from jaxmeta.data import interactions, splits, text_features
+from jaxmeta.data import interactions, scale, splits, text_features
 from jaxmeta.data import movielens as ml
 from jaxmeta.data import synthetic as synthetic_data
 from jaxmeta.data.features import FeatureEncoder, melu_encoder
+from jaxmeta.data.scale import RatingScale
 from jaxmeta.evaluation import with_item_ids
 from jaxmeta.tasks import RaggedTasks
 
@@ -68,6 +76,7 @@ class Dataset(NamedTuple):
     warm_ratings: pd.DataFrame | None  # user, item, rating of the training users; None for the synthetic data
     mean_rating: float  # the mean training rating (a model's initial output bias)
     vocab_sizes: tuple[int, ...] = ()  # the synthetic data's id counts per field (empty for featured data)
+    rating_scale: RatingScale | None = None  # the ratings' inclusive (low, high), inferred or given
 
     def valid_for(self, scenario: str) -> str:
         """The validation set whose choice of checkpoint scores ``scenario``: ``"new_items"`` for the
@@ -75,23 +84,33 @@ class Dataset(NamedTuple):
         return "new_items" if scenario in ITEM_SCENARIOS and "new_items" in self.valid else "users"
 
 
-def synthetic(*, seed: int = 0, valid_fraction: float = VALID_FRACTION, **sizes: Any) -> Dataset:
+def synthetic(*, seed: int = 0, valid_fraction: float = VALID_FRACTION,
+              rating_scale: tuple[float, float] | None = None, **sizes: Any) -> Dataset:
     """The built-in synthetic data: a seeded ``valid_fraction`` of its training users validate.
 
     ``sizes``: keyword arguments of :func:`jaxmeta.data.synthetic.generate` (user and item counts).
+    The rating scale is the least and greatest rating, or ``rating_scale`` when
+    given, which must then hold every rating.
 
     Example:
       >>> data = synthetic(num_train_users=50, num_new_users=5)
       >>> len(data.train), len(data.valid["users"]), list(data.scenarios), data.encoder
       (45, 5, ['user_cold'], None)
+      >>> data.rating_scale.low < data.mean_rating < data.rating_scale.high
+      True
     """
     fraction("valid_fraction", valid_fraction)
+    given = scale.as_scale(rating_scale)
     data = synthetic_data.generate(seed=seed, **sizes)
+    every = np.concatenate([*data.train.support_y, *data.train.query_y, *data.new.support_y, *data.new.query_y])
+    # no fences: the generator's normal noise has tails, and no row of it is broken
+    found = RatingScale(float(every.min()), float(every.max())) if given is None else (
+        scale.check_ratings(every, given, what="the synthetic data"))
     order = np.random.default_rng(seed).permutation(len(data.train))
     held = max(1, round(valid_fraction * len(order)))
     return Dataset("synthetic", "synthetic users (seeded 10% validate)", data.train.take(order[held:]),
                    {"users": data.train.take(order[:held])}, {"user_cold": data.new}, None, None,
-                   data.mean_rating, tuple(data.vocab_sizes))
+                   data.mean_rating, tuple(data.vocab_sizes), found)
 
 
 def _folder(data_dir: str | os.PathLike, dataset: str) -> Path:
@@ -118,7 +137,9 @@ def _with_text(items: pd.DataFrame, described: pd.DataFrame, model: str | os.Pat
                cache: str | os.PathLike | None, tokens: int | None) -> pd.DataFrame:
     """``items`` with the column :data:`TEXT_FIELD`: the vector of each item's text, made from ``described``
     (a table of the same items, with ``title`` and what else :func:`text_features.item_texts` reads)."""
-    from jaxmeta.text import load_encoder  # the optional text extra: imported only when asked for
+    from jaxmeta.text import (
+        load_encoder,  # the optional text extra: imported only when asked for
+    )
 
     vectors = text_features.add_text_vectors(described, load_encoder(model, max_length=tokens), column=TEXT_FIELD,
                                              cache_dir=cache)
@@ -136,7 +157,7 @@ def _tasks(tables: dict[str, pd.DataFrame], encoder: FeatureEncoder, ids: bool) 
 
 
 def _assemble(name: str, split: str, tasks: dict[str, RaggedTasks], train: str, scenarios: dict[str, str],
-              encoder: FeatureEncoder, warm: pd.DataFrame, where: str) -> Dataset:
+              encoder: FeatureEncoder, warm: pd.DataFrame, where: str, rating_scale: RatingScale) -> Dataset:
     if train not in tasks or "valid" not in tasks:
         raise ValueError(f"{where}: too few users with {splits.MIN_RATINGS}-{splits.MAX_RATINGS} ratings "
                          "to train and validate on; pass a larger table.")
@@ -145,7 +166,7 @@ def _assemble(name: str, split: str, tasks: dict[str, RaggedTasks], train: str, 
         valid["new_items"] = tasks["valid_items"]
     return Dataset(name, split, tasks[train], valid, {s: tasks[p] for s, p in scenarios.items() if p in tasks},
                    encoder, warm[["user", "item", "rating"]].reset_index(drop=True),
-                   float(warm["rating"].mean()))
+                   float(warm["rating"].mean()), (), rating_scale)
 
 
 def movielens(
@@ -161,6 +182,7 @@ def movielens(
     text_cache: str | os.PathLike | None = DEFAULT_TEXT_CACHE,
     text_tokens: int | None = text_features.DEFAULT_TOKENS,
     valid_items: float = 0.0,
+    rating_scale: tuple[float, float] | None = None,
 ) -> Dataset:
     """Reads and splits ``name`` (``"ml-1m"`` or ``"ml-100k"``) from ``data_dir``.
 
@@ -192,6 +214,9 @@ def movielens(
     into one more item field, ``"text"``, a vector that MeLU projects with
     learned weights. Each text is cut at ``text_tokens`` tokens (None: at the
     model's own limit); its vectors are cached in ``text_cache`` (None: not cached).
+
+    The rating scale is inferred from the training ratings (1–5), or is
+    ``rating_scale=(low, high)`` when given, which must then hold every rating.
     """
     if name not in MOVIELENS:
         raise ValueError(f"name={name!r}: pass one of {MOVIELENS}.")
@@ -199,6 +224,7 @@ def movielens(
         raise ValueError(f"vocab={vocab!r}: pass 'train' (training users and items) or 'all'.")
     fraction("valid_fraction", valid_fraction)
     fraction("valid_items", valid_items, zero=True)
+    given = scale.as_scale(rating_scale)
     if valid_items and name != "ml-1m":
         raise ValueError(f"valid_items={valid_items!r}: {name} has no item-cold scenario; pass 0.")
     folder = _folder(data_dir, name)
@@ -241,22 +267,46 @@ def movielens(
 
         users, train, scenarios = ml.load_ml100k_users(folder), "train", {"user_cold": "test"}
         split = "recbole-metarec user split (8:1:1)"
+    if given is None:
+        found = scale.infer_scale(frames[train]["rating"])
+    else:
+        found = scale.check_ratings(np.concatenate([f["rating"].to_numpy() for f in frames.values()]), given,
+                                    what=f"{name} in {folder}")
     encoder = _fit_encoder(fit, users, items, frames[train], vocab)
     tasks = _tasks(splits.split_tables(frames, rng=query_rng), encoder, ids=True)
-    return _assemble(name, split, tasks, train, scenarios, encoder, frames[train], str(folder))
+    return _assemble(name, split, tasks, train, scenarios, encoder, frames[train], str(folder), found)
 
 
-def table(path: str | os.PathLike, *, seed: int = 0, valid_fraction: float = VALID_FRACTION) -> Dataset:
+def table(path: str | os.PathLike, *, seed: int = 0, valid_fraction: float = VALID_FRACTION,
+          rating_scale: tuple[float, float] | None = None) -> Dataset:
     """Any ratings table: the four cold-start scenarios computed from it, the item id as the one feature.
 
     Cold users: a seeded random 20%. Cold items: those first rated in the
     latest 20% of first-rating times when the table has a ``timestamp``
     column, else a seeded random 20%. The item vocabulary holds the warm items
     only, so every cold item is the OOV item. Validation: ``valid_fraction`` of the warm users.
+
+    Ratings are checked over the whole file, before it is split: each must be a
+    finite number inside ``rating_scale=(low, high)`` when given, else inside the
+    :func:`jaxmeta.data.scale.fences` of the file's ratings, whose
+    :func:`jaxmeta.data.scale.infer_scale` is then the dataset's scale.
+
+    Raises:
+      ValueError: a bad row (named by its line), a file that is empty or holds
+        a header only, or too few users to split; the message's first line names the file.
+      FileNotFoundError, IsADirectoryError, PermissionError: ``path`` is no
+        file, a folder, or unreadable.
+      ImportError: ``path`` is a Parquet file and pyarrow is not installed.
     """
     fraction("valid_fraction", valid_fraction)
-    ratings = interactions.read_interactions(path, user="user", item="item", rating="rating",
-                                             timestamp=_timestamp_column(path))
+    given = scale.as_scale(rating_scale)
+    timestamp = "timestamp" if "timestamp" in interactions.table_columns(path) else None
+    ratings = interactions.read_interactions(path, user="user", item="item", rating="rating", timestamp=timestamp,
+                                             rating_range="infer" if given is None else tuple(given))
+    if len(ratings) == 0:
+        raise ValueError(f"{path}: no ratings, only the column names; pass a table with one row per rating "
+                         "(columns user, item, rating, and optionally timestamp).")
+    found = scale.infer_scale(ratings["rating"]) if given is None else given
     users_rng, items_rng, valid_rng, query_rng = np.random.default_rng(seed).spawn(4)
     if "timestamp" in ratings:
         cold_items: Any = "first_rating"
@@ -271,22 +321,11 @@ def table(path: str | os.PathLike, *, seed: int = 0, valid_fraction: float = VAL
     ids = pd.api.types.is_integer_dtype(ratings["item"])
     tasks = _tasks(splits.split_tables(frames, rng=query_rng), encoder, ids=ids)
     return _assemble("table", f"cold-start scenarios of {Path(path).name}", tasks, "warm",
-                     {s: s for s in splits.SCENARIOS}, encoder, frames["warm"], str(path))
-
-
-def _timestamp_column(path: str | os.PathLike) -> str | None:
-    """``"timestamp"`` when the table's header has it."""
-    if Path(path).suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-    else:
-        names = pd.read_csv(path, nrows=0, sep=None, engine="python").columns
-    return "timestamp" if "timestamp" in names else None
+                     {s: s for s in splits.SCENARIOS}, encoder, frames["warm"], str(path), found)
 
 
 def load(source: str, *, data_dir: str | os.PathLike = "../shared/data", path: str | os.PathLike | None = None,
-         seed: int = 0, **options: Any) -> Dataset:
+         seed: int = 0, rating_scale: tuple[float, float] | None = None, **options: Any) -> Dataset:
     """The :class:`Dataset` of ``source`` (one of :data:`SOURCES`).
 
     Args:
@@ -294,6 +333,9 @@ def load(source: str, *, data_dir: str | os.PathLike = "../shared/data", path: s
       data_dir: MovieLens: the folder holding ``ml-100k/`` and ``ml-1m/``.
       path: ``"table"``: the ratings file.
       seed: the split's seed (the synthetic data's too).
+      rating_scale: the ratings' inclusive ``(low, high)``, two finite numbers
+        with low < high; every rating must lie inside it. None: the source's own
+        (inferred from the ratings, see :func:`table`).
       options: the keyword arguments of the source's entry (:func:`synthetic`,
         :func:`movielens`, :func:`table`).
     """
@@ -302,9 +344,10 @@ def load(source: str, *, data_dir: str | os.PathLike = "../shared/data", path: s
     if (source == "table") != (path is not None and str(path) != ""):
         raise ValueError(f"source={source!r}, path={path!r}: pass a ratings file as path with source='table', "
                          "and a path only then.")
+    rating_scale = scale.as_scale(rating_scale)  # checked before any file is read
     if source == "synthetic":
-        return synthetic(seed=seed, **options)
+        return synthetic(seed=seed, rating_scale=rating_scale, **options)
     if source == "table":
-        return table(path, seed=seed, **options)
-    return movielens(source, data_dir, seed=seed, **options)
+        return table(path, seed=seed, rating_scale=rating_scale, **options)
+    return movielens(source, data_dir, seed=seed, rating_scale=rating_scale, **options)
 

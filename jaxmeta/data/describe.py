@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from jaxmeta._checks import columns
-from jaxmeta.data import interactions, movielens, splits
+from jaxmeta.data import interactions, movielens, scale, splits
 
 DEFAULT_BINS = (1, 5, 13, 20, 50, 100, 200, 500)
 BAR_WIDTH = 40
@@ -73,6 +73,7 @@ def describe(
     min_ratings: int = splits.MIN_RATINGS,
     max_ratings: int = splits.MAX_RATINGS,
     bins: Sequence[int] = DEFAULT_BINS,
+    rating_scale: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Counts and distributions of a ratings table, and what the split would keep.
 
@@ -82,12 +83,15 @@ def describe(
         :func:`jaxmeta.data.splits.select_queries`.
       bins: lower edges of the ratings-per-user histogram; the last bin is open
         (``"500+"``). A first edge above 1 adds a bin below it.
+      rating_scale: the ratings' inclusive ``(low, high)``; None: inferred
+        (:func:`jaxmeta.data.scale.check_ratings`).
 
     Returns:
       A JSON-safe dict:
 
       * ``users``, ``items``, ``ratings``: distinct users and items, rows;
       * ``rating_values``: ``{value: rows}``, ascending by value;
+      * ``rating_scale``: ``[low, high]``, given or inferred;
       * ``density``: distinct (user, item) pairs over ``users * items``;
         ``repeated_pairs``: rows beyond the first of a (user, item) pair;
       * ``ratings_per_user``: ``{"min", "median", "mean", "max"}``;
@@ -101,7 +105,8 @@ def describe(
 
     Raises:
       ValueError: a column is missing, the table is empty, an id is missing, a
-        rating is not a finite number, or a split option or the bins are invalid.
+        rating is not a finite number (in float32) or is outside the scale
+        (given, or the fences of the others), or a split option or the bins are invalid.
 
     Example:
       >>> import pandas as pd
@@ -110,12 +115,15 @@ def describe(
       >>> d = describe(ratings)
       >>> d["users"], d["items"], d["rating_values"], d["split"]["users_kept"], d["split"]["query_rows"]
       (2, 14, {4: 16, 5: 1}, 1, 10)
+      >>> d["rating_scale"]
+      [4, 5]
       >>> d["user_histogram"]["1-4"], d["user_histogram"]["13-19"]
       (1, 1)
     """
     columns(ratings, ("user", "item", "rating"), "ratings")
     splits.check_sizes(query_size, min_ratings, max_ratings)
     bins = _check_bins(bins)
+    given = scale.as_scale(rating_scale)
     if len(ratings) == 0:
         raise ValueError("ratings has no rows: pass a table with at least one rating to describe.")
     for column in ("user", "item"):
@@ -126,11 +134,12 @@ def describe(
             )
     values = pd.to_numeric(ratings["rating"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(values)
-    if bad.any():
+    if bad.any():  # said here, not by check_ratings, to show a value that is not a number as it is
         raise ValueError(
             f"ratings has {int(bad.sum())} rating(s) that are not finite numbers, e.g. "
             f"{ratings['rating'].iloc[int(np.flatnonzero(bad)[0])]!r}: drop or fix those rows first."
         )
+    found = scale.check_ratings(values, given)
 
     per_user = ratings.groupby("user", sort=False).size().to_numpy()
     per_item = ratings.groupby("item", sort=False).size().to_numpy()
@@ -149,6 +158,7 @@ def describe(
         "items": items,
         "ratings": rows,
         "rating_values": {_plain(v): int(n) for v, n in zip(rating_values, counts)},
+        "rating_scale": [_plain(found.low), _plain(found.high)],
         "density": pairs / (users * items),
         "repeated_pairs": rows - pairs,
         "ratings_per_user": _summary(per_user, ("min", "median", "mean", "max")),
@@ -182,7 +192,7 @@ def format_description(d: Mapping[str, Any]) -> str:
     Labels fill a column of 20 characters; single numbers are right-aligned
     after it, lists of values start there. The histogram is one row per bin
     with a bar of ``#`` scaled so that the fullest bin is 40 wide (a non-empty
-    bin gets at least one ``#``).
+    bin gets at least one ``#``). The rating scale has its row when ``d`` has one.
 
     Example:
       >>> import pandas as pd
@@ -195,6 +205,7 @@ def format_description(d: Mapping[str, Any]) -> str:
       density                 57.14%
       repeated pairs               1
       rating values       4: 16  5: 1
+      rating scale        4–5
       ratings per user    min 3  median 8.5  mean 8.5  max 14
       ratings per item    min 1  median 1  max 3
       <BLANKLINE>
@@ -220,6 +231,8 @@ def format_description(d: Mapping[str, Any]) -> str:
         return head + (f"{value:>{NUMBER_WIDTH}}" if align else value)
 
     split = d["split"]
+    shown_scale = d.get("rating_scale")
+    scale_row = [] if shown_scale is None else [row("rating scale", str(scale.RatingScale(*shown_scale)), align=False)]
     lines = [
         row("users", _number(d["users"])),
         row("items", _number(d["items"])),
@@ -227,6 +240,7 @@ def format_description(d: Mapping[str, Any]) -> str:
         row("density", f"{d['density']:.2%}"),
         row("repeated pairs", _number(d["repeated_pairs"])),
         row("rating values", "  ".join(f"{v}: {n:,}" for v, n in d["rating_values"].items()), align=False),
+        *scale_row,
         row("ratings per user", _stats(d["ratings_per_user"]), align=False),
         row("ratings per item", _stats(d["ratings_per_item"]), align=False),
         "",
@@ -253,23 +267,45 @@ def format_description(d: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_ratings_source(path: str | os.PathLike) -> pd.DataFrame:
-    """The ratings behind ``jaxmeta data describe PATH``.
+def read_ratings_source(path: str | os.PathLike, rating_scale: tuple[float, float] | None = None) -> pd.DataFrame:
+    """The ratings behind ``jaxmeta data describe PATH``, checked as training checks them.
 
     ``path`` is a MovieLens folder (one holding ``u.data``: ML-100K; or
     ``ratings.dat`` or MeLU's ``ratings_no_timestamp.dat``: ML-1M, every row
     kept), or a CSV/Parquet file with ``user``, ``item`` and
     ``rating`` columns (:func:`jaxmeta.data.interactions.read_interactions`).
+
+    Every rating must be a finite number inside ``rating_scale=(low, high)`` when
+    given, else (a file) inside the fences of the file's ratings
+    (:func:`jaxmeta.data.scale.fences`), as :func:`jaxmeta.data.datasets.table`
+    requires; the first bad row of a file is named by its line.
+
+    Raises:
+      ValueError: a bad row, a file that is empty or holds a header only; the
+        message names the file.
+      FileNotFoundError: no such file or folder, or a folder without MovieLens files.
+      PermissionError: the file cannot be read.
     """
+    given = scale.as_scale(rating_scale)
     path = Path(path)
     if path.is_dir():
         if (path / "u.data").is_file():
-            return movielens.load_ml100k_ratings(path)
-        for name in ("ratings.dat", "ratings_no_timestamp.dat"):  # MovieLens-1M, or MeLU's copy of it
-            if (path / name).is_file():
-                return movielens.load_ml1m_ratings(path, filename=name, duplicates="keep")
-        raise FileNotFoundError(f"{path}: a folder, but neither u.data (MovieLens-100K) nor ratings.dat "
-                                "(MovieLens-1M) is in it; pass a MovieLens folder or a ratings file.")
-    if not path.is_file():
+            ratings = movielens.load_ml100k_ratings(path)
+        else:
+            # MovieLens-1M, or MeLU's copy of it
+            found = [name for name in ("ratings.dat", "ratings_no_timestamp.dat") if (path / name).is_file()]
+            if not found:
+                raise FileNotFoundError(f"{path}: a folder, but neither u.data (MovieLens-100K) nor ratings.dat "
+                                        "(MovieLens-1M) is in it; pass a MovieLens folder or a ratings file.")
+            ratings = movielens.load_ml1m_ratings(path, filename=found[0], duplicates="keep")
+        if given is not None:  # the loaders checked 1-5 stars; a given scale may be narrower
+            scale.check_ratings(ratings["rating"], given, what=str(path))
+        return ratings
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder; pass a ratings file or a MovieLens folder.")
-    return interactions.read_interactions(path, user="user", item="item", rating="rating")
+    ratings = interactions.read_interactions(path, user="user", item="item", rating="rating",
+                                             rating_range="infer" if given is None else tuple(given))
+    if len(ratings) == 0:
+        raise ValueError(f"{path}: no ratings, only the column names; pass a table with one row per rating "
+                         "(columns user, item, rating).")
+    return ratings

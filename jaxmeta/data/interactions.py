@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from jaxmeta._checks import shown
+from jaxmeta.data import scale
 
 Source = str | os.PathLike | pd.DataFrame
 
@@ -44,6 +45,7 @@ __all__ = (
     "check_ids_in_features",
     "read_features",
     "read_interactions",
+    "table_columns",
 )
 
 
@@ -83,6 +85,8 @@ def _raise_at(
 
 def _existing_file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: expected {what}. Pass the path of the file itself.")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected {what} there. Pass the path of an existing file.")
     return path
@@ -149,10 +153,8 @@ def _split_fields(text: str, *, path: Path, sep: str, names: Sequence[str]) -> p
     return frame
 
 
-def _load_table(source: Source, *, sep: str | None, encoding: str, as_text: bool) -> tuple[pd.DataFrame, _Origin]:
-    """A raw table and its origin; CSV values stay strings when ``as_text``."""
-    if isinstance(source, pd.DataFrame):
-        return source.reset_index(drop=True), _Origin("the DataFrame", None)
+def _table_file(source: str | os.PathLike) -> Path:
+    """The path of an existing table file; a Parquet file only when pyarrow can read it."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a file path or a pandas DataFrame, got {type(source).__name__}.")
     path = _existing_file(source, "a CSV or Parquet table")
@@ -164,11 +166,32 @@ def _load_table(source: Source, *, sep: str | None, encoding: str, as_text: bool
                 f"reading the Parquet file {path} needs pyarrow: pip install pyarrow "
                 "(or read the table yourself and pass the DataFrame)."
             ) from None
-        return pd.read_parquet(path).reset_index(drop=True), _Origin(str(path), None)
-    if sep is None:
-        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    return path
+
+
+def _parquet_error(path: Path, err: Exception) -> NoReturn:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    raise ValueError(f"{path}: could not be read as a Parquet file ({reason}). "
+                     "Check that this is the right file, or pass a CSV table.") from None
+
+
+def _unreadable(path: Path) -> NoReturn:
+    raise PermissionError(f"{path}: cannot be read (permission denied). Make it readable, or pass a copy that is.")
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, sep=sep, dtype=str if as_text else None, skip_blank_lines=False, encoding=encoding)
+        return pd.read_parquet(path)
+    except PermissionError:
+        _unreadable(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowIOError is an OSError, ArrowInvalid a ValueError
+        _parquet_error(path, err)
+
+
+def _read_csv(path: Path, *, sep: str, encoding: str, **options: object) -> pd.DataFrame:
+    """``pd.read_csv`` whose failures name the file (and the line, where pandas says which)."""
+    try:
+        return pd.read_csv(path, sep=sep, encoding=encoding, **options)
     except pd.errors.ParserError as err:
         found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
         if found is None:
@@ -179,11 +202,64 @@ def _load_table(source: Source, *, sep: str | None, encoding: str, as_text: bool
             "Fix that line, or pass the right sep."
         ) from None
     except pd.errors.EmptyDataError:
-        raise ValueError(f"{path} is empty: expected a header line naming the columns, then one row a line.") from None
+        raise ValueError(f"{path} is empty: expected a header line naming the columns, then one row a line. "
+                         "Pass the file that holds the table.") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not valid {encoding} text ({err.reason}). Pass the file's encoding.") from None
+    except PermissionError:
+        _unreadable(path)
+
+
+def _csv_sep(path: Path, sep: str | None) -> str:
+    if sep is not None:
+        return sep
+    return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+
+
+def _load_table(source: Source, *, sep: str | None, encoding: str, as_text: bool) -> tuple[pd.DataFrame, _Origin]:
+    """A raw table and its origin; CSV values stay strings when ``as_text``."""
+    if isinstance(source, pd.DataFrame):
+        return source.reset_index(drop=True), _Origin("the DataFrame", None)
+    path = _table_file(source)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return _read_parquet(path).reset_index(drop=True), _Origin(str(path), None)
+    frame = _read_csv(path, sep=_csv_sep(path, sep), encoding=encoding, dtype=str if as_text else None,
+                      skip_blank_lines=False)
     blank = frame.isna().all(axis=1)  # blank lines: skipped, but kept until now so rows know their line
     return frame[~blank], _Origin(str(path), 2)
+
+
+def table_columns(source: Source, *, sep: str | None = None, encoding: str = "utf-8") -> list[str]:
+    """The column names of a table, read from a file's header (or schema) without its rows.
+
+    Args:
+      source: a CSV file with a header line, a Parquet file or a DataFrame, as
+        in :func:`read_interactions`.
+      sep, encoding: as in :func:`read_interactions`.
+
+    Raises:
+      As :func:`read_interactions` does for a file that is missing, a folder,
+      empty, unreadable, or Parquet without pyarrow; the message names the file.
+
+    Example:
+      >>> import pandas as pd
+      >>> table_columns(pd.DataFrame({"user": [1], "item": [2], "rating": [5.0]}))
+      ['user', 'item', 'rating']
+    """
+    if isinstance(source, pd.DataFrame):
+        return [str(c) for c in source.columns]
+    path = _table_file(source)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except PermissionError:
+            _unreadable(path)
+        except (OSError, ValueError) as err:
+            _parquet_error(path, err)
+    header = _read_csv(path, sep=_csv_sep(path, sep), encoding=encoding, nrows=0)
+    return [str(c) for c in header.columns]
 
 
 def _select(frame: pd.DataFrame, columns: Mapping[str, str], origin: _Origin) -> pd.DataFrame:
@@ -249,6 +325,40 @@ def _check_range(values: pd.Series, bounds: tuple[float, float], name: str, orig
         _raise_at(origin, outside, f"value of column {name!r} outside [{low}, {high}]", values, hint)
 
 
+def _raise_rating(origin: _Origin, bad: pd.Series, values: pd.Series, label: str, problem: str,
+                  hint: str = "") -> NoReturn:
+    """Raises a ValueError naming the first row where ``bad`` holds, its rating and the count."""
+    positions = bad.index[bad.to_numpy(dtype=bool)]
+    first = int(positions[0])
+    count = f" ({len(positions)} rows in all)" if len(positions) > 1 else ""
+    rows = "those rows" if len(positions) > 1 else "that row"
+    raise ValueError(f"{origin.name}, {origin.at(first)}: {label} {_shown(values.loc[first])} {problem}{count}; "
+                     f"fix {rows}{hint}.")
+
+
+def _check_ratings(values: pd.Series, rating_range: str | tuple[float, float] | None, name: str,
+                   origin: _Origin) -> None:
+    """Checks float64 ratings: finite in float32 always, then inside ``rating_range``."""
+    label = "rating" if name == "rating" else f"rating (column {name!r})"
+    bad = pd.Series(~scale.finite32(values), index=values.index)
+    if bad.any():
+        first = values.loc[bad.index[bad.to_numpy()][0]]
+        beyond = f" in float32 (whose largest is {scale.FLOAT32_MAX:.2g})" if np.isfinite(first) else ""
+        _raise_rating(origin, bad, values, label, f"is not a finite number{beyond}")
+    if isinstance(rating_range, str):  # "infer", checked by read_interactions
+        if len(values) == 0:
+            return
+        low, high = scale.fences(values)
+        outside = (values < low) | (values > high)
+        if outside.any():
+            _raise_rating(origin, outside, values, label,
+                          f"is outside the scale of the other ratings ({scale.infer_scale(values)})",
+                          ", or pass --rating-scale LOW HIGH if the scale is wider")
+    elif rating_range is not None:
+        _check_range(values, rating_range, name, origin,
+                     "Fix those rows, or pass the scale your ratings use (--rating-scale LOW HIGH).")
+
+
 def _apply_duplicates(frame: pd.DataFrame, policy: str, origin: _Origin, *, stacklevel: int) -> pd.DataFrame:
     """Applies a duplicate policy to the (user, item) pairs of ``frame``."""
     if policy not in DUPLICATE_POLICIES:
@@ -301,7 +411,7 @@ def read_interactions(
     rating: str | None = None,
     click: str | None = None,
     timestamp: str | None = None,
-    rating_range: tuple[float, float] | None = None,
+    rating_range: tuple[float, float] | str | None = None,
     sep: str | None = None,
     duplicates: str = "last",
     encoding: str = "utf-8",
@@ -316,6 +426,10 @@ def read_interactions(
       click: the name of the implicit-feedback column, 0 or 1 (or booleans).
       timestamp: the name of an optional time column: Unix times or dates.
       rating_range: inclusive ``(low, high)``; ratings outside it are an error.
+        ``"infer"``: ratings outside the :func:`jaxmeta.data.scale.fences` of
+        the file's ratings are an error (a 1e9 among 1–5 stars, a -1 in a
+        non-negative table). None: no range. Whatever it is, a rating that
+        is not a finite number in float32 (inf, 1e300) is an error.
       sep: the CSV field separator; default ``"\\t"`` for ``.tsv``/``.tab``
         files and ``","`` otherwise.
       duplicates: what to do with repeated (user, item) pairs: ``"last"`` keeps
@@ -332,10 +446,13 @@ def read_interactions(
 
     Raises:
       ValueError: a missing column, a missing value, an unparsable value, a
-        rating outside ``rating_range``, a click other than 0/1, or a duplicate
+        rating that is not finite in float32 or is outside ``rating_range``
+        (or the inferred fences), a click other than 0/1, or a duplicate
         pair under ``duplicates="error"``; the message names the file and the
         line (CSV) or row (Parquet, DataFrame).
       FileNotFoundError: ``source`` is a path to no file.
+      IsADirectoryError: ``source`` is a folder.
+      PermissionError: ``source`` cannot be read.
       ImportError: ``source`` is a Parquet file and pyarrow is not installed.
 
     Example:
@@ -346,6 +463,12 @@ def read_interactions(
       {'user': ['a', 'b'], 'item': [10, 11], 'rating': [4.0, 5.0]}
       >>> [str(t) for t in df.dtypes]
       ['str', 'int64', 'float32']
+      >>> broken = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 1, 2, 1], "rating": [4, 5, 1, 1e9, 3]})
+      >>> read_interactions(broken, user="user", item="item", rating="rating", rating_range="infer")
+      Traceback (most recent call last):
+      ...
+      ValueError: the DataFrame, row 3: rating 1000000000.0 is outside the scale of the other ratings (1–5); \
+fix that row, or pass --rating-scale LOW HIGH if the scale is wider.
     """
     if (rating is None) == (click is None):
         raise ValueError(
@@ -354,8 +477,11 @@ def read_interactions(
     if rating_range is not None:
         if rating is None:
             raise ValueError("rating_range applies to ratings only; drop it when passing click=.")
-        if len(rating_range) != 2 or not rating_range[0] <= rating_range[1]:
-            raise ValueError(f"rating_range={rating_range!r}: pass (low, high) with low <= high.")
+        if isinstance(rating_range, str):
+            if rating_range != "infer":
+                raise ValueError(f"rating_range={rating_range!r}: pass (low, high), 'infer' or None.")
+        elif len(rating_range) != 2 or not rating_range[0] <= rating_range[1]:
+            raise ValueError(f"rating_range={rating_range!r}: pass (low, high) with low <= high, or 'infer'.")
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicates={duplicates!r}: pass one of {DUPLICATE_POLICIES}.")
     columns = {"user": user, "item": item}
@@ -369,12 +495,10 @@ def read_interactions(
     out["user"] = _ids(frame["user"], user, origin)
     out["item"] = _ids(frame["item"], item, origin)
     if rating is not None:
-        out["rating"] = _numbers(frame["rating"], rating, origin, integer=False).astype(np.float32)
-        if rating_range is not None:
-            _check_range(
-                out["rating"], rating_range, rating, origin,
-                "Fix those rows, or pass the rating_range your data uses.",
-            )
+        # checked in float64: a rating beyond float32's range would be inf once cast
+        ratings = _numbers(frame["rating"], rating, origin, integer=False).astype(np.float64)
+        _check_ratings(ratings, rating_range, rating, origin)
+        out["rating"] = ratings.astype(np.float32)
     else:
         clicks = _numbers(frame["click"], click, origin, integer=False)
         not_binary = ~clicks.isin([0, 1])
