@@ -8,13 +8,26 @@ each with two items:
 * ``extra``: JSON: the data-stream position (:meth:`jaxmeta.train.BatchStream.position`,
   which holds the numpy generator state), the run's RNG seed, the feature
   vocabularies (:meth:`jaxmeta.data.features.FeatureEncoder.to_dict`) and
-  anything else the driver needs to resume exactly.
+  anything else the driver needs to resume exactly; besides, the step's
+  ``"metrics"`` and a sha256 digest of each array (``"sha256"``).
 
 Orbax writes each step to a temporary directory and renames it when complete,
 so a process killed during a save leaves the previous checkpoints intact; the
 unfinished directory is ignored and removed when the folder is next opened.
-Preservation keeps the latest ``keep_last`` steps and the ``keep_best`` steps
-with the best validation metric.
+
+Preservation is done here, not by orbax (whose best-step policy forgets the
+metrics of the steps saved before the folder was reopened): after each save,
+every step that is neither among the latest ``keep_last`` nor among the
+``keep_best`` best-scored ones is deleted, the scores read from each step's
+``extra``. The decisions depend only on the folder and the saves, so every
+process of a multi-process job takes the same ones.
+
+A damaged step (a file missing, truncated or altered, found by tensorstore's
+checks or by the digest) raises :class:`CheckpointCorrupt`, whose one-line
+message names the file and the earlier steps to use instead;
+:meth:`Checkpoints.restore_newest_good` walks back to the newest step that is
+whole. A step that is whole but holds another model raises
+:class:`CheckpointError` saying so.
 
 Example:
   >>> import tempfile, jax.numpy as jnp
@@ -29,23 +42,76 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import os
-from collections.abc import Mapping
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint.checkpoint_managers import preservation_policy
+from jax.experimental import multihost_utils
 
 from jaxmeta.distributed import all_finite
 
-__all__ = ("CheckpointError", "Checkpoints")
+__all__ = ("CheckpointCorrupt", "CheckpointError", "Checkpoints")
+
+_METRICS, _DIGEST = "metrics", "sha256"  # keys of ``extra`` that this module fills
+# The files orbax (0.12) writes in every step: without them a step cannot be trusted, even
+# where orbax would restore it (it rebuilds the tree from ``like`` when ``_METADATA`` is gone).
+_EXTRA_FILE = "extra/metadata"
+_REQUIRED = ("_CHECKPOINT_METADATA", "state/_METADATA", _EXTRA_FILE)
+_JSON = ("state/_sharding", "state/array_metadatas/*")  # orbax's other JSON files, where it writes them
+_DETAIL_CHARS = 110  # of the cause in a message, which stays one line under ~300 characters
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the run that restores it."""
+
+
+def _drop_failed_reads() -> None:
+    """Collects the reads orbax left behind when a restore failed, quietly.
+
+    A failed restore leaves orbax's other array reads as coroutines that were never
+    awaited; collected later (at the latest, at exit), each prints its exception and a
+    traceback through ``sys.unraisablehook``: hundreds of lines after the one-line
+    error. They are collected here, with that hook silenced for them alone.
+    """
+    import gc
+
+    hook = sys.unraisablehook
+
+    def quiet(unraisable) -> None:
+        if not inspect.iscoroutine(unraisable.object):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A saved step is damaged: one of its files is missing, truncated or altered.
+
+    Attributes:
+      step: the damaged step.
+      detail: what is wrong, naming the file when it is known (relative to the step's folder).
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, detail: str = ""):
+        super().__init__(message)
+        self.step, self.detail = step, detail
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class Checkpoints:
@@ -79,72 +145,115 @@ class Checkpoints:
         self.directory = Path(directory).absolute()
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory}: no checkpoint folder there; pass the checkpoints of a run.")
+        self.keep_last, self.keep_best = keep_last, keep_best
         self.best_metric, self.best_mode = best_metric, best_mode
-        policies: list[Any] = [preservation_policy.LatestN(keep_last)]
-        if keep_best:
-            policies.append(preservation_policy.BestN(
-                get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min", n=keep_best,
-                keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=False,  # a save is complete when save() returns
             create=not read_only,
-        )
+        )  # no max_to_keep, no preservation policy: orbax keeps every step, _prune chooses
         self._read_only = read_only
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._scores: dict[int, float | None] = {}  # step -> its best_metric; filled as steps are saved or read
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()})
 
     def save(self, step: int, state: Any, *, extra: Mapping[str, Any] | None = None,
              metrics: Mapping[str, float] | None = None) -> None:
-        """Saves ``state`` (a pytree of arrays) and ``extra`` (JSON-ready) as ``step``.
+        """Saves ``state`` (a pytree of arrays) and ``extra`` (JSON-ready) as ``step``, then
+        deletes the steps that are neither among the latest ``keep_last`` nor the best ``keep_best``.
+
+        In a job of several processes, every process calls it with the same arguments.
 
         Raises:
           FloatingPointError: a leaf of ``state`` is not finite; nothing is written.
+          ValueError: ``extra`` has a key this module fills (``"metrics"``, ``"sha256"``).
         """
         if self._read_only:
             raise CheckpointError(f"{self.directory}: opened read-only; open it with read_only=False to save.")
+        reserved = sorted({_METRICS, _DIGEST} & set(extra or {}))
+        if reserved:
+            raise ValueError(f"extra has the key(s) {reserved}, which Checkpoints fills; pass metrics with "
+                             "metrics= and rename the others.")
         if not all_finite(state):
             raise FloatingPointError(f"step {step}: the state has non-finite values; not saving a corrupt checkpoint.")
-        extra = {**dict(extra or {}), "metrics": None if metrics is None else {k: float(v) for k, v in metrics.items()}}
-        self._manager.save(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)),
-            metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
-            force=True,
-        )
+        step = int(step)
+        metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        saved = {**dict(extra or {}), _METRICS: metrics}
+        digests = _digests(state)
+        if digests is not None:
+            saved[_DIGEST] = digests
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         extra=ocp.args.JsonSave(saved)), force=True)
         self._manager.wait_until_finished()
+        self._scores[step] = self._score(metrics)
+        self._prune()
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """``(state, extra)`` of ``step`` (default the latest).
 
         Args:
           like: a pytree with the structure, shapes and dtypes of the saved
-            state (e.g. ``learner.init(key)``); the restored arrays follow it.
+            state (e.g. ``learner.init(key)``); the restored arrays follow it
+            (its shardings, and its dtypes, cast to where they differ).
           step: which step; ``None`` for the latest.
 
         Raises:
+          CheckpointCorrupt: the step is damaged (a file missing, truncated or
+            altered); the message names the file and the earlier steps.
           CheckpointError: there is no such step, or the saved state does not
             fit ``like`` (another model, algorithm or vocabulary).
         """
-        step = self.latest_step() if step is None else int(step)
-        if step is None or step not in self.all_steps():
-            raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; saved steps: {self.all_steps()}.")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        try:
-            out = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(
-                f"{self.directory}: the checkpoint of step {step} does not fit this run's model "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); resume with the config it was "
-                "saved with, or start a new run in another folder.") from error
-        restored, extra = out["state"], dict(out["extra"] or {})
-        extra.pop("metrics", None)
-        shapes = lambda tree: [(np.shape(x), np.dtype(x.dtype)) for x in jax.tree.leaves(tree)]
-        if jax.tree.structure(restored) != jax.tree.structure(like) or shapes(restored) != shapes(like):
-            raise CheckpointError(f"{self.directory}: the checkpoint of step {step} holds other shapes than this "
-                                  "run's model; resume with the config it was saved with.")
-        return restored, extra
+        steps = self.all_steps()
+        step = (steps[-1] if steps else None) if step is None else int(step)
+        if step is None or step not in steps:
+            raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; saved steps: {steps}.")
+        return self._restore(like, step)
+
+    def restore_newest_good(self, like: Any, *, before: int | None = None,
+                            notice: Callable[[str], None] = _to_stderr) -> tuple[Any, dict[str, Any], int]:
+        """``(state, extra, step)`` of the newest step (before ``before``) that is not damaged.
+
+        Walks back from the newest step, skipping damaged ones: each is reported
+        through ``notice`` in one line (``checkpoint step 40 is damaged (...);
+        resuming from step 30``) and, unless the folder is read-only, deleted,
+        since the run that resumes will save that step again. Every process of
+        a multi-process job calls it alike and they agree on each step.
+
+        Args:
+          like: as for :meth:`restore`.
+          before: only steps below it (default: all).
+          notice: called with one line per damaged step skipped (default: print to stderr).
+
+        Raises:
+          CheckpointCorrupt: every step is damaged.
+          CheckpointError: no step to restore, or the newest whole step does not fit ``like``.
+        """
+        steps = [s for s in self.all_steps() if before is None or s < before]
+        if not steps:
+            raise CheckpointError(f"{self.directory}: no checkpoint{'' if before is None else f' before step {before}'}"
+                                  f"; saved steps: {self.all_steps()}.")
+        damaged: list[CheckpointCorrupt] = []
+        for step in reversed(steps):
+            try:
+                state, extra = self._restore(like, step)
+                error = None
+            except CheckpointCorrupt as corrupt:
+                error = corrupt
+            if _agree(error is None):  # a process that read a damaged shard holds the others back
+                break
+            damaged.append(error or CheckpointCorrupt("", step=step, detail="damaged on another process"))
+        else:
+            raise CheckpointCorrupt(
+                f"{self.directory}: every checkpoint is damaged (steps {', '.join(map(str, sorted(e.step for e in damaged)[-6:]))}; "
+                f"step {steps[-1]}: {damaged[0].detail}); start a new run in another folder.",
+                step=steps[-1], detail=damaged[0].detail)
+        for error in damaged:
+            if not self._read_only:
+                self._manager.delete(error.step)
+                self._scores.pop(error.step, None)
+            notice(_line(f"checkpoint step {error.step} is damaged ({error.detail}); resuming from step {step}"
+                         + ("" if self._read_only else f" (step {error.step} deleted)")))
+        return state, extra, step
 
     def all_steps(self) -> list[int]:
         """The complete saved steps, ascending."""
@@ -157,27 +266,258 @@ class Checkpoints:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        """The kept step with the best ``best_metric``, or ``None`` when no step has metrics."""
-        scored = []
-        for step in self.all_steps():
-            metrics = self.extra(step).get("metrics") or {}
-            if self.best_metric in metrics:
-                scored.append((float(metrics[self.best_metric]), step))
-        if not scored:
-            return None
-        return (min if self.best_mode == "min" else max)(scored)[1]
+        """The kept step with the best ``best_metric``, or ``None`` when no step has metrics
+        (steps whose ``extra`` cannot be read count as unscored)."""
+        ranked = self._ranked(self.all_steps())
+        return ranked[0] if ranked else None
 
     def extra(self, step: int) -> dict[str, Any]:
-        """The JSON ``extra`` of ``step`` alone (with ``"metrics"``, those passed to :meth:`save`)."""
-        out = self._manager.restore(int(step), args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
-        return dict(out["extra"] or {})
+        """The JSON ``extra`` of ``step`` alone (with ``"metrics"``, those passed to :meth:`save`).
+
+        Raises:
+          CheckpointCorrupt: the step's ``extra`` file is missing or damaged.
+          CheckpointError: there is no such step.
+        """
+        extra = self._read_extra(int(step))
+        extra.pop(_DIGEST, None)
+        return extra
 
     def close(self) -> None:
         """Waits for pending work and releases the folder."""
         self._manager.close()
 
-    def __enter__(self) -> Checkpoints:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _score(self, metrics: Mapping[str, Any] | None) -> float | None:
+        value = (metrics or {}).get(self.best_metric)
+        return None if value is None else float(value)
+
+    def _ranked(self, steps: Sequence[int]) -> list[int]:
+        """The scored ones of ``steps``, best first (ties: the earlier step first)."""
+        for step in steps:
+            if step not in self._scores:
+                try:
+                    self._scores[step] = self._score(self._read_extra(step).get(_METRICS))
+                except CheckpointError:  # damaged, or deleted since it was listed
+                    self._scores[step] = None
+        sign = 1.0 if self.best_mode == "min" else -1.0
+        scored = [(sign * score, step) for step in steps if (score := self._scores[step]) is not None]
+        return [step for _, step in sorted(scored)]
+
+    def _prune(self) -> None:
+        """Deletes every step neither among the latest ``keep_last`` nor the best ``keep_best``.
+
+        It lists the steps the manager tracks (those it found on opening, plus
+        the saves, less the deletions), not the folder now, so that every
+        process of a job decides alike.
+        """
+        steps = sorted(int(s) for s in self._manager.all_steps())
+        keep = set(steps[-self.keep_last:]) | set(self._ranked(steps)[:self.keep_best] if self.keep_best else ())
+        for step in steps:
+            if step not in keep:
+                self._manager.delete(step)
+                self._scores.pop(step, None)
+
+    def _folder(self, step: int) -> Path:
+        return self.directory / str(step)  # orbax's default step name: the number alone
+
+    def _corrupt(self, step: int, detail: str) -> CheckpointCorrupt:
+        """The error for a damaged ``step``, naming the earlier steps to use instead."""
+        steps = self.all_steps()
+        earlier = [s for s in steps if s < step]
+        listed = ", ".join(map(str, steps[-6:]))
+        listed = listed if len(steps) <= 6 else "..., " + listed
+        instead = (f"use an earlier one: --checkpoint {earlier[-1]} (saved steps: {listed})." if earlier
+                   else f"there is no earlier one (saved steps: {listed}); start a new run in another folder.")
+        detail = _clip(detail, _DETAIL_CHARS)
+        return CheckpointCorrupt(f"{self._folder(step)}: the checkpoint of step {step} is damaged ({detail}); "
+                                 f"{instead}", step=step, detail=detail)
+
+    def _read_extra(self, step: int) -> dict[str, Any]:
+        if not self._folder(step).is_dir():
+            raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; saved steps: {self.all_steps()}.")
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
+        except (FileNotFoundError, KeyError) as error:  # KeyError: the whole item's folder is gone
+            raise self._corrupt(step, f"{_EXTRA_FILE}: missing") from error
+        except ValueError as error:  # UnicodeDecodeError, JSONDecodeError
+            raise self._corrupt(step, f"{_EXTRA_FILE}: not valid JSON") from error
+        except Exception as error:  # a damaged file fails in many ways; each one means the same here
+            raise self._corrupt(step, f"{_EXTRA_FILE}: {_cause(error, self._folder(step))}") from error
+        extra = out["extra"]
+        if extra is not None and not isinstance(extra, dict):
+            raise self._corrupt(step, f"{_EXTRA_FILE}: holds a {type(extra).__name__}, not a JSON object")
+        return dict(extra or {})
+
+    def _restore(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
+        folder = self._folder(step)
+        for name in (*_REQUIRED, *(str(p.relative_to(folder)) for pattern in _JSON for p in folder.glob(pattern))):
+            try:
+                json.loads((folder / name).read_bytes())
+            except FileNotFoundError as error:
+                raise self._corrupt(step, f"{name}: missing") from error
+            except ValueError as error:  # UnicodeDecodeError, JSONDecodeError
+                raise self._corrupt(step, f"{name}: not valid JSON") from error
+        extra = self._read_extra(step)
+        try:
+            metadata = self._manager.item_metadata(step)["state"]
+        except Exception as error:  # reading the metadata opens every array's header in the database
+            raise self._corrupt(step, _locate(folder, error)) from error
+        if metadata is None:
+            raise self._corrupt(step, "state/_METADATA: unreadable")
+        saved = {leaf.name: (tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in jax.tree.leaves(metadata.tree)}
+        names = jax.tree.leaves(ocp.tree.get_param_names(like, include_empty_nodes=False))
+        wanted = [ocp.utils.to_shape_dtype_struct(x) for x in jax.tree.leaves(like)]
+        misfit = _misfit(saved, dict(zip(names, (tuple(w.shape) for w in wanted))))
+        if misfit:
+            raise CheckpointError(
+                f"{self.directory}: the checkpoint of step {step} does not fit this run's model ({misfit}); "
+                "resume with the config it was saved with, or start a new run in another folder.")
+        # restored as saved, so that the digest checks the saved bytes; cast to ``like`` after
+        abstract = [w.update(dtype=saved[name][1]) for name, w in zip(names, wanted)]
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+                jax.tree.unflatten(jax.tree.structure(like), abstract))))
+        except Exception as error:  # tensorstore and orbax raise Exception, ValueError, OSError, ...
+            _drop_failed_reads()
+            raise self._corrupt(step, _locate(folder, error)) from error
+        restored = out["state"]
+        expected = extra.pop(_DIGEST, None)
+        extra.pop(_METRICS, None)
+        found = None if expected is None else _digests(restored)
+        if found is not None:
+            altered = [name for name in names if expected.get(name) != found[name]]
+            if altered:
+                raise self._corrupt(step, _locate_altered(folder, altered[0]))
+        leaves = [x if x.dtype == w.dtype else x.astype(w.dtype)
+                  for x, w in zip(jax.tree.leaves(restored), wanted)]
+        return jax.tree.unflatten(jax.tree.structure(like), leaves), extra
+
+
+def _digests(tree: Any) -> dict[str, str] | None:
+    """The sha256 of each leaf's bytes, by orbax's name for the leaf; ``None`` when a leaf is
+    spread over several processes (no process holds its bytes)."""
+    leaves = jax.tree.leaves(tree)
+    if not all(getattr(x, "is_fully_addressable", True) for x in leaves):
+        return None
+    names = jax.tree.leaves(ocp.tree.get_param_names(tree, include_empty_nodes=False))
+    return {name: hashlib.sha256(np.ascontiguousarray(x).reshape(-1).view(np.uint8)).hexdigest()
+            for name, x in zip(names, jax.device_get(leaves))}
+
+
+def _misfit(saved: Mapping[str, tuple], wanted: Mapping[str, tuple]) -> str:
+    """What differs between the saved arrays' shapes and those wanted, or ``""``."""
+    for name in sorted(set(saved) | set(wanted)):
+        if name not in wanted:
+            return f"{name} is saved but not in the model"
+        if name not in saved:
+            return f"{name} of the model is not saved"
+        if saved[name][0] != wanted[name]:
+            return f"{name} is {saved[name][0]} there, {wanted[name]} here"
+    return ""
+
+
+def _agree(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process of the job."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clip(text: str, chars: int) -> str:
+    """``text`` on one line, cut at a word to at most about ``chars`` characters."""
+    text = _line(text)
+    return text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " ..."
+
+
+def _cause(error: BaseException, folder: Path) -> str:
+    """The innermost message of ``error``'s chain, on one line, without tensorstore's spec."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = re.sub(r"\s*\[tensorstore_spec.*", "", _line(str(error))).replace(f"{folder}/", "")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _locate(folder: Path, error: BaseException) -> str:
+    """The damaged file of a step that ``error`` came from, and why, as ``'path: why'``."""
+    chain, text = error, []
+    while chain is not None:
+        text.append(str(chain))
+        chain = chain.__cause__ or chain.__context__
+    files = [f for f in re.findall(r'local file "([^"]+)"', " ".join(text)) if not f.endswith("/")]
+    if files and files[-1].startswith(f"{folder}/"):
+        name = files[-1][len(f"{folder}/"):]
+        if not (folder / name).is_file():
+            return f"{name}: missing"
+        why = re.search(rf'local file "{re.escape(files[-1])}": (.*?)(?: \[tensorstore_spec|$)', text[-1])
+        return f"{name}: {_why(why.group(1)) if why else _cause(error, folder)}"
+    for _, name, size, end in _ocdbt_locations(folder / "state"):
+        if size < end:
+            return f"state/{name}: " + ("missing" if size < 0 else f"truncated ({size} of {end} bytes)")
+    return _cause(error, folder)
+
+
+def _why(text: str) -> str:
+    """Tensorstore's reason for failing to read a file, in a few words."""
+    short = re.search(r"byte range \[0, (\d+)\) is not valid for value of size (\d+)", text)
+    if short:
+        return f"truncated ({short.group(2)} of {short.group(1)} bytes)"
+    if "checksum verification failed" in text:
+        return "its checksum does not match"
+    if re.search("zstd", text, re.IGNORECASE):
+        return "it does not decompress"
+    return text
+
+
+def _locate_altered(folder: Path, leaf: str) -> str:
+    """``'path: why'`` for the array ``leaf`` whose bytes differ from its digest."""
+    files = sorted({name for kind, name, _, _ in _ocdbt_locations(folder / "state", key=f"{leaf}/")
+                    if kind == "value"})
+    return f"{f'state/{files[0]}' if files else 'state'}: the bytes of {leaf} differ from their sha256 at the save"
+
+
+def _ocdbt_locations(database: Path, *, key: str = "") -> list[tuple[str, str, int, int]]:
+    """``(kind, file, its size or -1 when missing, the end of the piece in it)`` for each B-tree
+    node of orbax's OCDBT ``database`` and each value stored outside the nodes (those under
+    keys that start with ``key``); what could be read of it.
+
+    Only used to name a damaged file in a message, so it reads what it can and no more.
+    """
+    import tensorstore as ts  # orbax's storage; only needed here
+
+    found: list[tuple[str, str, int, int]] = []
+    if any(database.glob("ocdbt.process_*")):  # the processes' databases, joined by the manifest
+        manifest = database / "manifest.ocdbt"
+        found.append(("manifest", manifest.name, manifest.stat().st_size if manifest.is_file() else -1, 0))
+
+    def visit(location: str, prefix: bytes) -> None:
+        kind, base, name, offset, length = location.split(":")
+        path, end = database / base / name, int(offset) + int(length)
+        size = path.stat().st_size if path.is_file() else -1
+        found.append((kind, f"{base}{name}", size, end))
+        if kind != "btreenode" or size < end:
+            return
+        for entry in ts.ocdbt.dump(kv, location).result().get("entries", []):
+            full = prefix + entry.get("key", b"")
+            if "indirect_value" in entry and full.startswith(key.encode()):
+                visit(entry["indirect_value"], full)
+            elif "node" in entry:  # an interior node: its children's keys drop their common prefix
+                common = entry.get("subtree_common_prefix", b"")
+                visit(entry["node"], prefix + (full[:common] if isinstance(common, int) else common))
+
+    try:
+        kv = ts.KvStore.open({"driver": "file", "path": f"{database}/"}).result()
+        root = ts.ocdbt.dump(kv).result()["versions"][-1]["root"]
+        if "location" in root:
+            visit(root["location"], b"")
+    except (ValueError, OSError, KeyError):  # tensorstore's errors; what was read before still helps
+        return found
+    return found
