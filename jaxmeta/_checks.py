@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ("columns", "fraction", "positive_int", "shown")
+__all__ = ("columns", "fraction", "json_ready", "positive_int", "shown")
 
 
 def shown(value: Any) -> str:
@@ -57,3 +57,23 @@ def columns(frame: Any, needed: Sequence[str], what: str, hint: str = "") -> Non
             f"{what} lacks the column(s) {missing}; available columns: {list(frame.columns)}. "
             f"{hint or 'Pass a table with canonical columns, e.g. from jaxmeta.data.movielens.'}".rstrip()
         )
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, inf), numpy ones included, made ``None``:
+    what ``json.dumps(..., allow_nan=False)`` accepts, so the output is valid JSON (``null``).
+
+    Example:
+      >>> import json
+      >>> json.dumps(json_ready({"mae": float("nan"), "steps": [1, np.float32(0.5)], "rmse": np.inf}))
+      '{"mae": null, "steps": [1, 0.5], "rmse": null}'
+    """
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

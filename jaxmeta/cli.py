@@ -13,16 +13,18 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import jax
 
 from jaxmeta import algorithms
+from jaxmeta._checks import json_ready
 from jaxmeta.checkpoint import CheckpointError
-from jaxmeta.distributed import ENV, initialize
 from jaxmeta.data import datasets
 from jaxmeta.data.datasets import MOVIELENS
+from jaxmeta.distributed import ENV, initialize
 from jaxmeta.job import DATA_SOURCES, MODELS, TrainConfig
 from jaxmeta.reproduce import DEFAULT_ALGOS, DEFAULT_FINETUNE_LRS, Experiment, reproduce
 from jaxmeta.train import TrainingInterrupted
@@ -56,7 +58,13 @@ TRAIN_FLAGS = (
     ("--text", "text", str, "MovieLens: item text as a feature, encoded by this model (e.g. all-MiniLM-L6-v2)"),
     ("--text-tokens", "text_tokens", int, "the most tokens of an item's text"),
     ("--shard-tables", "shard_tables", str, "embedding tables split by rows over the devices: 'all' or their names"),
+    ("--rating-scale", "rating_scale", float, "LOW HIGH: the ratings' scale; a rating outside it is an error "
+                                              "(unset: inferred from the data, outliers refused)"),
 )
+NARGS = {"hidden": "+", "shard_tables": "+", "rating_scale": 2}
+
+
+USER_FEATURE_FLAGS = ("gender", "age", "occupation", "zip")
 
 
 class _Usage(Exception):
@@ -76,7 +84,7 @@ def _train_parser(commands) -> None:
     )
     for flag, field, kind, text in TRAIN_FLAGS:
         default = getattr(DEFAULTS, field)
-        extra = {"nargs": "+"} if field in ("hidden", "shard_tables") else {}
+        extra: dict[str, Any] = {"nargs": NARGS[field]} if field in NARGS else {}
         if field == "algo":
             extra["choices"] = sorted(algorithms.META_LEARNERS)
         if field == "data":
@@ -91,7 +99,10 @@ def _train_parser(commands) -> None:
                        help="deal support and query afresh every epoch (default: off)")
     train.add_argument("--config", help="a TOML or YAML file of settings (the TrainConfig field names)")
     train.add_argument("--out", help="run folder: config, metrics.jsonl, checkpoints, results")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint, with its saved settings "
+                            "(flags given override them where a run may change: --steps, --eval-every, ...)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     train.add_argument("--json", action="store_true", help="print the results as one JSON line, last")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     hosts = train.add_argument_group(
@@ -108,28 +119,44 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(commands)
 
+    data_dir = "where the run's data are now, if they moved since training: the folder holding ml-100k/ and " \
+               "ml-1m/, or the folder holding a --data table run's file"
     evaluate = commands.add_parser(
         "eval", help="score a saved run on every cold-start scenario",
         description="Scores a run's checkpoint, the no-adaptation and fine-tuning baselines on each scenario; "
                     "writes eval.json and adaptation.json into the run folder.")
     evaluate.add_argument("--run", required=True, help="the --out folder of jaxmeta train")
     evaluate.add_argument("--checkpoint", default="best", help="'best' (validation MAE), 'latest' or a step")
+    evaluate.add_argument("--data-dir", help=data_dir)
     evaluate.add_argument("--json", action="store_true", help="print {scenario: {metric: value}} as the last line")
 
     recommend = commands.add_parser(
-        "recommend", help="adapt to one new user's ratings and print the top-k unseen items",
+        "recommend", help="adapt to users' ratings (new users too) and print their top-k unseen items",
         description="Adapts a saved run to the ratings in FILE (CSV with columns user, item, rating) and prints "
-                    "each user's top-k items they have not rated.")
+                    "each user's top-k items they have not rated. A user the run has never seen is served with "
+                    "unknown features, or with those given by --user-features or the feature flags.")
     recommend.add_argument("--run", required=True, help="the --out folder of jaxmeta train")
     recommend.add_argument("--ratings", required=True, help="CSV file: user,item,rating rows")
     recommend.add_argument("-k", type=int, default=10, help="items per user")
     recommend.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
+    recommend.add_argument("--data-dir", help=data_dir)
+    recommend.add_argument("--user-features", help="CSV file: a user column and any of the run's user features "
+                                                   "(e.g. gender, age, occupation, zip for ML-100K)")
+    for name in USER_FEATURE_FLAGS:
+        recommend.add_argument(f"--{name}", help=f"the {name} of every user in --ratings (one new user's file)"
+                               + (" (ML-1M: the age-group code 1, 18, 25, 35, 45, 50 or 56; another value is "
+                                  "unknown)" if name == "age" else ""))
 
     plot = commands.add_parser("plot", help="write the run's figures (PNG)",
                                description="Writes learning_curves.png, adaptation.png and scenarios.png "
-                                           "(from metrics.jsonl, adaptation.json and eval.json).")
+                                           "(from metrics.jsonl, adaptation.json and eval.json). Evaluation "
+                                           "files missing or older than the run's latest checkpoint are "
+                                           "made again first (jaxmeta eval), unless --no-eval.")
     plot.add_argument("--run", required=True, help="the --out folder of jaxmeta train")
     plot.add_argument("--out", help="where to write the PNGs (default: RUN/plots)")
+    plot.add_argument("--data-dir", help=data_dir)
+    plot.add_argument("--no-eval", action="store_true",
+                      help="never evaluate: skip the figures whose evaluation files are missing or stale")
 
     data = commands.add_parser("data", help="look at a ratings file", description="Data utilities.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -138,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Describes a ratings table: a CSV/Parquet file with user, item, rating columns, or a "
                     "MovieLens folder (ml-100k or ml-1m).")
     describe.add_argument("path", help="a ratings file, or a MovieLens folder")
+    describe.add_argument("--rating-scale", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                          help="the ratings' scale (unset: inferred, outliers refused)")
 
     experiment = commands.add_parser(
         "reproduce",
@@ -152,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("bench", add_help=False, prefix_chars="\0",
                         help="time the benchmark workloads W1-W3 (JSON lines; jaxmeta bench --help)"
                         ).add_argument("args", nargs=argparse.REMAINDER)
+    debug = "show the full traceback of an error instead of its one line"
+    parser.add_argument("--debug", action="store_true", help=debug)
+    for sub in (*(p for n, p in commands.choices.items() if n not in ("bench", "data")), describe):
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     return parser
 
 
@@ -238,62 +271,114 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_run.main(parser.parse_args(args.args))
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The train settings: the saved run's (with --resume) or the defaults, then --config, then the flags."""
+    settings: dict[str, Any] = {}
+    out = getattr(args, "out", None)
+    if getattr(args, "resume", False):
+        if not out:
+            raise _Usage("--resume needs --out: the folder of the run to continue.")
+        from jaxmeta.job import CONFIG_FILE
+
+        saved = Path(out) / CONFIG_FILE
+        if not saved.is_file():
+            raise _Usage(f"--resume: no run in {out} (no {CONFIG_FILE}); pass the --out folder of an earlier run.")
+        settings = _read_settings(saved)
+    if getattr(args, "config", None):
+        settings.update(_read_settings(args.config))
+    settings.update({field: getattr(args, field) for _, field, _, _ in TRAIN_FLAGS if hasattr(args, field)})
+    if getattr(args, "resplit", False):
+        settings["resplit"] = True
+    for name in NARGS:
+        if isinstance(settings.get(name), list):
+            settings[name] = tuple(settings[name])
+    return settings
+
+
+def _read_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """A settings file's values, each checked for its type so that a bad one is blamed on the file."""
+    from jaxmeta.job import check_setting, load_config
+
+    values = load_config(path)
+    for key, value in values.items():
+        try:
+            check_setting(key, value)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+    return values
+
+
 def _train(args: argparse.Namespace) -> int:
-    from jaxmeta.job import load_config
     from jaxmeta.runs import format_table, run
 
-    given = {field: getattr(args, field) for _, field, _, _ in TRAIN_FLAGS if hasattr(args, field)}
-    if getattr(args, "resplit", False):
-        given["resplit"] = True
-    settings = load_config(args.config) if getattr(args, "config", None) else {}
-    settings.update(given)
-    for name in ("hidden", "shard_tables"):
-        if settings.get(name) is not None:
-            settings[name] = tuple(settings[name])
-    config = TrainConfig(**settings)
-    resume = getattr(args, "resume", False)
-    if resume and not getattr(args, "out", None):
-        raise _Usage("--resume needs --out: the folder of the run to continue.")
+    config = TrainConfig(**_settings(args))
     initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
                getattr(args, "process_id", None))
-    result = run(config, out=getattr(args, "out", None), resume=resume, progress=not getattr(args, "quiet", False))
+    result = run(config, out=getattr(args, "out", None), resume=getattr(args, "resume", False),
+                 overwrite=getattr(args, "overwrite", False), progress=not getattr(args, "quiet", False))
     if jax.process_index() != 0:
         return 0
     print(format_table(result), flush=True)
     if getattr(args, "json", False):
-        print(json.dumps({k: result[k] for k in ("algo", "query_mse", "new_users", "seconds", "devices", "processes")}))
+        keys = ("algo", "query_mse", "new_users", "seconds", "devices", "processes")
+        print(json.dumps(json_ready({k: result[k] for k in keys}), allow_nan=False))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from jaxmeta.runs import evaluate_run, format_eval
 
-    results = evaluate_run(args.run, which=args.checkpoint)
-    print(format_eval(results), flush=True)
+    scored = evaluate_run(args.run, which=args.checkpoint, data_dir=args.data_dir)
+    chosen = {"best": "the best by validation MAE", "latest": "the latest"}.get(args.checkpoint, "as asked")
+    print(f"{args.run}: checkpoint step {scored.step} ({chosen}; the run's latest: {scored.latest})", flush=True)
+    print(format_eval(scored.results), flush=True)
     if args.json:
-        algo = next(iter(next(iter(results.values()))))
-        print(json.dumps({scenario: methods[algo] for scenario, methods in results.items()}))
+        algo = next(iter(next(iter(scored.results.values()))))
+        print(json.dumps(json_ready({scenario: methods[algo] for scenario, methods in scored.results.items()}),
+                         allow_nan=False))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
-    try:
-        from jaxmeta.plots import write_plots
+    from jaxmeta.plots import ADAPTATION_FILE, EVAL_FILE, OUTPUTS, write_plots
+    from jaxmeta.runs import evaluate_run, stale_evaluation
 
-        paths = write_plots(args.run, args.out)
+    run = Path(args.run)
+    stale = stale_evaluation(run)
+    skip: tuple[str, ...] = ()
+    if stale and args.no_eval:
+        skip = (ADAPTATION_FILE, EVAL_FILE)
+    elif stale:
+        print(f"jaxmeta plot: {stale}; evaluating the run first (jaxmeta eval)", file=sys.stderr, flush=True)
+        evaluate_run(run, data_dir=args.data_dir)
+    try:
+        paths = write_plots(run, args.out, skip=skip)
     except ImportError as error:
         raise _Usage(str(error)) from error
     for path in paths:
         print(path)
+    if skip:
+        print(f"jaxmeta plot: skipped {', '.join(OUTPUTS[f] for f in skip)} ({stale}; run jaxmeta eval --run "
+              f"{run}, or plot without --no-eval)", file=sys.stderr)
     return 0
 
 
 def _recommend(args: argparse.Namespace) -> int:
     from jaxmeta.serve import Recommender
 
-    recommender = Recommender.load(args.run, checkpoint=args.checkpoint)
+    recommender = Recommender.load(args.run, checkpoint=args.checkpoint, data_dir=args.data_dir)
     ratings = recommender.read_ratings(args.ratings)
-    table = recommender.recommend(ratings, k=args.k)
+    features = recommender.read_user_features(args.user_features) if args.user_features else None
+    given = {name: getattr(args, name) for name in USER_FEATURE_FLAGS if getattr(args, name) is not None}
+    if given:
+        import pandas as pd
+
+        users = pd.unique(ratings["user"])
+        flags = pd.DataFrame({"user": users, **{name: [value] * len(users) for name, value in given.items()}})
+        features = flags if features is None else pd.concat([features, flags], ignore_index=True)
+    table = recommender.recommend(ratings, k=args.k, user_features=features)
+    if "title" in table:
+        table["title"] = table["title"].fillna("")
     print(table.to_string(index=False), flush=True)
     return 0
 
@@ -301,14 +386,21 @@ def _recommend(args: argparse.Namespace) -> int:
 def _describe(args: argparse.Namespace) -> int:
     from jaxmeta.data.describe import describe, format_description, read_ratings_source
 
-    print(format_description(describe(read_ratings_source(args.path))), flush=True)
+    scale = None if args.rating_scale is None else tuple(args.rating_scale)
+    ratings = read_ratings_source(args.path, rating_scale=scale)
+    print(format_description(describe(ratings, rating_scale=scale)), flush=True)
     return 0
 
 
 COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "recommend": _recommend, "data": _describe, "bench": _bench}
 
 
+# What a user can fix: one line, exit status 2 (with --debug: the traceback).
+USER_ERRORS = (_Usage, CheckpointError, OSError, FloatingPointError, ValueError, ImportError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``jaxmeta ARGV``; returns the exit status (0, 2 for a mistake or a failed run, 130 on Ctrl-C)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     name = args.command if args.command != "data" else f"data {args.data_command}"
@@ -317,15 +409,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _reproduce(args, " ".join(["jaxmeta", *argv]))
         return COMMANDS[args.command](args)
     except TrainingInterrupted as stop:
-        saved = f"; checkpoint saved: resume with --resume --out {getattr(args, 'out', '')}" if stop.saved else ""
+        out = getattr(args, "out", "")
+        saved = f"; checkpoint saved: continue with jaxmeta train --resume --out {out}" if stop.saved else ""
         print(f"jaxmeta {name}: interrupted after step {stop.step}{saved}", file=sys.stderr)
         return 130
-    except (_Usage, CheckpointError, FileNotFoundError, FloatingPointError, ValueError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if isinstance(error, FileNotFoundError) and error.filename and str(error.filename) not in message:
-            message = f"{error.filename}: {message}"
-        print(f"jaxmeta {name}: error: {message}", file=sys.stderr)
+    except USER_ERRORS as error:
+        if getattr(args, "debug", False):
+            raise
+        print(f"jaxmeta {name}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error's message, with the file an OSError names."""
+    text = str(error.args[0]) if isinstance(error, OSError) and error.args and not error.filename else str(error)
+    if isinstance(error, OSError) and error.filename:
+        text = error.strerror or text
+        if str(error.filename) not in text:
+            text = f"{error.filename}: {text}"
+    message = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return message if len(message) <= 400 else message[:397] + "..."
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ through this module alone.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +39,9 @@ __all__ = (
     "Restored",
     "TrainConfig",
     "baseline_learners",
+    "check_setting",
+    "checkpoint_step",
+    "data_fingerprint",
     "load_config",
     "load_dataset",
     "make_learner",
@@ -57,7 +61,9 @@ TABLE_ROWS = 1024
 KERNEL_ALGOS = ("maml", "fomaml", "reptile")
 # Fields a resumed run may change: they do not alter the computation of the steps already taken
 # (the backend computes the same function, up to rounding).
-RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last", "devices", "backend")
+# The data folder and file may move: the checkpoints' data fingerprint (data_fingerprint) says whether the
+# data read from the new place are those the run was trained on.
+RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "keep_last", "devices", "backend", "data_dir", "path")
 CONFIG_FILE = "config.yaml"
 TABLE_KINDS = ("categorical", "multi")  # the kinds of MeLU fields that have an embedding table
 
@@ -93,8 +99,10 @@ class TrainConfig:
     backend: str = "xla"  # the inner loop: "xla", "pallas" (the fused kernel, jaxmeta.kernels) or "auto"
     text: str = ""  # MovieLens: a sentence encoder (folder or packaged name) for an item text field ("": none)
     text_tokens: int = text_features.DEFAULT_TOKENS  # the most tokens of an item's text (the model's own limit caps it)
+    rating_scale: tuple[float, float] | None = None  # (low, high) of the ratings; None: inferred from the data
 
     def __post_init__(self):
+        _check_types(self)
         if self.algo not in algorithms.META_LEARNERS:
             raise ValueError(f"algo={self.algo!r}: pass one of {sorted(algorithms.META_LEARNERS)}.")
         if self.data not in DATA_SOURCES:
@@ -140,9 +148,24 @@ class TrainConfig:
         if "all" in self.shard_tables and len(self.shard_tables) > 1:
             raise ValueError(f"shard_tables={self.shard_tables}: pass 'all' alone, or the names of the tables.")
         if self.hidden is not None:
-            object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+            hidden = _numbers("hidden", self.hidden, int, "positive layer widths, e.g. 64 64")
+            object.__setattr__(self, "hidden", hidden)
             if any(h < 1 for h in self.hidden):
                 raise ValueError(f"hidden={self.hidden}: pass positive layer widths.")
+        if self.rating_scale is not None:
+            scale = _numbers("rating_scale", self.rating_scale, float, "two numbers LOW HIGH, e.g. 1 5")
+            if len(scale) != 2 or not all(np.isfinite(scale)) or not scale[0] < scale[1]:
+                raise ValueError(f"rating_scale={self.rating_scale!r}: pass two finite numbers LOW HIGH with "
+                                 "LOW < HIGH (e.g. 1 5), or leave it unset to infer the scale from the data.")
+            object.__setattr__(self, "rating_scale", scale)
+
+    def resolved_paths(self) -> TrainConfig:
+        """The config with ``data_dir`` and ``path`` absolute: a run folder that holds it can be read from
+        anywhere."""
+        def absolute(path: str) -> str:
+            return str(Path(path).expanduser().absolute()) if path else path
+
+        return dataclasses.replace(self, data_dir=absolute(self.data_dir), path=absolute(self.path))
 
     def model_name(self) -> str:
         """The model the run builds: ``model``, with ``"auto"`` resolved for the data source."""
@@ -160,10 +183,59 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- config files
 
 
+_NUMBER_TYPES = {"float": float, "int": int, "str": str, "bool": bool}
+
+
+def _numbers(name: str, values: Any, kind: type, what: str) -> tuple:
+    """``values`` (a sequence) as a tuple of ``kind``; a ValueError naming ``name`` when they are not numbers."""
+    try:
+        if isinstance(values, (str, bytes)) or any(isinstance(v, (bool, str)) for v in values):
+            raise TypeError
+        converted = tuple(kind(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={values!r}: pass {what}.") from None
+    if kind is int and converted != tuple(values):
+        raise ValueError(f"{name}={values!r}: pass {what}.")
+    return converted
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Raises ValueError when ``value`` is not of the type of the :class:`TrainConfig` field ``name``
+    (``steps="twenty"``, ``hidden=["wide"]``): a settings file's values, checked one by one."""
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    if name in ("hidden", "rating_scale") and value is not None:
+        _numbers(name, value, int if name == "hidden" else float,
+                 "positive layer widths, e.g. [64, 64]" if name == "hidden" else "two numbers [LOW, HIGH], e.g. [1, 5]")
+    _check_field(field, value, lambda converted: None)
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Raises ValueError naming a field whose value is not of the field's type (``steps="twenty"``);
+    an int where a float is expected is taken as that float."""
+    for field in dataclasses.fields(config):
+        _check_field(field, getattr(config, field.name),
+                     lambda converted, name=field.name: object.__setattr__(config, name, converted))
+
+
+def _check_field(field: dataclasses.Field, value: Any, convert: Callable[[Any], None]) -> None:
+    """Raises ValueError when ``value`` is not of ``field``'s scalar type; an int for a float is passed to
+    ``convert`` as that float. Tuple fields are left to :meth:`TrainConfig.__post_init__`."""
+    kinds = [_NUMBER_TYPES[t] for t in str(field.type).replace(" ", "").split("|") if t in _NUMBER_TYPES]
+    if not kinds or (value is None and "None" in str(field.type)):
+        return
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        convert(float(value))
+        return
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, tuple(kinds)):
+        wanted = " or ".join({"float": "a number", "int": "a whole number", "str": "a string",
+                              "bool": "true or false"}[k.__name__] for k in kinds)
+        raise ValueError(f"{field.name}={value!r}: pass {wanted}.")
+
+
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Writes ``config`` as YAML."""
     fields = dataclasses.asdict(config)
-    for name in ("hidden", "shard_tables"):
+    for name in ("hidden", "shard_tables", "rating_scale"):
         if fields[name] is not None:
             fields[name] = list(fields[name])
     Path(path).write_text(yaml.safe_dump(fields, sort_keys=False))
@@ -205,8 +277,8 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def config_from_fields(fields: Mapping[str, Any]) -> TrainConfig:
     """The TrainConfig of saved fields (YAML lists back to tuples)."""
-    return TrainConfig(**{k: tuple(v) if k in ("hidden", "shard_tables") and v is not None else v
-                          for k, v in fields.items()})
+    return TrainConfig(**{k: tuple(v) if k in ("hidden", "shard_tables", "rating_scale") and isinstance(v, list)
+                          else v for k, v in fields.items()})
 
 
 def check_resumable(saved: Mapping[str, Any], config: TrainConfig, folder: Path) -> None:
@@ -240,11 +312,28 @@ def load_dataset(config: TrainConfig) -> Dataset:
     if config.data in datasets.MOVIELENS:
         options = {"text": config.text or None, "text_tokens": config.text_tokens}
     data = datasets.load(config.data, data_dir=config.data_dir, path=config.path or None, seed=config.data_seed,
-                         **options)
+                         rating_scale=config.rating_scale, **options)
     if config.model_name() == "mf" and not np.issubdtype(data.warm_ratings["item"].dtype, np.integer):
         raise ValueError(f"{config.path or config.data}: model='mf' reads integer item ids, but the item column has "
                          f"dtype {data.warm_ratings['item'].dtype}; pass integer item ids or model='melu'.")
     return data
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """A digest of what a run trains, validates and is scored on: every user's support and query rows
+    of the training, validation and scenario sets (so: the data, their split and its seed).
+
+    A checkpoint keeps it; restoring with data that give another digest (another file, another
+    version of the data) is an error rather than a silently different run.
+    """
+    digest = hashlib.sha256(f"{data.name}|{data.split}".encode())
+    for name, tasks in [("train", data.train), *data.valid.items(), *data.scenarios.items()]:
+        digest.update(f"|{name}:{len(tasks)}".encode())
+        for part in (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y):
+            for user in part:
+                for leaf in jax.tree.leaves(user):
+                    digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def table_rows(config: TrainConfig, name: str, rows: int) -> int:
@@ -349,8 +438,43 @@ def read_config(run_dir: str | os.PathLike) -> TrainConfig:
     return config_from_fields(yaml.safe_load((folder / CONFIG_FILE).read_text()))
 
 
-def restore_run(run_dir: str | os.PathLike, *, which: str = "best", name: str = "checkpoints",
-                data: Dataset | None = None) -> Restored:
+def checkpoint_step(store: Checkpoints, which: str | int) -> int:
+    """The step ``which`` names in ``store``: ``"best"`` (validation MAE; the latest when no step was
+    scored), ``"latest"`` or a saved step number.
+
+    Raises:
+      CheckpointError: no checkpoint there, or no such step; ValueError: ``which`` is none of those.
+    """
+    steps = store.all_steps()
+    if not steps:
+        raise CheckpointError(f"{store.directory}: no checkpoint saved yet; train the run (or resume it) first.")
+    if which == "best":
+        return store.best_step() or steps[-1]
+    if which == "latest":
+        return steps[-1]
+    if isinstance(which, int) or str(which).isdigit():
+        if int(which) not in steps:
+            raise CheckpointError(f"--checkpoint {which}: no checkpoint at that step; saved steps: "
+                                  f"{', '.join(map(str, steps))}.")
+        return int(which)
+    raise ValueError(f"--checkpoint {which!r}: pass 'best', 'latest' or a saved step "
+                     f"({', '.join(map(str, steps))}).")
+
+
+def check_checkpoint(extra: Mapping[str, Any], config: TrainConfig, fingerprint: str, where: str) -> None:
+    """Raises :class:`CheckpointError` when a checkpoint's ``extra`` was saved by a run with another seed
+    or on other data than ``config`` and the data whose :func:`data_fingerprint` is ``fingerprint``."""
+    if "seed" in extra and extra["seed"] != config.seed:
+        raise CheckpointError(f"{where}: saved by a run with seed={extra['seed']}, but this run has seed="
+                              f"{config.seed}; pass the run folder those checkpoints belong to.")
+    if extra.get("data") not in (None, fingerprint):
+        raise CheckpointError(f"{where}: the data read now ({config.path or config.data_dir}) differ from those the "
+                              "run was trained on; pass the data it was trained on (--data-dir, or the same "
+                              "--path file).")
+
+
+def restore_run(run_dir: str | os.PathLike, *, which: str | int = "best", name: str = "checkpoints",
+                data: Dataset | None = None, data_dir: str | os.PathLike | None = None) -> Restored:
     """A saved run's config, data, model, learner and state.
 
     Args:
@@ -361,23 +485,26 @@ def restore_run(run_dir: str | os.PathLike, *, which: str = "best", name: str = 
         model, restored with the fine-tuning learner, whose ``evaluate``
         reports both without and with adaptation).
       data: the run's dataset when already loaded (else loaded from the config).
+      data_dir: where the data are now, when they moved since training: the
+        folder holding ``ml-100k/`` and ``ml-1m/``, or for a ``table`` run the
+        folder holding its file (same name).
 
     Raises:
-      CheckpointError: not a run folder, no such checkpoint, or vocabularies
-        other than the data's now.
+      CheckpointError: not a run folder, no such checkpoint, a damaged one, or
+        one saved with another seed or on other data than those read now.
     """
     folder = Path(run_dir)
     config = read_config(folder)
+    if data_dir is not None:
+        moved = Path(data_dir).expanduser().absolute()
+        config = dataclasses.replace(config, data_dir=str(moved),
+                                     path=str(moved / Path(config.path).name) if config.path else "")
+    store = Checkpoints(folder / name, read_only=True)
+    step = checkpoint_step(store, which)
     data = load_dataset(config) if data is None else data
     model = make_model(config, data)
     learner = make_learner(config, model) if name == "checkpoints" else baseline_learners(config, model)[1]
-    store = Checkpoints(folder / name, read_only=True)
-    if which == "best":
-        step = store.best_step() or store.latest_step()
-    elif which == "latest":
-        step = store.latest_step()
-    else:
-        step = int(which)
+    check_checkpoint(store.extra(step), config, data_fingerprint(data), f"{store.directory}/{step}")
     state, extra = store.restore(jax.jit(learner.init)(jax.random.key(config.seed)), step)
     if data.encoder is not None and extra.get("encoder") != data.encoder.to_dict():
         raise CheckpointError(f"{folder}: the checkpoint's vocabularies differ from those of the data now; "

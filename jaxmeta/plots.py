@@ -361,7 +361,8 @@ def scenario_bars(results: Mapping[str, Mapping[str, Mapping[str, Any]]], metric
 
 
 def write_plots(
-    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, metric: str = "mae"
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, metric: str = "mae",
+    skip: Sequence[str] = (),
 ) -> list[Path]:
     """Writes a PNG of each figure whose input file exists in a run directory.
 
@@ -374,6 +375,8 @@ def write_plots(
       run_dir: the directory written by ``jaxmeta train --out``.
       out_dir: where to write; created if missing. Default ``run_dir / "plots"``.
       metric: the metric of ``scenarios.png`` (see :func:`scenario_bars`).
+      skip: input files not to plot (e.g. stale ones); their PNGs in
+        ``out_dir`` from an earlier call are deleted rather than left stale.
 
     Returns:
       The paths written, in the order above.
@@ -385,8 +388,11 @@ def write_plots(
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / "plots" if out_dir is None else Path(out_dir)
-    found = [name for name in OUTPUTS if (run_dir / name).is_file()]
-    if not found:
+    unknown = sorted(set(skip) - set(OUTPUTS))
+    if unknown:
+        raise ValueError(f"write_plots: skip={list(skip)}: {unknown} are not inputs; pass some of {list(OUTPUTS)}.")
+    found = [name for name in OUTPUTS if (run_dir / name).is_file() and name not in skip]
+    if not found and not skip:
         raise FileNotFoundError(
             f"write_plots: {run_dir} holds none of {', '.join(OUTPUTS)}: pass the directory given to "
             "`jaxmeta train --out`."
@@ -404,6 +410,8 @@ def write_plots(
         except (TypeError, ValueError) as err:
             raise type(err)(f"{path}: {err}") from err
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in skip:
+        (out_dir / OUTPUTS[name]).unlink(missing_ok=True)
     written = []
     for name, fig in figures.items():
         target = out_dir / OUTPUTS[name]

@@ -10,13 +10,17 @@ same number of steps, and reports the query MSE on held-out *new* users:
 * ``finetune``: the global model with all its fast weights adapted per user by
   plain SGD at the config's inner rate for the config's inner steps.
 
-With an output folder it is a resumable job. The folder holds:
+With an output folder it is a resumable job, and one writer at a time
+(:mod:`jaxmeta.rundir`: a folder that holds a run is refused unless it is resumed
+or overwritten). The folder holds:
 
-* ``config.yaml``: the resolved :class:`jaxmeta.job.TrainConfig`;
+* ``.lock``: while a process writes the run, its process id and host;
+* ``config.yaml``: the resolved :class:`jaxmeta.job.TrainConfig` (data paths absolute);
 * ``metrics.jsonl``: training and validation records (:class:`jaxmeta.train.MetricsLog`);
 * ``checkpoints/``: the meta-learner (:class:`jaxmeta.checkpoint.Checkpoints`:
-  the latest few and the best by validation MAE; each with the data position
-  and, for featured data, the vocabularies);
+  the latest few and the best by validation MAE; each with the data position,
+  the seed, the data's fingerprint (:func:`jaxmeta.job.data_fingerprint`) and,
+  for featured data, the vocabularies);
 * ``baseline/``: the global model's checkpoints;
 * ``result.json``: what :func:`run` returns;
 * after ``jaxmeta eval``: ``eval.json`` (every scenario's metrics) and
@@ -31,36 +35,62 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import yaml
 
+from jaxmeta._checks import json_ready
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.checkpoint import CheckpointError, Checkpoints
-from jaxmeta.distributed import (global_batch, is_multiprocess, make_mesh, process_rows, shard_batch, shard_state,
-                                 to_host)
-from jaxmeta.evaluation import adaptation_curve, evaluation_batches, predict_tasks, query_metrics
+from jaxmeta.distributed import (
+    global_batch,
+    is_multiprocess,
+    make_mesh,
+    process_rows,
+    shard_batch,
+    shard_state,
+    to_host,
+)
+from jaxmeta.evaluation import (
+    adaptation_curve,
+    evaluation_batches,
+    predict_tasks,
+    query_metrics,
+)
 from jaxmeta.job import (
     CONFIG_FILE,
     TrainConfig,
     baseline_learners,
+    check_checkpoint,
     check_resumable,
+    data_fingerprint,
     load_dataset,
     make_learner,
     make_model,
     model_tables,
+    read_config,
     restore_run,
     row_sharded,
     save_config,
 )
+from jaxmeta.rundir import RunLock, prepare
 from jaxmeta.tasks import TaskBatch
-from jaxmeta.train import BatchStream, LogMetrics, MetricsLog, SaveCheckpoints, StopOnNaN, Validate, fit
+from jaxmeta.train import (
+    BatchStream,
+    LogMetrics,
+    MetricsLog,
+    SaveCheckpoints,
+    StopOnNaN,
+    Validate,
+    fit,
+)
 
-__all__ = ("evaluate_run", "format_eval", "format_table", "run", "run_devices")
+__all__ = ("Evaluation", "evaluate_run", "format_eval", "format_table", "run", "run_devices", "stale_evaluation")
 
 EVAL_BATCH = 256  # users per evaluation batch (one compiled shape per learner)
 
@@ -99,12 +129,13 @@ def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progre
     if mesh is not None:
         state = shard_state(state, mesh, row_sharded=row_sharded_tables)
     checkpoints = None if folder is None else Checkpoints(folder / name, keep_last=config.keep_last)
-    if resume and checkpoints is not None:
-        if checkpoints.latest_step() is None:
-            raise CheckpointError(f"{checkpoints.directory}: no checkpoint to resume from; pass the --out folder "
-                                  "of a run that saved one, or start without --resume.")
-        state, saved = checkpoints.restore(state)
+    # the baseline trains after the meta-learner: a run stopped before it has no baseline checkpoint yet
+    if resume and checkpoints is not None and checkpoints.latest_step() is not None:
+        state, saved, step = checkpoints.restore_newest_good(state, notice=_notice)
+        check_checkpoint(saved, config, extra["data"], f"{checkpoints.directory}/{step}")
         stream.restore(saved["position"])
+        if log is not None:
+            log.trim(step)  # the records of steps past the checkpoint are written again as they are retaken
 
     def place(batch: TaskBatch) -> TaskBatch:
         if mesh is None:
@@ -113,7 +144,8 @@ def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progre
 
     validate = Validate({"users": valid}, learner, every=config.eval_every, log=log,
                         gather=to_host if multi else None)
-    hooks: list[Any] = [StopOnNaN(checkpoints=checkpoints, desc=desc), LogMetrics(log=log), validate]
+    hooks: list[Any] = [StopOnNaN(checkpoints=checkpoints, desc=desc, hint=_divergence_hint(data)),
+                        LogMetrics(log=log), validate]
     if checkpoints is not None:
         hooks.append(SaveCheckpoints(checkpoints, stream, every=config.checkpoint_every, seed=config.seed,
                                      extra=extra, validation=validate))
@@ -122,11 +154,41 @@ def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progre
     return to_host(state) if multi else state
 
 
+def _divergence_hint(data) -> str:
+    """What to try when training diverges: the rates, or for ratings on a wide scale, the scale."""
+    scale = getattr(data, "rating_scale", None)
+    if scale is not None and scale[1] - scale[0] > 20:
+        return (f"The ratings span {scale[0]:g} to {scale[1]:g}; the default rates suit scales such as 1-5: "
+                "rescale the ratings (e.g. to 1-5), or lower --inner-lr and --outer-lr a lot.")
+    return "Try a lower --inner-lr or --outer-lr."
+
+
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _check_resume(folder: Path | None, config: TrainConfig) -> None:
+    """Raises when ``folder`` holds no run to resume with ``config``: no run, other settings, no
+    meta-learner checkpoint, or ``config.steps`` below the step the run has reached."""
+    if folder is None or not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(f"--resume: no run in {folder}; pass the --out folder of an earlier run.")
+    check_resumable(yaml.safe_load((folder / CONFIG_FILE).read_text()), config, folder)
+    store = folder / "checkpoints"
+    steps = Checkpoints(store, read_only=True).all_steps() if store.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"--resume: {store} holds no checkpoint to resume from; pass --overwrite to train "
+                              "the run again from step 0.")
+    if config.steps < steps[-1]:
+        raise ValueError(f"--steps {config.steps}: the run in {folder} is at step {steps[-1]}; pass --steps "
+                         f">= {steps[-1]}, or leave --steps out to finish at the saved steps.")
+
+
 def run(
     config: TrainConfig = TrainConfig(),
     *,
     out: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Meta-trains ``config.algo`` and the baselines; evaluates them on new users.
@@ -135,7 +197,11 @@ def run(
       config: the job.
       out: the run folder (see the module docstring); ``None``: nothing is saved.
       resume: continue the run in ``out`` from its latest checkpoints. The
-        settings must be those it was made with (``steps`` may grow).
+        settings must be those it was made with (``steps`` may grow, the data
+        may move); a damaged latest checkpoint is passed over for the one before,
+        with a notice.
+      overwrite: replace a run already in ``out`` (without it, a folder that
+        holds a run is refused: see :func:`jaxmeta.rundir.prepare`).
       progress: show progress bars.
 
     In a job of several processes (:func:`jaxmeta.distributed.initialize`), every
@@ -149,15 +215,27 @@ def run(
 
     Raises:
       CheckpointError: ``resume`` without a run in ``out``, or with other settings.
+      ValueError: ``out`` holds a run (and neither ``resume`` nor ``overwrite``),
+        or another process writes it (:class:`jaxmeta.rundir.RunLocked`).
       FloatingPointError: the loss became NaN or infinite (see :class:`jaxmeta.train.StopOnNaN`).
       jaxmeta.train.TrainingInterrupted: Ctrl-C; the checkpoint is saved first.
     """
-    start = time.perf_counter()
     folder = None if out is None else Path(out)
+    main = jax.process_index() == 0  # in a job of several processes, process 0 writes the files and reports
+    if folder is None or not main:
+        return _run(config, folder, resume=resume, progress=progress and main, main=main)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder}: a file is there; pass a folder for the run (new or empty).")
+    with RunLock(folder, notice=_notice):
+        prepare(folder, resume=resume, overwrite=overwrite)
+        return _run(config, folder, resume=resume, progress=progress, main=main)
+
+
+def _run(config: TrainConfig, folder: Path | None, *, resume: bool, progress: bool, main: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    config = config.resolved_paths()
     if resume:
-        if folder is None or not (folder / CONFIG_FILE).is_file():
-            raise CheckpointError(f"--resume: no run in {folder}; pass the --out folder of an earlier run.")
-        check_resumable(yaml.safe_load((folder / CONFIG_FILE).read_text()), config, folder)
+        _check_resume(folder, config)
     data = load_dataset(config)
     if config.scenario not in data.scenarios:
         raise ValueError(f"scenario={config.scenario!r}: the {config.data} data has the scenarios "
@@ -165,11 +243,9 @@ def run(
     batches = evaluation_batches([data.valid["users"], *data.scenarios.values()], EVAL_BATCH)
     valid, new_users = batches[0], batches[1 + list(data.scenarios).index(config.scenario)]
     model = make_model(config, data)
-    extra = {"config": json.loads(json.dumps(dataclasses.asdict(config)))}
+    extra = {"config": json.loads(json.dumps(dataclasses.asdict(config))), "data": data_fingerprint(data)}
     if data.encoder is not None:
         extra["encoder"] = data.encoder.to_dict()
-    main = jax.process_index() == 0  # in a job of several processes, process 0 writes the files and reports
-    progress = progress and main
     log = None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +275,7 @@ def run(
         "config": dataclasses.asdict(config),
     }
     if folder is not None and main:
-        (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        (folder / "result.json").write_text(json.dumps(json_ready(result), indent=2, allow_nan=False) + "\n")
     return result
 
 
@@ -212,23 +288,42 @@ def _mean_evaluation(learner: MetaLearner, state: MetaState, batches: Sequence[T
     return {**mean, "tasks": users}
 
 
-def evaluate_run(run_dir: str | os.PathLike, *, which: str = "best", write: bool = True) -> dict[str, Any]:
+class Evaluation(NamedTuple):
+    """What :func:`evaluate_run` scored."""
+
+    results: dict[str, Any]  # {scenario: {method: {"mae", "rmse", "ndcg@1", ..., "ndcg@10"}}}
+    step: int  # the meta-learner's checkpoint step
+    latest: int  # the run's latest checkpoint step then (a later one makes the files stale)
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, which: str | int = "best", write: bool = True,
+                 data_dir: str | os.PathLike | None = None) -> Evaluation:
     """Scores a saved run on every scenario; writes ``eval.json`` and ``adaptation.json``.
 
+    Args:
+      run_dir: the run folder.
+      which: the meta-learner's checkpoint: ``"best"``, ``"latest"`` or a step.
+      write: write the two files (``adaptation.json`` records the step scored
+        and the run's latest step, which :func:`jaxmeta.plots.write_plots` reads
+        to tell stale files).
+      data_dir: where the run's data are now, when they moved (see
+        :func:`jaxmeta.job.restore_run`).
+
     Returns:
-      ``{scenario: {method: {"mae", "rmse", "ndcg@1", ..., "ndcg@10"}}}`` with the
-      methods ``config.algo`` (the chosen checkpoint), ``no_adaptation`` and
-      ``finetune`` (the global model).
+      The results ``{scenario: {method: {"mae", "rmse", "ndcg@1", ..., "ndcg@10"}}}``
+      with the methods ``config.algo`` (the chosen checkpoint), ``no_adaptation``
+      and ``finetune`` (the global model), and the step scored.
     """
     folder = Path(run_dir)
-    meta = restore_run(folder, which=which)
+    meta = restore_run(folder, which=which, data_dir=data_dir)
     config, data = meta.config, meta.data
-    base = restore_run(folder, which="latest", name="baseline", data=data)
+    base = restore_run(folder, which="latest", name="baseline", data=data, data_dir=data_dir)
     glob, _ = baseline_learners(config, meta.model)
     methods = {config.algo: (meta.learner, meta.state), "no_adaptation": (glob, base.state),
                "finetune": (base.learner, base.state)}
     names = list(data.scenarios)
     batches = dict(zip(names, evaluation_batches([data.scenarios[s] for s in names], EVAL_BATCH)))
+    latest = Checkpoints(folder / "checkpoints", read_only=True).latest_step()
     results: dict[str, Any] = {}
     for scenario in names:
         results[scenario] = {}
@@ -236,7 +331,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, which: str = "best", write: bool
             predictions, queries = predict_tasks(lambda b, lrn=lrn, st=st: lrn.predict(st, b), batches[scenario])
             results[scenario][method] = query_metrics(predictions, queries)
     if write:
-        (folder / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        (folder / "eval.json").write_text(json.dumps(json_ready(results), indent=2, allow_nan=False) + "\n")
         first = names[0]
         depth = 2 * config.inner_steps
 
@@ -249,10 +344,29 @@ def evaluate_run(run_dir: str | os.PathLike, *, which: str = "best", write: bool
             f"meta-learned ({config.algo})": curve(meta.learner, meta.state),
             "pretrained, fine-tuned (no meta-learning)": curve(base.learner, base.state),
         }
-        (folder / "adaptation.json").write_text(json.dumps(
-            {"inner_steps": list(range(depth + 1)), "curves": curves, "scenario": first, "checkpoint_step": meta.step},
-            indent=2) + "\n")
-    return results
+        (folder / "adaptation.json").write_text(json.dumps(json_ready(
+            {"inner_steps": list(range(depth + 1)), "curves": curves, "scenario": first, "checkpoint_step": meta.step,
+             "run_step": latest}), indent=2, allow_nan=False) + "\n")
+    return Evaluation(results, meta.step, latest)
+
+
+def stale_evaluation(run_dir: str | os.PathLike) -> str | None:
+    """Why the run's ``eval.json`` and ``adaptation.json`` do not describe its latest checkpoint, or
+    None when they do (they record the run's latest step when :func:`evaluate_run` wrote them)."""
+    folder = Path(run_dir)
+    read_config(folder)  # a run folder, or a clear error
+    if not (folder / "eval.json").is_file() or not (folder / "adaptation.json").is_file():
+        return "the run has no evaluation files yet"
+    try:
+        scored = json.loads((folder / "adaptation.json").read_text()).get("run_step")
+    except (ValueError, AttributeError):
+        return "adaptation.json is not valid"
+    latest = Checkpoints(folder / "checkpoints", read_only=True).latest_step()
+    if scored is None:
+        return "the evaluation files do not say which checkpoints they scored"
+    if latest is not None and latest > scored:
+        return f"the evaluation files were made at step {scored}; the run is now at step {latest}"
+    return None
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -18,23 +18,37 @@ most ``candidate_chunk``), so the compiled ``adapt`` and ``apply_adapted`` are
 reused across calls and users instead of being compiled for every user. Padded
 support rows are masked out of adaptation (see :mod:`jaxmeta.tasks`); the scores
 of padded candidate rows and padding users are dropped from the output.
+
+New users: a user id absent from the encoder's user table is a new user, the
+cold-start case, served with every user feature unknown unless ``user_features``
+gives some. Unknown encodes as a missing value always does in
+:mod:`jaxmeta.data.features`: the OOV index of a categorical field, no value of
+a multi-valued one, the fitting table's mean of a numeric one (0.0 once
+standardised: what a training user with that value missing was given), zeros
+of a vector. Their rows are added to a copy of the encoder for the call only
+(:meth:`~jaxmeta.data.features.FeatureEncoder.with_rows`); the vocabularies are
+never refitted and the recommender's encoder never grows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import numbers
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta._checks import columns, positive_int
-from jaxmeta.data.features import FeatureEncoder
+from jaxmeta.algorithms import MetaLearner, MetaState
+from jaxmeta.data.features import FeatureEncoder, Vocabulary
+from jaxmeta.data.scale import RatingScale, as_scale, finite32
 from jaxmeta.evaluation import ITEM_KEY
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
@@ -45,9 +59,14 @@ MIN_SUPPORT = 8
 MIN_QUERY = 8
 """Fewest query (candidate) rows of a batch (fewer when ``candidate_chunk`` is smaller)."""
 RATINGS_COLUMNS = ("user", "item", "rating")
+LINE = "line"
+"""The index name of the tables :meth:`Recommender.read_ratings` and :meth:`Recommender.read_user_features`
+return: the index holds each row's line in the file (the header is line 1), for messages to point at."""
 _ARTICLE = {"user": "a", "item": "an"}
+_RATINGS_HINT = "a CSV file whose header names user,item,rating and one rating per line below it"
+_FEATURES_HINT = "a CSV file whose header names user and user fields, one user per line below it"
 
-__all__ = ("MIN_QUERY", "MIN_SUPPORT", "MIN_TASKS", "Recommender")
+__all__ = ("LINE", "MIN_QUERY", "MIN_SUPPORT", "MIN_TASKS", "Recommender")
 
 
 def _padded(n: int, floor: int, cap: int | None = None) -> int:
@@ -59,6 +78,10 @@ def _padded(n: int, floor: int, cap: int | None = None) -> int:
 def _shown(values: np.ndarray, limit: int = 5) -> str:
     shown = [v.item() if isinstance(v, np.generic) else v for v in values[:limit]]
     return ", ".join(map(repr, shown)) + (", ..." if len(values) > limit else "")
+
+
+def _one(value: Any) -> str:
+    return _shown(np.array([value], dtype=object))
 
 
 def _rows(a: np.ndarray, tasks: int, rows: int) -> np.ndarray:
@@ -84,6 +107,145 @@ def _item_ids(values: Any, name: str) -> np.ndarray:
     return ids
 
 
+def _by_item(values: Any, name: str, items: np.ndarray) -> pd.Series:
+    """``values`` (a mapping or Series keyed by item id, or a sequence aligned with ``items``) as a Series
+    keyed by item id, each id once."""
+    if isinstance(values, pd.Series):
+        series = values
+    elif isinstance(values, Mapping):
+        series = pd.Series(list(values.values()), index=pd.Index(list(values.keys())), dtype=object)
+    elif isinstance(values, (str, bytes)) or np.ndim(values) != 1:
+        raise ValueError(f"{name} must map item ids to values, got {values!r:.80}; pass a dict or a Series.")
+    elif len(values) != len(items):
+        raise ValueError(f"{name} has {len(values)} values for {len(items)} items: pass one per item of items, "
+                         "or a dict keyed by item id.")
+    else:
+        series = pd.Series(list(values), index=pd.Index(items), dtype=object)
+    if not series.index.is_unique:
+        repeated = series.index[series.index.duplicated()].unique()
+        raise ValueError(f"{name} repeats the item id(s) {_shown(repeated)}: give each item one value.")
+    return series
+
+
+def _counts(values: Any, items: np.ndarray) -> pd.Series:
+    series = _by_item(values, "popularity", items)
+    numbers_ = pd.to_numeric(series, errors="coerce").astype(np.float64)
+    bad = ~np.isfinite(numbers_.to_numpy())
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"popularity of item {_one(series.index[first])} is {_one(series.iloc[first])}: pass "
+                         "finite numbers (e.g. each item's number of training ratings).")
+    return numbers_
+
+
+def _source(frame: pd.DataFrame, name: str = "ratings") -> str:
+    """What the table is called in messages: its file when read from one, else ``name``."""
+    return str(frame.attrs.get("path", name))
+
+
+def _at(frame: pd.DataFrame, position: int) -> str:
+    """Where row ``position`` is: its line in the file (a :data:`LINE` index), else its index label."""
+    label = frame.index[position]
+    return f"line {_one(label)}" if frame.index.name == LINE else f"row {_one(label)}"
+
+
+def _bad_ratings(ratings: pd.DataFrame, bad: np.ndarray, problem: str, fix: str) -> str:
+    """The message for the ratings marked ``bad``: where the first is, its user and item, ``problem`` (of the
+    first), how many, and ``fix``; one line."""
+    first = int(np.flatnonzero(bad)[0])
+    more = f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else ""
+    return (f"{_source(ratings)}, {_at(ratings, first)} (user {_one(ratings['user'].iloc[first])}, item "
+            f"{_one(ratings['item'].iloc[first])}): rating {problem}{more}; {fix}.")
+
+
+def _lines(text: str) -> list[int]:
+    """The numbers (from 1) of the lines that are not blank: pandas skips the blank ones."""
+    return [i for i, line in enumerate(re.split(r"\r\n|\r|\n", text), 1) if line.strip()]
+
+
+def _read_csv(path: str | os.PathLike, what: str, hint: str, **options: Any) -> pd.DataFrame:
+    """The CSV file at ``path`` with a :data:`LINE` index and ``attrs["path"]``; one-line errors naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a {what} file; pass {hint}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what} file; pass {hint}.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text (UTF-8) file; pass {hint}.") from None
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read ({err.strerror or type(err).__name__}); pass a readable "
+                         f"{what} file.") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty; pass {hint}.")
+    if "\x00" in text:
+        raise ValueError(f"{path} is not a text file (it holds NUL bytes); pass {hint}.")
+    try:
+        table = pd.read_csv(io.StringIO(text), **options)
+    except ValueError as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path} is not a readable CSV ({first}); pass {hint}.") from None
+    if len(table) == 0:
+        raise ValueError(f"{path} has a header but no rows below it; pass {hint}.")
+    lines = _lines(text)
+    if len(lines) == len(table) + 1:  # else a quoted field spans lines: rows keep their positions
+        table.index = pd.Index(lines[1:], name=LINE)
+    table.attrs["path"] = str(path)
+    return table
+
+
+def _matched(value: Any, by_text: dict[str, Any], textual: bool) -> Any:
+    """``value`` as its field's vocabulary writes it: the known value of the same text ("4" read from a file is the
+    known 4); else its text where every known value is text (the encoder cuts a ``prefix`` off text only); else
+    the number the text spells ("18.0" finds the known 18); else as given (all three unknown: OOV). Missing stays
+    missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    value = value.item() if isinstance(value, np.generic) else value
+    text = str(value).strip()
+    if text in by_text:
+        return by_text[text]
+    if textual:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        return value
+
+
+def _user_values(table: pd.DataFrame, name: str, kind: str, vocabulary: Vocabulary | None) -> list[Any]:
+    """The column ``name`` of ``user_features`` (``table``) as the encoder reads a field of ``kind``."""
+    column = table[name]
+    if kind == "numeric":
+        values = pd.to_numeric(column, errors="coerce")
+        given = column.map(lambda v: not pd.isna(v) and str(v).strip() != "").to_numpy(dtype=bool)
+        bad = given & ~np.isfinite(values.to_numpy(np.float64, na_value=np.nan))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{_source(table, 'user_features')}, {_at(table, first)} (user {_one(table['user'].iloc[first])}): "
+                f"{name} {_one(column.iloc[first])} is not a finite number; pass a number, or nothing for unknown "
+                "(the training mean)."
+            )
+        return values.tolist()
+    if vocabulary is None:  # a vector field: as given
+        return column.tolist()
+    by_text = {str(v): v for v in vocabulary.values}
+    textual = all(isinstance(v, str) for v in vocabulary.values)
+    if kind == "categorical":
+        return [_matched(v, by_text, textual) for v in column]
+    out = []  # multi: a tuple of values, or one text of values separated by "|"
+    for v in column:
+        if isinstance(v, str):
+            v = tuple(v.split("|"))
+        if isinstance(v, (tuple, list, np.ndarray)):
+            out.append(tuple(m for m in (_matched(x, by_text, textual) for x in v) if m not in (None, "")))
+        else:
+            out.append(None)
+    return out
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays means nothing: identity it is
 class Recommender:
     """Adapts a meta-learned model to each user's ratings and ranks items for them.
@@ -91,9 +253,11 @@ class Recommender:
     Attributes:
       learner: the trained algorithm (its ``predict`` adapts and scores).
       state: its trained state.
-      encoder: the feature encoder of training; its user and item tables must
-        hold a row for every user and item to score (:meth:`FeatureEncoder.with_tables`
-        adds new ones). Values unknown to its vocabularies encode as OOV.
+      encoder: the feature encoder of training; its item table must hold a row
+        for every item to score (:meth:`FeatureEncoder.with_tables` adds new
+        ones). A user absent from its user table is a new user, served with
+        unknown user features unless :meth:`score` is given some (see the
+        module docstring). Values unknown to its vocabularies encode as OOV.
       items: every item id that may be recommended (the default candidates),
         distinct.
       batch_size: the most users adapted in one call of ``learner.adapt``.
@@ -101,6 +265,16 @@ class Recommender:
       item_key: when given, the raw item ids are added to the inputs under this
         field (int64), as :func:`jaxmeta.evaluation.with_item_ids` adds them,
         for models that read them (e.g. an id-based MF); models ignore it otherwise.
+      titles: item id -> title (a dict or a Series); :meth:`recommend` then adds
+        a ``title`` column (missing for an item without one). Kept as a Series.
+      popularity: item id -> how popular the item is (a dict or a Series, or
+        one number per item of ``items``), e.g. its number of training
+        ratings: :meth:`recommend` breaks ties of score by it, most popular
+        first (an item without a value counts 0). Kept as a float64 Series.
+      rating_scale: ``(lowest, highest)`` rating of training: a rating outside
+        it is refused (the model was never adapted on such values); None
+        accepts any finite rating. Kept as a
+        :class:`~jaxmeta.data.scale.RatingScale`.
 
     Example:
       >>> import jax
@@ -118,6 +292,12 @@ class Recommender:
       ((4, 4), ['user', 'rank', 'item', 'score'])
       >>> top["rank"].tolist(), set(top.loc[top["user"] == 1, "item"])  # items 10 and 11 are seen
       ([1, 2, 1, 2], {12, 13})
+      >>> new = pd.DataFrame({"user": ["ann", "ann"], "item": [10, 12], "rating": [4.0, 2.0]})  # a new user
+      >>> rec = Recommender(learner, state, encoder, items["item"], titles={10: "Up", 11: "Heat", 12: "Ran"},
+      ...                   rating_scale=(1, 5))
+      >>> shown = rec.recommend(new, k=2, user_features=pd.DataFrame({"user": ["ann"], "gender": ["F"]}))
+      >>> list(shown.columns), sorted(shown["title"].fillna("-"))  # items 11 and 13; 13 has no title
+      (['user', 'rank', 'item', 'score', 'title'], ['-', 'Heat'])
     """
 
     learner: MetaLearner = dataclasses.field(repr=False)
@@ -127,6 +307,10 @@ class Recommender:
     batch_size: int = dataclasses.field(default=64, kw_only=True)
     candidate_chunk: int = dataclasses.field(default=1024, kw_only=True)
     item_key: str | None = dataclasses.field(default=None, kw_only=True)
+    titles: Mapping[Any, str] | pd.Series | None = dataclasses.field(default=None, kw_only=True, repr=False)
+    popularity: Mapping[Any, float] | pd.Series | Sequence[float] | np.ndarray | None = dataclasses.field(
+        default=None, kw_only=True, repr=False)
+    rating_scale: RatingScale | tuple[float, float] | None = dataclasses.field(default=None, kw_only=True)
 
     def __post_init__(self):
         if not isinstance(self.encoder, FeatureEncoder):
@@ -143,17 +327,30 @@ class Recommender:
                     f"item_key={self.item_key!r} adds raw item ids as int64, but the items have dtype "
                     f"{np.asarray(self.items).dtype}: pass integer item ids, or item_key=None."
                 )
+        if self.titles is not None:
+            object.__setattr__(self, "titles", _by_item(self.titles, "titles", self.items))
+        if self.popularity is not None:
+            object.__setattr__(self, "popularity", _counts(self.popularity, self.items))
+        object.__setattr__(self, "rating_scale", as_scale(self.rating_scale))
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, *, checkpoint: str = "best", batch_size: int = 64) -> Recommender:
+    def load(cls, run_dir: str | os.PathLike, *, checkpoint: str | int = "best", batch_size: int = 64,
+             data_dir: str | os.PathLike | None = None) -> Recommender:
         """The model of a ``jaxmeta train --out`` run, ready to serve.
+
+        Besides the model and its encoder, the recommender gets the run's rating
+        scale (when its dataset records one), each item's number of training
+        ratings as :attr:`popularity`, and for MovieLens runs the movie titles
+        of the data folder (none when the folder has no movie file).
 
         Args:
           run_dir: the run folder.
           checkpoint: ``"best"`` (validation MAE), ``"latest"`` or a step.
           batch_size: users per compiled call.
+          data_dir: the folder holding the run's data, in place of the one its
+            config names (e.g. the run was trained on another machine).
 
         Raises:
           ValueError: the run was trained on the synthetic data, whose users and
@@ -161,37 +358,92 @@ class Recommender:
           jaxmeta.checkpoint.CheckpointError: not a run folder, or its
             checkpoint does not fit the data.
         """
-        from jaxmeta.job import restore_run  # the job layer builds on the whole library: import it when needed
+        from jaxmeta.job import (
+            restore_run,  # the job layer builds on the whole library: import it when needed
+        )
 
-        config, data, _, learner, state, _ = restore_run(run_dir, which=checkpoint)
+        restored = restore_run(run_dir, which=checkpoint, data_dir=data_dir)
+        config, data = restored.config, restored.data
         if data.encoder is None:
             raise ValueError(f"{run_dir}: a run on the {config.data} data has no user and item feature tables to "
                              "encode new ratings; serve a run trained with --data ml-100k, ml-1m or table.")
         item_key = ITEM_KEY if config.model_name() == "mf" else None  # biased MF reads the raw item ids
-        return cls(learner, state, data.encoder, data.encoder.ids("item"), batch_size=batch_size, item_key=item_key)
+        popularity = None if data.warm_ratings is None else data.warm_ratings["item"].value_counts()
+        titles = _movie_titles(data.name, config.data_dir if data_dir is None else data_dir)
+        return cls(restored.learner, restored.state, data.encoder, data.encoder.ids("item"), batch_size=batch_size,
+                   item_key=item_key, titles=titles, popularity=popularity, rating_scale=data.rating_scale)
 
     @staticmethod
     def read_ratings(path: str | os.PathLike) -> pd.DataFrame:
-        """A CSV file of ``user,item,rating`` rows (a header line naming them), for :meth:`recommend`."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such ratings file; pass a CSV with columns user,item,rating.")
-        table = pd.read_csv(path)
+        """A CSV file of ``user,item,rating`` rows (a header line naming them), for :meth:`recommend`.
+
+        Returns:
+          The table, indexed by each row's line in the file (index name
+          :data:`LINE`; the header is line 1) and with the file in
+          ``attrs["path"]``, so that :meth:`score` names the file and line of a
+          bad rating.
+
+        Raises:
+          FileNotFoundError: no such file, or a folder.
+          ValueError: the file is unreadable, empty, not a CSV, has no rows, or
+            its header lacks a column.
+        """
+        table = _read_csv(path, "ratings", _RATINGS_HINT)
         missing = [c for c in RATINGS_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; the header must name user, item and rating "
-                             f"(it names {list(table.columns)}).")
+                             f"(it names {_shown(np.array(table.columns, dtype=object), 8)}).")
+        return table
+
+    @staticmethod
+    def read_user_features(path: str | os.PathLike) -> pd.DataFrame:
+        """A CSV file of user features, for ``user_features=`` of :meth:`score` and :meth:`recommend`.
+
+        The header names ``user`` and any of the model's user fields (e.g. for
+        ML-100K ``gender``, ``age``, ``occupation``, ``zip``); an empty cell is
+        an unknown value. User ids are read as :meth:`read_ratings` reads them
+        (numbers when every id is one), so the two files' ids match; the
+        features are read as text, matched to the vocabularies by
+        :meth:`score` (a zip code keeps its leading zeros).
+
+        Returns:
+          The table, indexed and with ``attrs`` as :meth:`read_ratings`'s.
+
+        Raises:
+          FileNotFoundError, ValueError: as :meth:`read_ratings`, or the header
+            lacks the ``user`` column.
+        """
+        table = _read_csv(path, "user features", _FEATURES_HINT, dtype=str, keep_default_na=False, na_values=[""])
+        if "user" not in table.columns:
+            raise ValueError(f"{path}: no user column; the header must name user and user fields "
+                             f"(it names {_shown(np.array(table.columns, dtype=object), 8)}).")
+        ids = _read_csv(path, "user features", _FEATURES_HINT, usecols=["user"])["user"]  # inferred as ratings' are
+        table["user"] = ids.to_numpy()
         return table
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, ratings: pd.DataFrame, items: Sequence[Any] | np.ndarray | None = None) -> pd.DataFrame:
+    def score(
+        self,
+        ratings: pd.DataFrame,
+        items: Sequence[Any] | np.ndarray | None = None,
+        *,
+        user_features: pd.DataFrame | None = None,
+    ) -> pd.DataFrame:
         """Every user's adapted score of every candidate item.
 
         Args:
           ratings: columns ``user``, ``item``, ``rating``; each user's rows are
-            that user's support set (all of them are used, in this order).
+            that user's support set (all of them are used, in this order). A
+            user absent from the encoder's user table is a new user.
           items: the candidate item ids (distinct); default :attr:`items`.
+          user_features: column ``user`` and any of the encoder's user fields
+            (:meth:`FeatureEncoder.table_columns`), one row per user: a row
+            replaces the encoder's row of that user for this call; a field it
+            lacks, or an empty value, is unknown (module docstring). Values are
+            matched to the vocabularies by their text ("4" is the known 4); an
+            unknown one encodes as OOV. Rows of users not in ``ratings`` are
+            not read. :meth:`read_user_features` reads such a table from a file.
 
         Returns:
           Columns ``user``, ``item``, ``score`` (float64 of the model's float32
@@ -200,10 +452,12 @@ class Recommender:
 
         Raises:
           ValueError: a column is missing, ``ratings`` is empty, an id is
-            missing, a rating is not a finite number, a user or item has no row
-            in the encoder's tables, or a score is not finite.
+            missing, a rating is not a finite number or is outside
+            :attr:`rating_scale`, an item has no row in the encoder's item
+            table, ``user_features`` names a column that is not a user field or
+            has no row of a rating user, or a score is not finite.
         """
-        users, candidates, scores, _ = self._score(ratings, items, "items")
+        users, candidates, scores, _ = self._score(ratings, items, "items", user_features)
         return pd.DataFrame({
             "user": np.repeat(users, len(candidates)),
             "item": np.tile(candidates, len(users)),
@@ -217,28 +471,36 @@ class Recommender:
         *,
         exclude_seen: bool = True,
         candidates: Sequence[Any] | np.ndarray | None = None,
+        user_features: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """The ``k`` best-scored candidate items of every user.
+
+        Items described by the same features get the same score (e.g. ML-100K
+        movies are described by their genres only); ties are broken by
+        :attr:`popularity` (most popular first; :meth:`load` counts each item's
+        training ratings), then by ascending item id.
 
         Args:
           ratings: as in :meth:`score`.
           k: items per user; a user with fewer eligible candidates gets fewer.
           exclude_seen: never recommend an item the user has rated in ``ratings``.
           candidates: the item ids to choose from (distinct); default :attr:`items`.
+          user_features: as in :meth:`score`.
 
         Returns:
-          Columns ``user``, ``rank`` (1..k), ``item``, ``score``: users in order of
-          first appearance in ``ratings``, each user's items by descending score,
-          equal scores by ascending item id.
+          Columns ``user``, ``rank`` (1..k), ``item``, ``score``, and ``title``
+          when :attr:`titles` is given: users in order of first appearance in
+          ``ratings``, each user's items by descending score, equal scores by
+          descending popularity, then ascending item id.
 
         Raises:
           ValueError: as :meth:`score`, or ``k`` is not a whole number >= 1.
         """
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"k={k!r}: pass the number of items to recommend per user, a whole number >= 1.")
-        users, cands, scores, frame = self._score(ratings, candidates, "candidates")
-        by_id = np.argsort(cands, kind="stable")  # columns in item-id order: a stable sort then breaks ties by id
-        cands, scores = cands[by_id], scores[:, by_id]
+        users, cands, scores, frame = self._score(ratings, candidates, "candidates", user_features)
+        order = self._tie_order(cands)  # columns in tie-break order: a stable sort by score keeps it among equals
+        cands, scores = cands[order], scores[:, order]
         seen = np.zeros(scores.shape, dtype=bool)
         if exclude_seen:
             user_rows = pd.Index(users).get_indexer(frame["user"])
@@ -250,19 +512,31 @@ class Recommender:
         rows = np.arange(len(users))[:, None]
         keep = ~seen[rows, top]
         rank = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
-        return pd.DataFrame({
+        out = pd.DataFrame({
             "user": np.repeat(users, keep.sum(axis=1)),
             "rank": rank[keep],
             "item": cands[top][keep],
             "score": scores[rows, top][keep].astype(np.float64),
         })
+        if self.titles is not None:
+            out["title"] = self.titles.reindex(pd.Index(out["item"].to_numpy(), dtype=object)).to_numpy()
+        return out
 
     # ------------------------------------------------------------------ internals
 
-    def _inputs(self, users: np.ndarray, items: np.ndarray, what: str) -> dict[str, np.ndarray]:
+    def _tie_order(self, candidates: np.ndarray) -> np.ndarray:
+        """The candidates' positions by descending popularity, then ascending id."""
+        by_id = np.argsort(candidates, kind="stable")
+        if self.popularity is None:
+            return by_id
+        counts = self.popularity.reindex(pd.Index(candidates[by_id], dtype=object)).fillna(0.0).to_numpy(np.float64)
+        return by_id[np.argsort(-counts, kind="stable")]
+
+    def _inputs(self, encoder: FeatureEncoder, users: np.ndarray, items: np.ndarray,
+                what: str) -> dict[str, np.ndarray]:
         """The encoded inputs of the (user, item) pairs, with the raw item ids under ``item_key``."""
         try:
-            x = self.encoder.encode_ids(users, items)
+            x = encoder.encode_ids(users, items)
         except ValueError as err:
             raise ValueError(f"{what}: {err} Then pass the new encoder to the Recommender.") from None
         if self.item_key is not None:
@@ -283,38 +557,101 @@ class Recommender:
                 "ratings has no rows: every user to score needs at least one rating to adapt on; pass each "
                 "user's ratings."
             )
+        source = _source(ratings)
         for column in ("user", "item"):
-            if ratings[column].isna().any():
+            missing = ratings[column].isna().to_numpy()
+            if missing.any():
                 raise ValueError(
-                    f"ratings has {int(ratings[column].isna().sum())} row(s) without {_ARTICLE[column]} {column} "
-                    "id: every rating needs a user and an item; drop those rows."
+                    f"{source} has {int(missing.sum())} row(s) without {_ARTICLE[column]} {column} id, e.g. "
+                    f"{_at(ratings, int(np.flatnonzero(missing)[0]))}: every rating needs a user and an item; "
+                    "drop those rows."
                 )
+
         values = pd.to_numeric(ratings["rating"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = ~np.isfinite(values)
+        bad = ~finite32(values)  # ratings are adapted on in float32: 1e300 is inf there
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"ratings has {int(bad.sum())} rating(s) that are not finite numbers, e.g. "
-                f"{ratings['rating'].iloc[first]!r} (user {ratings['user'].iloc[first]!r}, item "
-                f"{ratings['item'].iloc[first]!r}): drop or fix those rows."
-            )
+            beyond = " in float32" if np.isfinite(values[first]) else ""
+            raise ValueError(_bad_ratings(ratings, bad, f"{_one(ratings['rating'].iloc[first])} is not a finite "
+                                          f"number{beyond}", "drop or fix those rows"))
+        if self.rating_scale is not None:
+            low, high = self.rating_scale
+            bad = (values < low) | (values > high)
+            if bad.any():
+                value = float(values[np.flatnonzero(bad)[0]])
+                raise ValueError(_bad_ratings(ratings, bad, f"{value!r} is outside the run's rating scale "
+                                              f"[{low:.7g}, {high:.7g}]", "pass ratings on that scale"))
         return ratings.reset_index(drop=True), values.astype(np.float32)
 
-    def _score(self, ratings: pd.DataFrame, items: Any, name: str):
+    def _encoder_for(self, users: np.ndarray, user_features: pd.DataFrame | None) -> FeatureEncoder:
+        """The encoder of one call: the rows of ``user_features`` and of the new users (every feature unknown)
+        added to a copy of :attr:`encoder`'s user table; :attr:`encoder` itself when there are none."""
+        key, *named = self.encoder.table_columns("user")
+        fields = [f for f in named if f != key]  # an id column that is also a field encodes the id
+        if user_features is not None:
+            columns(user_features, ["user"], "user_features", "Pass one row per user with a user column and any of "
+                    f"the user fields {fields}.")
+            unknown = [c for c in user_features.columns if c != "user" and c not in fields]
+            if unknown:
+                raise ValueError(f"user_features has the column(s) {unknown}, which are not user fields of this "
+                                 f"model; its user fields are {fields}: drop or rename those columns.")
+        if not named:  # the model reads no user feature: any user id encodes alike
+            return self.encoder
+        given = None if user_features is None else self._given_rows(user_features, users, fields)
+        known = pd.Index(self.encoder.ids("user"), dtype=object)
+        new = users[known.get_indexer(pd.Index(users, dtype=object)) < 0]
+        if given is not None:
+            new = new[~pd.Index(new, dtype=object).isin(given[key])]
+        _check_id_types(new, known)
+        if given is None and len(new) == 0:
+            return self.encoder
+        unknown_rows = pd.DataFrame({key: pd.Series(new, dtype=object), **{f: [None] * len(new) for f in fields}})
+        rows = unknown_rows if given is None else pd.concat([given, unknown_rows], ignore_index=True)
+        return self.encoder.with_rows(users=rows)
+
+    def _given_rows(self, table: pd.DataFrame, users: np.ndarray, fields: list[str]) -> pd.DataFrame:
+        """``user_features``' rows of the rating ``users``, every field filled (None: unknown) and read as the
+        encoder's vocabularies write them, keyed by the encoder's user id column."""
+        source = _source(table, "user_features")
+        ids = table["user"]
+        if ids.isna().any():
+            raise ValueError(f"{source} has {int(ids.isna().sum())} row(s) without a user id, e.g. "
+                             f"{_at(table, int(np.flatnonzero(ids.isna().to_numpy())[0]))}: drop those rows.")
+        repeated = ids[ids.duplicated()]
+        if len(repeated):
+            raise ValueError(f"{source} repeats the user id(s) {_shown(repeated.unique())}: pass one row per user.")
+        mine = table[pd.Index(ids, dtype=object).isin(pd.Index(users, dtype=object))]
+        if len(mine) == 0:
+            raise ValueError(
+                f"{source} has no row of a user of the ratings (it has {_shown(ids.unique())}; the ratings have "
+                f"{_shown(users)}): pass the features of the rating users, their ids written alike."
+            )
+        kinds = {f.name: f.kind for f in self.encoder.spec}
+        vocabularies = self.encoder.vocabularies
+        key = self.encoder.table_columns("user")[0]
+        out = pd.DataFrame({key: mine["user"].to_numpy(dtype=object)})
+        for name in fields:
+            values = (_user_values(mine, name, kinds[name], vocabularies.get(name)) if name in mine.columns
+                      else [None] * len(mine))
+            out[name] = pd.Series(values, dtype=object)
+        return out
+
+    def _score(self, ratings: pd.DataFrame, items: Any, name: str, user_features: pd.DataFrame | None):
         """``(users, candidates, scores [users, candidates] float32, ratings)``."""
         frame, y = self._check_ratings(ratings)
         candidates = self.items if items is None else _item_ids(items, name)
         codes, uniques = pd.factorize(frame["user"])
         users = np.asarray(uniques, dtype=object) if uniques.dtype == object else uniques.to_numpy()
+        encoder = self._encoder_for(users, user_features)  # built per call: the held encoder never grows
         order = np.argsort(codes, kind="stable")  # grouped by user, each user's rows in the given order
-        x = self._inputs(frame["user"].to_numpy()[order], frame["item"].to_numpy()[order], "ratings")
+        x = self._inputs(encoder, frame["user"].to_numpy()[order], frame["item"].to_numpy()[order], "ratings")
         y = y[order]
         counts = np.bincount(codes, minlength=len(users))
         ends = np.cumsum(counts)
         support_x = [{f: a[e - n : e] for f, a in x.items()} for n, e in zip(counts, ends)]
         support_y = [y[e - n : e] for n, e in zip(counts, ends)]
         # every candidate must be encodable; checked once here with a user known to be encodable
-        self._inputs(np.repeat(users[:1], len(candidates)), candidates, name if items is not None else "items")
+        self._inputs(encoder, np.repeat(users[:1], len(candidates)), candidates, name if items is not None else "items")
 
         scores = np.empty((len(users), len(candidates)), dtype=np.float32)
         sizes = np.array([_padded(int(n), MIN_SUPPORT) for n in counts])
@@ -335,7 +672,7 @@ class Recommender:
                     chunk = candidates[c : c + self.candidate_chunk]
                     width = _padded(len(chunk), min(MIN_QUERY, self.candidate_chunk), self.candidate_chunk)
                     users_x = np.repeat(users[members], len(chunk))
-                    qx = self._inputs(users_x, np.tile(chunk, len(members)), name)
+                    qx = self._inputs(encoder, users_x, np.tile(chunk, len(members)), name)
                     # [slots, width, ...]: each user's candidates, padded (the padding rows' scores are dropped)
                     x = {f: _rows(a.reshape(len(members), len(chunk), *a.shape[1:]), slots, width)
                          for f, a in qx.items()}
@@ -345,6 +682,40 @@ class Recommender:
         if bad.any():
             raise ValueError(
                 f"the model's scores are not finite for {int(bad.sum())} user(s), e.g. {_shown(users[bad])}: "
-                "the trained state is broken (training diverged); retrain with lower learning rates."
+                "the trained state is broken (training diverged), or their ratings are far off the training scale; "
+                "retrain with lower learning rates, or pass ratings on the scale trained on."
             )
         return users, candidates, scores, frame
+
+
+def _check_id_types(new: np.ndarray, known: pd.Index) -> None:
+    """Refuses a new user id that is a known one written as another type (the text "3" beside the number 3):
+    ids read differently, not a new user."""
+    if not len(new) or not len(known):
+        return
+    texts: dict[str, Any] = {}
+    for k in known:
+        texts.setdefault(str(k), k)
+    for u in new:
+        if str(u) in texts:
+            held = texts[str(u)]
+            raise ValueError(
+                f"ratings: user {_one(u)} ({type(u).__name__}) is not in the encoder's user table, but "
+                f"{_one(held)} ({type(held).__name__}) is: read the ids alike (e.g. both as numbers), or give a "
+                "new user an id of its own."
+            )
+
+
+def _movie_titles(source: str, data_dir: str | os.PathLike) -> pd.Series | None:
+    """item id -> title of a MovieLens source's movies; None for other sources or without the movie file."""
+    from jaxmeta.data import movielens
+    from jaxmeta.data.datasets import _folder  # where the dataset itself was read from
+
+    loaders = {"ml-100k": movielens.load_ml100k_items, "ml-1m": movielens.load_ml1m_items}
+    if source not in loaders:
+        return None
+    try:
+        movies = loaders[source](_folder(data_dir, source))
+    except FileNotFoundError:  # ML-1M trains on MeLU's files: movies.dat may be absent, and titles are optional
+        return None
+    return pd.Series(movies["title"].to_numpy(dtype=object), index=pd.Index(movies["item"]))

@@ -269,8 +269,9 @@ class StopOnNaN:
     the last checkpoint of ``checkpoints`` (nothing corrupt is ever saved).
     """
 
-    def __init__(self, every: int = 50, *, checkpoints: Checkpoints | None = None, desc: str = "train"):
-        self.every, self.checkpoints, self.desc = every, checkpoints, desc
+    def __init__(self, every: int = 50, *, checkpoints: Checkpoints | None = None, desc: str = "train",
+                 hint: str = "Try a lower --inner-lr or --outer-lr."):
+        self.every, self.checkpoints, self.desc, self.hint = every, checkpoints, desc, hint
 
     def __call__(self, tick: Tick) -> None:
         if not (_due(tick, self.every) or tick.interrupted):
@@ -282,7 +283,7 @@ class StopOnNaN:
         good = ("no checkpoint yet" if last is None
                 else f"last good checkpoint: step {last} in {self.checkpoints.directory}")
         raise FloatingPointError(f"{self.desc}: the loss is {loss} at step {tick.step}; stopped ({good}). "
-                                 "Try a lower --inner-lr or --outer-lr.")
+                                 + self.hint)
 
 
 class MetricsLog:
@@ -304,6 +305,29 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         return record
+
+    def trim(self, step: int) -> int:
+        """Drops the records past ``step`` (and a half-written last line): a run resumed from the
+        checkpoint of ``step`` writes them again. Returns how many records were dropped."""
+        if not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                keep = int(record["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text("".join(line + "\n" for line in kept))
+            os.replace(temporary, self.path)  # atomic: a kill now leaves the old log or the new one
+            self._start, self._offset = time.perf_counter(), self.last_wall_time(self.path)
+        return dropped
 
     @staticmethod
     def last_wall_time(path: str | os.PathLike) -> float:

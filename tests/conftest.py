@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmeta import algorithms
+from jaxmeta import algorithms, cli
 from jaxmeta.models import Model, Stage
 from jaxmeta.tasks import RaggedTasks, pad_tasks
 
@@ -123,3 +126,43 @@ def tasks():
 @pytest.fixture
 def batch(tasks):
     return pad_tasks(tasks)
+
+
+# ----------------------------------------------------------------------------- the jaxmeta command
+
+RUN_SETTINGS = ("--steps", "4", "--eval-every", "2", "--checkpoint-every", "2", "--batch-size", "8",
+                "--num-buckets", "1", "--quiet")
+
+
+class Ran(NamedTuple):
+    """What one ``jaxmeta`` command gave."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def jaxmeta(*args, cwd: Path | None = None) -> Ran:
+    """``jaxmeta ARGS`` in this process: exit status, stdout, stderr."""
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main([str(a) for a in args])
+            except SystemExit as exit:
+                code = exit.code
+    finally:
+        os.chdir(here)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A 4-step ``jaxmeta train`` run on the built-in data, validated and saved at steps 2 and 4 (read-only:
+    tests that change it copy it first)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    done = jaxmeta("train", "--out", run, *RUN_SETTINGS)
+    assert done.returncode == 0, done.stderr
+    return run

@@ -38,6 +38,7 @@ def test_the_console_script_is_installed_and_exits_with_mains_status():
     assert "jaxmeta train: error: steps=0" in out.stderr and out.stdout == ""
 
 
+@pytest.mark.slow  # the default suite checks the --json line in tests/test_run_folders.py
 def test_train_prints_table_and_json_last_line(capsys):
     assert jaxmeta("train", "--algo", "fomaml", "--steps", "40", "--quiet", "--json") == 0
     out = capsys.readouterr().out
@@ -104,7 +105,9 @@ def test_bad_flags_fail_with_a_message(capsys, args, message):
 
 
 @pytest.mark.parametrize(
-    "script, expected", [("quickstart.py", "500 new users: query MSE"), ("flax_nnx.py", "NNX model, 500 new users")]
+    "script, expected",
+    [("quickstart.py", "500 new users: query MSE"),
+     pytest.param("flax_nnx.py", "NNX model, 500 new users", marks=pytest.mark.slow)],
 )
 def test_examples_run(monkeypatch, capsys, script, expected):
     path = ROOT / "examples" / script

@@ -3,9 +3,7 @@ the metrics log, config files and the one-line errors of the commands."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -15,15 +13,13 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_tasks, tiny_model
+from conftest import jaxmeta, random_tasks, tiny_model
 
-from jaxmeta import cli
 from jaxmeta.checkpoint import CheckpointError, Checkpoints
 from jaxmeta.job import TrainConfig, load_config, make_learner, make_model, restore_run
 from jaxmeta.tasks import pad_tasks
@@ -231,28 +227,6 @@ def test_config_files_toml_and_yaml(tmp_path):
         load_config(tmp_path / "e.toml")
 
 
-class Ran(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def jaxmeta(*args, cwd=None) -> Ran:
-    """``jaxmeta ARGS`` run in this process (``cli.main``): its exit status and output."""
-    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.main([str(a) for a in args])
-            except SystemExit as exit:  # argparse's usage errors
-                code = exit.code
-    finally:
-        os.chdir(here)
-    return Ran(code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
     """One 20-step run on the built-in data (from a config file and a flag), shared by the module's tests."""
@@ -264,6 +238,7 @@ def synthetic_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # tests/test_run_folders.py covers resume, eval and plot in the default suite
 def test_train_resume_eval_and_plot_commands(synthetic_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(synthetic_run / "run", run)
@@ -291,6 +266,7 @@ def test_train_resume_eval_and_plot_commands(synthetic_run, tmp_path):
                                                                   "scenarios.png"]
 
 
+@pytest.mark.slow  # tests/test_cli.py runs the console script in the default suite
 def test_the_console_script_runs_in_its_own_process(synthetic_run):
     exe = Path(sys.executable).with_name("jaxmeta")
     out = subprocess.run([str(exe), "eval", "--run", str(synthetic_run / "nowhere")], capture_output=True, text=True,
@@ -328,7 +304,7 @@ def test_recommend_and_describe_on_movielens_100k(tmp_path):
     shown = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"), "-k", "3")
     assert shown.returncode == 0, shown.stderr
     rows = shown.stdout.strip().splitlines()
-    assert rows[0].split() == ["user", "rank", "item", "score"] and len(rows) == 4
+    assert rows[0].split() == ["user", "rank", "item", "score", "title"] and len(rows) == 4
     assert not {"1", "50", "100", "181"} & {r.split()[2] for r in rows[1:]}  # rated items are not recommended
     (tmp_path / "bad.csv").write_text("who,what\n1,2\n")
     bad = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "bad.csv"))
@@ -336,13 +312,29 @@ def test_recommend_and_describe_on_movielens_100k(tmp_path):
     described = jaxmeta("data", "describe", str(folder))
     assert described.returncode == 0 and "943" in described.stdout and "users kept" in described.stdout
 
+    # A new user, unknown to the run, with five ratings: ten titled movies, with and without features
+    from jaxmeta.data.movielens import load_ml100k_items
 
-def test_recommend_on_a_synthetic_run_says_what_to_do(synthetic_run, tmp_path):
-    (tmp_path / "me.csv").write_text("user,item,rating\n1,1,5\n")
-    out = jaxmeta("recommend", "--run", synthetic_run / "run", "--ratings", tmp_path / "me.csv")
-    assert out.returncode == 2 and "--data ml-100k" in out.stderr
+    titles = dict(zip(*load_ml100k_items(folder)[["item", "title"]].to_numpy().T))
+    (tmp_path / "new.csv").write_text("user,item,rating\nnewcomer,1,5\nnewcomer,50,5\nnewcomer,100,4\n"
+                                      "newcomer,181,1\nnewcomer,258,2\n")
+    (tmp_path / "features.csv").write_text("user,gender,age,occupation,zip\nnewcomer,F,31,writer,02139\n")
+    shown = {}
+    for name, extra in [("plain", []), ("flags", ["--gender", "F", "--age", "31", "--occupation", "writer"]),
+                        ("file", ["--user-features", str(tmp_path / "features.csv")])]:
+        out = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "new.csv"), *extra)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert lines[0].split()[:5] == ["user", "rank", "item", "score", "title"] and len(lines) == 11
+        items = [int(line.split()[2]) for line in lines[1:]]
+        assert all(line.split()[0] == "newcomer" for line in lines[1:])
+        assert all(titles[i] in line for i, line in zip(items, lines[1:]))  # each row shows its movie's title
+        assert not {1, 50, 100, 181, 258} & set(items)
+        shown[name] = out.stdout
+    assert shown["flags"] != shown["plain"] and shown["file"] != shown["plain"]  # the features count
 
 
+@pytest.mark.slow  # tests/test_bad_input.py trains, evaluates and serves a table run in the default suite
 def test_train_and_eval_on_any_ratings_table(tmp_path):
     rng = np.random.default_rng(0)
     rows = [(u, int(i), int(rng.integers(1, 6)), 1000 * u + int(i))
@@ -362,6 +354,7 @@ def test_train_and_eval_on_any_ratings_table(tmp_path):
     assert missing.returncode == 2 and "--data table --path FILE" in missing.stderr
 
 
+@pytest.mark.slow  # biased MF through the command line; tests/test_recsys_models.py checks MF in the default suite
 def test_model_flag_trains_serves_and_guards_resume(tmp_path):
     rng = np.random.default_rng(1)
     rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(200) for i in rng.choice(80, size=int(rng.integers(14, 30)),
@@ -384,8 +377,7 @@ def test_model_flag_trains_serves_and_guards_resume(tmp_path):
     assert shown.returncode == 0, shown.stderr
     items = [r.split()[2] for r in shown.stdout.strip().splitlines()[1:]]
     assert len(items) == 5 and not {"3", "4", "7"} & set(items)
-    other = jaxmeta("train", "--data", "table", "--path", str(path), "--steps", "6", "--out", str(run), "--resume",
-                    "--quiet")
+    other = jaxmeta("train", "--model", "melu", "--steps", "6", "--out", str(run), "--resume", "--quiet")
     assert other.returncode == 2 and "--resume with model='melu', but the run was made with model='mf'" in other.stderr
     resumed = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "mf", "--embed-dim", "4",
                       "--steps", "6", "--eval-every", "2", "--num-buckets", "1", "--out", str(run), "--resume",
@@ -398,6 +390,7 @@ def test_an_unknown_scenario_names_the_ones_there(tmp_path):
     assert out.returncode == 2 and "['user_cold']" in out.stderr and "scenario='item_cold'" in out.stderr
 
 
+@pytest.mark.slow  # tests/test_kernels.py checks the kernel against XLA in the default suite
 @pytest.mark.parametrize("algo", ["fomaml", "reptile"])
 def test_the_kernel_backend_trains_like_xla(algo):
     from jaxmeta.data import datasets

@@ -35,6 +35,7 @@ def run_here(script: str, *args: str, monkeypatch, capsys) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow  # an example run; tests/test_cli.py runs the quickstart example in the default suite
 def test_custom_algorithm_trains_and_with_reg_0_is_fomaml(monkeypatch, capsys):
     out = run_here("custom_algorithm.py", "--steps", "5", "--reg", "0", monkeypatch=monkeypatch, capsys=capsys)
     results = {}

@@ -298,3 +298,42 @@ def test_real_melu_vocabularies_are_melus_lists():
     x = enc.encode([(1, 1)])  # user 1 (F, under 18, K-12 student), Toy Story
     assert enc.vocabularies["actors"].decode(x["actors"][0]) == ["Tom Hanks", "Tim Allen", "Don Rickles", "Jim Varney"]
     assert enc.vocabularies["rate"].decode(x["rate"]) == ["G"]
+
+
+def test_with_rows_adds_and_replaces_rows_keeping_vocabularies(tables):
+    users, items = tables
+    enc = fit(users, items)
+    new = pd.DataFrame({"user": [11, "new"], "gender": ["F", None], "zip": ["T8H1N", None], "age": [50.0, np.nan]})
+    more = enc.with_rows(users=new)
+    assert more.vocabularies == enc.vocabularies and more.spec == enc.spec
+    assert sorted(map(str, more.ids("user"))) == ["10", "11", "12", "13", "new"]
+    # the same rows as a with_tables of the whole table, each field and dtype
+    whole = enc.with_tables(users=pd.concat([users[users["user"] != 11], new], ignore_index=True))
+    pairs = [(u, i) for u in [10, 11, 12, 13, "new"] for i in ["a", "c"]]
+    got, expected = more.encode(pairs), whole.encode(pairs)
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype
+        np.testing.assert_array_equal(got[name], expected[name])
+    x = more.encode([(11, "a"), ("new", "a")])
+    assert x["gender"].tolist() == [1, 0] and x["zip"].tolist() == [3, 0] and x["age"][1] == 0.0  # mean
+    with pytest.raises(ValueError, match=r"e\.g\. 'new'"):  # the encoder itself is unchanged
+        enc.encode([("new", "a")])
+    assert enc.with_rows() is not enc and enc.with_rows().encode([(11, "a")])["gender"].tolist() == [2]
+    assert enc.with_rows(items=items.iloc[:1].assign(rate="PG")).encode([(10, "a")])["rate"].tolist() == [1]
+
+
+def test_with_rows_on_an_encoder_without_tables_makes_them(tables):
+    users, items = tables
+    bare = FeatureEncoder.from_dict(fit(users, items).to_dict())
+    x = bare.with_rows(users=users, items=items).encode([(10, "a")])
+    np.testing.assert_array_equal(x["zip"], fit(users, items).encode([(10, "a")])["zip"])
+    with pytest.raises(ValueError, match=r"the user table lacks the column\(s\) \['zip', 'age'\]"):
+        bare.with_rows(users=users[["user", "gender"]])
+
+
+def test_table_columns(tables):
+    enc = fit(*tables)
+    assert enc.table_columns("user") == ("user", "gender", "zip", "age")
+    assert enc.table_columns("item") == ("item", "rate", "genres", "actors", "year")
+    with pytest.raises(ValueError, match="table='users': pass 'user' or 'item'"):
+        enc.table_columns("users")

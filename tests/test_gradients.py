@@ -203,7 +203,9 @@ def test_imaml_gradient_equals_closed_form_on_quadratic(curvature, slow_grad):
     np.testing.assert_allclose(grads["c"], np.mean(want_c), rtol=1e-7, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", sorted(learner_factories(optax.sgd(1.0))))
+# anil and maml_remat embed once as maml does: checked in the slow suite
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("anil", "maml_remat") else n
+                                  for n in sorted(learner_factories(optax.sgd(1.0)))])
 def test_embedding_once_per_task_changes_no_gradient(name):
     # A model that declares its embedding stage is embedded once per task, before the
     # inner loop; the step must equal the one that embeds at every inner step.

@@ -143,6 +143,7 @@ def test_inner_lr_flag_rejects_bad_values(value, message):
         _inner_rates([value])
 
 
+@pytest.mark.slow  # reads and splits the real ML-1M: pytest -m slow
 def test_real_ml1m_held_out_items_never_train_and_leave_the_rest_alone():
     """``movielens(valid_items=...)``: the held-out items leave the training users and the item
     vocabularies; the validation users and the test scenarios are those of a plain load."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
 import numpy as np
 import optax
@@ -206,10 +209,11 @@ def test_rejects_missing_ids(parts):
         recommender(parts).score(ratings)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, "four"])
-def test_rejects_non_finite_ratings(parts, bad):
+@pytest.mark.parametrize("bad, shown", [(np.nan, "nan"), (np.inf, "inf"), ("four", "'four'"),
+                                        (1e300, "1e\\+300 is not a finite number in float32")])
+def test_rejects_non_finite_ratings(parts, bad, shown):
     ratings = pd.DataFrame({"user": [1, 1], "item": [100, 101], "rating": [4.0, bad]}, dtype=object)
-    with pytest.raises(ValueError, match=r"1 rating\(s\) that are not finite numbers.*user 1, item 101"):
+    with pytest.raises(ValueError, match=rf"^ratings, row 1 \(user 1, item 101\): rating {shown}.*; drop or fix "):
         recommender(parts).score(ratings)
 
 
@@ -231,17 +235,6 @@ def test_rejects_repeated_or_empty_candidates(parts):
         recommender(parts).recommend(ratings_of({3: 2}), candidates=[100, 101, 100])
     with pytest.raises(ValueError, match="items is empty"):
         Recommender(*parts["maml"], ENCODER, [])
-
-
-def test_new_user_needs_their_features(parts):
-    ratings = pd.DataFrame({"user": [3, 42], "item": [100, 101], "rating": [4.0, 5.0]})
-    with pytest.raises(ValueError, match=r"1 user id\(s\) have no row in the encoder's user table, e\.g\. 42: "
-                                         r"pass their features with encoder\.with_tables\(users=\.\.\.\)"):
-        recommender(parts).score(ratings)
-    newcomer = pd.DataFrame({"user": [42], "gender": ["M"], "age": [33.0]})
-    learner, state = parts["maml"]
-    rec = Recommender(learner, state, ENCODER.with_tables(users=pd.concat([USERS, newcomer])), ITEMS)
-    assert set(rec.recommend(ratings, k=2)["user"]) == {3, 42}
 
 
 @pytest.mark.parametrize("k", [0, -1, 2.5, True])
@@ -266,3 +259,244 @@ def test_item_key_adds_the_raw_ids(parts):
     assert top["item"].tolist() == [119, 118, 117] and top["score"].tolist() == [119.0, 118.0, 117.0]
     with pytest.raises(ValueError, match="item_key='genres' is already an encoder field"):
         Recommender(learner, learner.init(jax.random.key(0)), ENCODER, ITEMS, item_key="genres")
+
+
+# ----------------------------------------------------------------------------- new users and their features
+
+
+def with_users(parts, rows: pd.DataFrame, name="maml") -> Recommender:
+    """The reference: a recommender whose encoder's user table holds ``rows`` in place of those users' rows."""
+    learner, state = parts[name]
+    table = pd.concat([USERS[~USERS["user"].isin(rows["user"])], rows], ignore_index=True)
+    return Recommender(learner, state, ENCODER.with_tables(users=table), ITEMS)
+
+
+def scores_of(out: pd.DataFrame, user) -> np.ndarray:
+    return out.loc[out["user"] == user, "score"].to_numpy()
+
+
+@pytest.mark.parametrize("new", ["newcomer", 42])
+def test_a_new_user_is_served_with_unknown_user_features(parts, new):
+    ratings = pd.DataFrame({"user": [3, 3, new, new, new], "item": [100, 101, 102, 103, 110],
+                            "rating": [4.0, 5.0, 1.0, 2.0, 5.0]})
+    rec = recommender(parts)
+    out = rec.score(ratings)
+    unknown = pd.DataFrame({"user": [new], "gender": [None], "age": [np.nan]})  # an all-unknown row, by hand
+    expected = with_users(parts, unknown).score(ratings)
+    np.testing.assert_array_equal(out["score"], expected["score"])
+    # unknown features are not some user's features: gender OOV, age the mean (0.0 standardised)
+    x = ENCODER.with_rows(users=unknown).encode_ids([new], [100])
+    assert x["gender"].tolist() == [0] and x["age"].tolist() == [0.0]
+    assert set(rec.recommend(ratings, k=2)["user"]) == {3, new}
+    assert len(rec.encoder.ids("user")) == len(USERS)  # the call's rows were never added to the held encoder
+
+
+def test_user_features_change_a_users_scores_as_a_row_of_the_table_would(parts):
+    ratings = pd.DataFrame({"user": [3, 3, 42, 42], "item": [100, 101, 102, 110], "rating": [4.0, 5.0, 1.0, 5.0]})
+    rec = recommender(parts, "no_adaptation")  # no adaptation: the features alone tell the users apart
+    plain = rec.score(ratings)
+    given = pd.DataFrame({"user": [42, 3, 999], "gender": ["M", "M", "F"], "age": [60.0, 40.0, 20.0]})
+    featured = rec.score(ratings, user_features=given)  # user 999 rates nothing here: its row is not read
+    for user in (3, 42):  # user 3's trained row (F, 22) is replaced, the new user 42 gets one
+        assert np.abs(scores_of(featured, user) - scores_of(plain, user)).max() > 1e-4
+    np.testing.assert_array_equal(featured["score"], with_users(parts, given.iloc[:2], "no_adaptation")
+                                  .score(ratings)["score"])
+    # a field left out, or an empty value, is unknown; values are matched by their text (as read from a file)
+    partly = rec.score(ratings, user_features=pd.DataFrame({"user": [42], "gender": ["M"]}))
+    expected = with_users(parts, pd.DataFrame({"user": [42], "gender": ["M"], "age": [np.nan]}), "no_adaptation")
+    np.testing.assert_array_equal(partly["score"], expected.score(ratings)["score"])
+    as_text = rec.score(ratings, user_features=pd.DataFrame({"user": [42, 3], "gender": [" M", "M"],
+                                                             "age": ["60", "40"]}))
+    np.testing.assert_array_equal(as_text["score"], featured["score"])
+
+
+def test_user_features_from_a_file(parts, tmp_path):
+    (tmp_path / "me.csv").write_text("user,item,rating\nme,100,5\n\nme,111,1\n")
+    (tmp_path / "users.csv").write_text("user,gender,age\nsomeone,F,\nme,M,045\n")
+    rec = recommender(parts, "no_adaptation")
+    features = rec.read_user_features(tmp_path / "users.csv")
+    assert features.loc[3, "age"] == "045" and pd.isna(features.loc[2, "age"])  # text, by file line; empty: unknown
+    out = rec.score(rec.read_ratings(tmp_path / "me.csv"), user_features=features)
+    expected = with_users(parts, pd.DataFrame({"user": ["me"], "gender": ["M"], "age": [45.0]}), "no_adaptation")
+    np.testing.assert_array_equal(out["score"], expected.score(pd.read_csv(tmp_path / "me.csv"))["score"])
+    (tmp_path / "ids.csv").write_text("user,gender\n7,F\n")
+    assert features["user"].tolist() == ["someone", "me"]
+    assert rec.read_user_features(tmp_path / "ids.csv")["user"].tolist() == [7]  # numbers, as read_ratings reads them
+
+
+def test_user_features_errors(parts):
+    ratings = pd.DataFrame({"user": [42, 42], "item": [100, 101], "rating": [4.0, 5.0]})
+    rec = recommender(parts)
+    with pytest.raises(ValueError, match=r"^user_features has the column\(s\) \['zip', 'job'\], which are not user "
+                                         r"fields of this model; its user fields are \['gender', 'age'\]"):
+        rec.score(ratings, user_features=pd.DataFrame({"user": [42], "zip": ["1"], "job": ["x"]}))
+    for bad in ("old", "inf"):
+        with pytest.raises(ValueError, match=rf"^user_features, row 1 \(user 42\): age '{bad}' is not a finite number; "
+                                             r"pass a number, or nothing for unknown"):
+            rec.score(ratings, user_features=pd.DataFrame({"user": [7, 42], "age": ["30", bad]}))
+    with pytest.raises(ValueError, match=r"user_features repeats the user id\(s\) 42: pass one row per user"):
+        rec.score(ratings, user_features=pd.DataFrame({"user": [42, 42], "gender": ["F", "M"]}))
+    with pytest.raises(ValueError, match=r"user_features has no row of a user of the ratings \(it has '42'; the "
+                                         r"ratings have 42\)"):
+        rec.score(ratings, user_features=pd.DataFrame({"user": ["42"], "gender": ["F"]}))
+    with pytest.raises(ValueError, match=r"user_features lacks the column\(s\) \['user'\]"):
+        rec.recommend(ratings, user_features=pd.DataFrame({"id": [42], "gender": ["F"]}))
+
+
+def test_a_known_user_id_written_as_text_is_not_a_new_user(parts):
+    ratings = pd.DataFrame({"user": ["3", "new"], "item": [100, 101], "rating": [4.0, 5.0]})
+    with pytest.raises(ValueError, match=r"^ratings: user '3' \(str\) is not in the encoder's user table, but 3 "
+                                         r"\(int\) is: read the ids alike"):
+        recommender(parts).score(ratings)
+
+
+def test_a_model_without_user_fields_serves_any_user_and_refuses_user_features(parts):
+    encoder = FeatureEncoder.fit(None, ITEM_TABLE, item_multi=["genres"], item_numeric=["year"])
+    learner = algorithms.no_adaptation(models.melu(encoder.spec, embed_dim=4, hidden=(8,)))
+    rec = Recommender(learner, learner.init(jax.random.key(0)), encoder, ITEMS)
+    ratings = pd.DataFrame({"user": ["a", 5], "item": [100, 101], "rating": [4.0, 5.0]}, dtype=object)
+    out = rec.score(ratings)
+    np.testing.assert_array_equal(scores_of(out, "a"), scores_of(out, 5))  # nothing tells them apart
+    with pytest.raises(ValueError, match=r"the column\(s\) \['gender'\], which are not user fields .* are \[\]"):
+        rec.score(ratings, user_features=pd.DataFrame({"user": ["a"], "gender": ["F"]}))
+
+
+# ----------------------------------------------------------------------------- titles, ties, the rating scale
+
+
+def test_recommend_adds_the_titles_when_known(parts):
+    learner, state = parts["maml"]
+    titles = {int(i): f"Movie {i}" for i in ITEMS[:-1]}  # the last item has no title
+    rec = Recommender(learner, state, ENCODER, ITEMS, titles=titles)
+    top = rec.recommend(ratings_of({3: 2, 7: 3}), k=len(ITEMS))
+    assert list(top.columns) == ["user", "rank", "item", "score", "title"]
+    named = top[top["item"] != ITEMS[-1]]
+    assert named["title"].tolist() == [f"Movie {i}" for i in named["item"]]
+    assert top.loc[top["item"] == ITEMS[-1], "title"].isna().all()
+    with pytest.raises(ValueError, match=r"titles repeats the item id\(s\) 100"):
+        Recommender(learner, state, ENCODER, ITEMS, titles=pd.Series(["a", "b"], index=[100, 100]))
+
+
+def test_ties_break_by_popularity_then_item_id(parts):
+    learner, state = parts["maml"]
+    ratings = ratings_of({3: 4, 7: 12})
+    popular_105 = {105: 10, 103: 2}  # items 103 and 105 have the same features, hence the same score
+    for popularity, order in ((popular_105, [105, 103]), ({103: 3, 105: 3}, [103, 105]), (None, [103, 105]),
+                              (np.where(ITEMS == 105, 1.0, 0.0), [105, 103])):  # an array: one count per item
+        rec = Recommender(learner, state, ENCODER, ITEMS, popularity=popularity)
+        top = rec.recommend(ratings, k=2, exclude_seen=False, candidates=[103, 105])
+        assert top["score"].iloc[0] == top["score"].iloc[1] and top["item"].tolist() == order * 2
+    # the whole ranking: score first, popularity only among equal scores, then the id
+    counts = {int(i): int(c) for i, c in zip(ITEMS, np.random.default_rng(5).integers(0, 4, len(ITEMS)))}
+    counts |= popular_105
+    rec = Recommender(learner, state, ENCODER, ITEMS, popularity=counts)
+    scores = rec.score(ratings).assign(popularity=lambda t: t["item"].map(counts))
+    top = rec.recommend(ratings, k=len(ITEMS), exclude_seen=False)
+    for user in (3, 7):
+        expected = scores[scores["user"] == user].sort_values(["score", "popularity", "item"],
+                                                               ascending=[False, False, True])
+        assert top.loc[top["user"] == user, "item"].tolist() == expected["item"].tolist()
+    with pytest.raises(ValueError, match=r"popularity of item 101 is nan: pass finite numbers"):
+        Recommender(learner, state, ENCODER, ITEMS, popularity={100: 1, 101: float("nan")})
+    with pytest.raises(ValueError, match=r"popularity has 2 values for 20 items"):
+        Recommender(learner, state, ENCODER, ITEMS, popularity=[1, 2])
+
+
+@pytest.mark.parametrize("bad", [1e6, -2.0, 0.0, 5.5])
+def test_ratings_outside_the_rating_scale_name_their_row(parts, bad):
+    learner, state = parts["maml"]
+    rec = Recommender(learner, state, ENCODER, ITEMS, rating_scale=(1, 5))
+    ratings = pd.DataFrame({"user": ["new"] * 4, "item": [100, 101, 110, 102], "rating": [1.0, 5.0, bad, 3.5]},
+                           index=[0, 1, 3, 4])
+    with pytest.raises(ValueError, match=rf"^ratings, row 3 \(user 'new', item 110\): rating {bad!r} is outside the "
+                                         r"run's rating scale \[1, 5\]; pass ratings on that scale\.$"):
+        rec.score(ratings)
+    assert len(rec.score(ratings.drop(index=3), items=ITEMS[:3])) == 3  # 1 and 5 are on the scale
+    assert len(recommender(parts).score(ratings, items=ITEMS[:3])) == 3  # no scale: any finite rating
+    with pytest.raises(ValueError, match=r"rating_scale=\(5, 1\): pass \(low, high\)"):
+        Recommender(learner, state, ENCODER, ITEMS, rating_scale=(5, 1))
+
+
+def test_a_bad_rating_read_from_a_file_names_the_file_and_line(parts, tmp_path):
+    learner, state = parts["maml"]
+    rec = Recommender(learner, state, ENCODER, ITEMS, rating_scale=(1, 5))
+    path = tmp_path / "me.csv"
+    path.write_text("user,item,rating\nnew,100,4\n\nnew,101,1000000\nnew,102,0\n")
+    ratings = rec.read_ratings(path)
+    assert ratings.index.tolist() == [2, 4, 5] and ratings.attrs["path"] == str(path)
+    with pytest.raises(ValueError, match=rf"^{path}, line 4 \(user 'new', item 101\): rating 1000000.0 is outside "
+                                         r"the run's rating scale \[1, 5\] \(2 such rows\); pass ratings on that "):
+        rec.score(ratings)
+    with pytest.raises(ValueError, match=rf"^{path}, line 5 \(user 'new', item 102\)"):  # filtered: lines kept
+        rec.recommend(ratings[ratings["item"] != 101])
+    path.write_text("user,item,rating\nnew,100,4\n,101,3\n")
+    with pytest.raises(ValueError, match=rf"^{path} has 1 row\(s\) without a user id, e\.g\. line 3: "):
+        rec.score(rec.read_ratings(path))
+
+
+def writes(content):
+    """A maker of a file holding ``content`` (text or bytes)."""
+    def make(path):
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+        return path
+    return make
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda p: p, FileNotFoundError, "no such ratings file"),
+    (lambda p: p.mkdir() or p, FileNotFoundError, "is a folder, not a ratings file"),
+    (writes(""), ValueError, "is empty"),
+    (writes("\n  \n"), ValueError, "is empty"),
+    (writes("user,item,rating\n"), ValueError, "has a header but no rows"),
+    (writes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"), ValueError, "is not a text"),
+    (writes(b"user,item\x00,rating\n1,2,3\n"), ValueError, "is not a text file"),
+    (writes('user,item,rating\n1,"100\n'), ValueError, "is not a readable CSV"),
+    (writes("{\n  \"ratings\": [1,\n 2]}\n"), ValueError, "missing column"),
+    (writes("user;item;rating\n1;100;4\n"), ValueError, r"missing column.*'user;item;rating'"),
+])
+def test_read_ratings_errors_are_one_line_naming_the_file(tmp_path, make, error, message):
+    path = make(tmp_path / "ratings.csv")
+    with pytest.raises(error, match=message) as caught:
+        Recommender.read_ratings(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    assert caught.value.__context__ is None or caught.value.__suppress_context__  # no chained traceback
+
+
+def test_an_unreadable_ratings_file_is_one_line(tmp_path, monkeypatch):
+    path = writes("user,item,rating\n1,100,4\n")(tmp_path / "ratings.csv")
+
+    def refuse(self, *args, **kwargs):  # what chmod 0 does, even where the tests run as root
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(ValueError, match=rf"^{path} cannot be read \(Permission denied\); pass a readable ratings "
+                                         r"file\.$"):
+        Recommender.read_ratings(path)
+
+
+def test_load_fills_titles_popularity_and_scale(parts, monkeypatch):
+    """Recommender.load on a stub run (no training): what it reads off the run and the data folder."""
+    import types
+
+    from jaxmeta import job
+
+    data_dir = Path(os.environ.get("JAXMETA_DATA", Path(__file__).parents[1] / "../shared/data"))
+    learner, state = parts["maml"]
+    warm = pd.DataFrame({"user": [1, 1, 2], "item": [105, 103, 105], "rating": [4.0, 3.0, 5.0]})
+    asked = {}
+
+    def restore_run(run_dir, *, which, data_dir):
+        asked.update(run_dir=run_dir, which=which, data_dir=data_dir)
+        config = types.SimpleNamespace(data="ml-100k", data_dir="/nowhere", model_name=lambda: "melu")
+        data = types.SimpleNamespace(name="ml-100k", encoder=ENCODER, warm_ratings=warm, rating_scale=(1.0, 5.0))
+        return job.Restored(config, data, None, learner, state, 7)
+
+    monkeypatch.setattr(job, "restore_run", restore_run)
+    rec = Recommender.load("run", checkpoint="latest", data_dir=data_dir)
+    assert asked == {"run_dir": "run", "which": "latest", "data_dir": data_dir}
+    assert rec.rating_scale == (1.0, 5.0) and rec.popularity.to_dict() == {105: 2.0, 103: 1.0}
+    top = rec.recommend(ratings_of({3: 2}), k=2, exclude_seen=False, candidates=[103, 105])
+    assert top["item"].tolist() == [105, 103]  # tied: the more rated first
+    if not (data_dir / "ml-100k" / "u.item").is_file():
+        pytest.skip(f"no MovieLens-100K in {data_dir} (set JAXMETA_DATA): titles not checked")
+    assert rec.titles[1] == "Toy Story (1995)" and "title" in top.columns

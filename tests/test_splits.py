@@ -291,6 +291,7 @@ def test_melu_scenarios_from_state_files(tmp_path):
 
 
 
+@pytest.mark.slow  # reads the real ML-1M: pytest -m slow
 def test_real_melu_split_and_its_raw_data_reconstruction():
     """MeLU's published states -> tasks, with the user counts after the 13-100 filter; and
     the same four states recomputed from the raw ratings (cold items: released 1998 or

@@ -619,6 +619,55 @@ class FeatureEncoder:
             out._lookups[table] = self._lookups[table] if frame is None else out._encode_table(table, frame)
         return out
 
+    def with_rows(self, users: pd.DataFrame | None = None, items: pd.DataFrame | None = None) -> FeatureEncoder:
+        """The same encoder (vocabularies, statistics) with rows added to the tables it holds.
+
+        A row whose id the table already holds replaces that row; the other
+        rows are kept. Use it to encode a few new users or items beside the
+        ones the encoder holds (e.g. a new user's profile, or a new user with
+        every feature missing) without the tables the encoder was made with;
+        :meth:`with_tables` replaces a table instead. ``self`` is unchanged.
+
+        Args:
+          users, items: rows with the id column and every field of their table
+            (:meth:`table_columns`); a missing value encodes as a missing one
+            always does (OOV, no values, the fitting mean, zeros). None adds none.
+
+        Example:
+          >>> users = pd.DataFrame({"user": [1, 2], "gender": ["F", "M"], "age": [20.0, 40.0]})
+          >>> enc = FeatureEncoder.fit(users, None, user_categorical=["gender"], user_numeric=["age"])
+          >>> new = pd.DataFrame({"user": [2, "new"], "gender": ["F", None], "age": [None, None]})
+          >>> x = enc.with_rows(users=new).encode_ids([1, 2, "new"], [0, 0, 0])
+          >>> x["gender"].tolist(), x["age"].tolist()  # user 2 replaced; "new" unknown: OOV and the mean
+          ([1, 1, 0], [-1.0, 0.0, 0.0])
+        """
+        out = FeatureEncoder(self._fields, user_key=self._keys["user"], item_key=self._keys["item"])
+        for table, frame in (("user", users), ("item", items)):
+            held = self._lookups[table]
+            if frame is None or held is None:
+                out._lookups[table] = held if frame is None else out._encode_table(table, frame)
+                continue
+            added = out._encode_table(table, frame)
+            kept = ~held.ids.isin(added.ids)
+            out._lookups[table] = _Lookup(
+                held.ids[kept].append(added.ids),
+                {name: np.concatenate([a[kept], added.arrays[name]]) for name, a in held.arrays.items()},
+            )
+        return out
+
+    def table_columns(self, table: str) -> tuple[str, ...]:
+        """The columns of the ``"user"`` or ``"item"`` table: its id column, then its fields (in :attr:`spec`
+        order, the id column again where it is a field too); what :meth:`with_tables` and :meth:`with_rows` read.
+
+        Example:
+          >>> users = pd.DataFrame({"user": [1, 2], "gender": ["F", "M"]})
+          >>> FeatureEncoder.fit(users, None, user_categorical=["gender"]).table_columns("user")
+          ('user', 'gender')
+        """
+        if table not in TABLES:
+            raise ValueError(f"table={table!r}: pass 'user' or 'item'.")
+        return (self._keys[table], *(f.name for f in self._fields if f.table == table))
+
     def ids(self, table: str) -> np.ndarray:
         """The ids of the rows of the ``"user"`` or ``"item"`` table held (those :meth:`encode_ids` can look up).
 
