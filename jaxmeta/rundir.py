@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ("LOCK_FILE", "RUN_FILES", "RunLock", "RunLocked", "is_run", "prepare")
+__all__ = ("LOCK_FILE", "RUN_FILES", "RunLock", "RunLocked", "is_run", "prepare", "to_stderr")
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "baseline", "result.json", "eval.json",
@@ -58,7 +58,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _notice(message: str) -> None:
+def to_stderr(message: str) -> None:
+    """Prints a notice line to stderr (the default ``notice`` of :class:`RunLock`)."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -70,7 +71,7 @@ class RunLock:
       notice: where the notice of a stale lock taken over goes (default: stderr).
     """
 
-    def __init__(self, folder: str | os.PathLike, *, notice: Callable[[str], None] = _notice):
+    def __init__(self, folder: str | os.PathLike, *, notice: Callable[[str], None] = to_stderr):
         self.folder, self.notice = Path(folder), notice
         self.path = self.folder / LOCK_FILE
         self._held = False

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +77,7 @@ from jaxmeta.job import (
     row_sharded,
     save_config,
 )
-from jaxmeta.rundir import RunLock, prepare
+from jaxmeta.rundir import RunLock, prepare, to_stderr
 from jaxmeta.tasks import TaskBatch
 from jaxmeta.train import (
     BatchStream,
@@ -131,7 +130,7 @@ def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progre
     checkpoints = None if folder is None else Checkpoints(folder / name, keep_last=config.keep_last)
     # the baseline trains after the meta-learner: a run stopped before it has no baseline checkpoint yet
     if resume and checkpoints is not None and checkpoints.latest_step() is not None:
-        state, saved, step = checkpoints.restore_newest_good(state, notice=_notice)
+        state, saved, step = checkpoints.restore_newest_good(state, notice=to_stderr)
         check_checkpoint(saved, config, extra["data"], f"{checkpoints.directory}/{step}")
         stream.restore(saved["position"])
         if log is not None:
@@ -161,10 +160,6 @@ def _divergence_hint(data) -> str:
         return (f"The ratings span {scale[0]:g} to {scale[1]:g}; the default rates suit scales such as 1-5: "
                 "rescale the ratings (e.g. to 1-5), or lower --inner-lr and --outer-lr a lot.")
     return "Try a lower --inner-lr or --outer-lr."
-
-
-def _notice(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _check_resume(folder: Path | None, config: TrainConfig) -> None:
@@ -226,7 +221,7 @@ def run(
         return _run(config, folder, resume=resume, progress=progress and main, main=main)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder}: a file is there; pass a folder for the run (new or empty).")
-    with RunLock(folder, notice=_notice):
+    with RunLock(folder, notice=to_stderr):
         prepare(folder, resume=resume, overwrite=overwrite)
         return _run(config, folder, resume=resume, progress=progress, main=main)
 
