@@ -26,7 +26,8 @@ from jaxmeta.data import datasets
 from jaxmeta.data.datasets import MOVIELENS
 from jaxmeta.distributed import ENV, initialize
 from jaxmeta.job import DATA_SOURCES, MODELS, TrainConfig
-from jaxmeta.reproduce import DEFAULT_ALGOS, DEFAULT_FINETUNE_LRS, Experiment, reproduce
+from jaxmeta.reproduce import DEFAULT_ALGOS, DEFAULT_FINETUNE_LRS, Experiment, reproduce, reproduce_seeds
+from jaxmeta.reproduce import MODELS as REPRODUCE_MODELS
 from jaxmeta.train import TrainingInterrupted
 
 DEFAULTS = TrainConfig()
@@ -242,6 +243,22 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ML-1M: warm items held out to choose the item-cold checkpoints (0: none)")
     parser.add_argument("--text-tokens", type=int, default=datasets.text_features.DEFAULT_TOKENS,
                         help="cut each item's text at this many tokens (the model's own limit caps it)")
+    parser.add_argument("--model", default="melu", choices=REPRODUCE_MODELS,
+                        help="melu (features only) or hybrid (MeLU plus item ids, vectors and biases)")
+    parser.add_argument("--no-classic", action="store_true", help="skip the bias and mf_foldin baselines")
+    parser.add_argument("--factors", type=int, default=16,
+                        help="hybrid: width of the user and item vectors (with the warm start: mf_foldin's rank)")
+    parser.add_argument("--known-min-ratings", type=int, default=10,
+                        help="hybrid: fewest training ratings for an item to get an id row")
+    parser.add_argument("--warm-start", default="none", choices=("others", "all", "none"),
+                        help="hybrid: start the item rows from ALS on the non-task users' ratings, on all "
+                             "training ratings, or at random")
+    parser.add_argument("--heavy-users", action="store_true",
+                        help="meta-train on the training users with more than 100 ratings too, each history dealt "
+                             "into tasks of at most 100")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="run once per seed into OUT_DIR/seed-N and write summary.md (mean ± sd, pooled "
+                             "paired differences)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -256,7 +273,12 @@ def _reproduce(args: argparse.Namespace, command: str) -> int:
         finetune_lrs=tuple(args.finetune_lrs), eval_every=args.eval_every, resplit=not args.no_resplit,
         vocab=args.vocab, min_count=args.min_count, valid_fraction=args.valid_fraction, seed=args.seed,
         mf=not args.no_mf, item_field=args.item_field, text=args.text, text_cache=args.text_cache,
-        text_tokens=args.text_tokens, valid_items=args.valid_items)
+        text_tokens=args.text_tokens, valid_items=args.valid_items, model=args.model, classic=not args.no_classic,
+        factors=args.factors, known_min_ratings=args.known_min_ratings, warm_start=args.warm_start, heavy_users=args.heavy_users)
+    if args.seeds:
+        reproduce_seeds(experiment, args.seeds, args.out_dir, progress=not args.quiet, command=command)
+        print((Path(args.out_dir) / "summary.md").read_text())
+        return 0
     reproduce(experiment, args.out_dir, progress=not args.quiet, command=command)
     print((Path(args.out_dir) / "results.md").read_text())
     return 0

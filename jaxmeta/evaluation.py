@@ -92,7 +92,8 @@ def _query_arrays(predictions: Any, batch: TaskBatch) -> tuple[np.ndarray, np.nd
 
 
 def query_metrics(
-    predictions: Any, batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS, ratings: bool = True
+    predictions: Any, batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS, ratings: bool = True,
+    linear_ks: Sequence[int] = (),
 ) -> dict[str, float | None]:
     """MAE, RMSE and nDCG@k of query predictions, per user then averaged over users.
 
@@ -103,6 +104,8 @@ def query_metrics(
         ``query_mask`` are read.
       ks: the nDCG cut-offs; each gives a key ``"ndcg@k"`` (exponential gain
         ``2^r - 1``, tie-aware).
+      linear_ks: cut-offs of nDCG with the linear gain ``r`` (the rating itself,
+        MeLU's convention), keys ``"ndcg_lin@k"``.
       ratings: ``False`` for a pure ranking score (popularity): ``"mae"`` and
         ``"rmse"`` are then ``None``.
 
@@ -123,7 +126,7 @@ def query_metrics(
       >>> round(m["mae"], 4), round(m["rmse"], 4), m["ndcg@1"]  # user means (1, 0.5), (1, 0.5)
       (0.75, 0.75, 1.0)
     """
-    values = per_user_metrics(predictions, batch, ks=ks)
+    values = per_user_metrics(predictions, batch, ks=ks, linear_ks=linear_ks)
     out: dict[str, float | None] = {name: float(metrics.mean_over_users(v)) for name, v in values.items()}
     if not ratings:
         out["mae"] = out["rmse"] = None
@@ -131,10 +134,10 @@ def query_metrics(
 
 
 def per_user_metrics(
-    predictions: Any, batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS
+    predictions: Any, batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS, linear_ks: Sequence[int] = ()
 ) -> dict[str, np.ndarray]:
     """The per-user values behind :func:`query_metrics`: ``{"mae", "rmse",
-    "ndcg@k"}``, each float ``[users]`` over the batch's real users (``nan``
+    "ndcg@k", "ndcg_lin@k"}``, each float ``[users]`` over the batch's real users (``nan``
     where a value is undefined, e.g. nDCG of a user whose query ratings are all 0).
 
     Example:
@@ -152,6 +155,8 @@ def per_user_metrics(
            "rmse": np.asarray(metrics.rmse(scores, targets, mask))[users]}
     for k in ks:
         out[f"ndcg@{k}"] = np.asarray(metrics.ndcg(scores, targets, mask, k=k, gain="exp"))[users]
+    for k in linear_ks:
+        out[f"ndcg_lin@{k}"] = np.asarray(metrics.ndcg(scores, targets, mask, k=k, gain="linear"))[users]
     return out
 
 
@@ -174,7 +179,8 @@ def paired_difference(a: Any, b: Any) -> tuple[float, float, int]:
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))), len(diff)
 
 
-def floor_metrics(batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[str, float | None]]:
+def floor_metrics(batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS,
+                  linear_ks: Sequence[int] = ()) -> dict[str, dict[str, float | None]]:
     """The ranking floor: nDCG@k of the constant and of the random predictor.
 
     Both are exact (tie-aware and closed form, no sampling) and equal; ``"mae"``
@@ -191,6 +197,9 @@ def floor_metrics(batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS) -> dict[s
         row: dict[str, float | None] = {"mae": None, "rmse": None}
         for k in ks:
             row[f"ndcg@{k}"] = float(metrics.mean_over_users(fn("ndcg", targets, mask, k=k, gain="exp"), users))
+        for k in linear_ks:
+            row[f"ndcg_lin@{k}"] = float(metrics.mean_over_users(fn("ndcg", targets, mask, k=k, gain="linear"),
+                                                                 users))
         out[name] = row
     return out
 
@@ -287,7 +296,8 @@ def _item_ids(batch: TaskBatch, item_key: str) -> np.ndarray:
 
 
 def baseline_metrics(
-    stats: ItemStats, batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS, item_key: str = ITEM_KEY
+    stats: ItemStats, batch: TaskBatch, *, ks: Sequence[int] = DEFAULT_KS, item_key: str = ITEM_KEY,
+    linear_ks: Sequence[int] = (),
 ) -> dict[str, dict[str, float | None]]:
     """Every simple baseline scored on the batch's query sets.
 
@@ -297,6 +307,7 @@ def baseline_metrics(
         (see :func:`with_item_ids`).
       ks: the nDCG cut-offs.
       item_key: the field of the raw item ids.
+      linear_ks: the cut-offs of nDCG with the linear gain (see :func:`query_metrics`).
 
     Returns:
       ``{"global_mean", "item_mean", "popularity", "constant", "random": metrics}``
@@ -304,11 +315,12 @@ def baseline_metrics(
       ranking-only three).
     """
     items = _item_ids(batch, item_key)
+    both = {"ks": ks, "linear_ks": linear_ks}
     return {
-        "global_mean": query_metrics(global_mean_predictions(stats, items), batch, ks=ks),
-        "item_mean": query_metrics(item_mean_predictions(stats, items), batch, ks=ks),
-        "popularity": query_metrics(popularity_scores(stats, items), batch, ks=ks, ratings=False),
-        **floor_metrics(batch, ks=ks),
+        "global_mean": query_metrics(global_mean_predictions(stats, items), batch, **both),
+        "item_mean": query_metrics(item_mean_predictions(stats, items), batch, **both),
+        "popularity": query_metrics(popularity_scores(stats, items), batch, ratings=False, **both),
+        **floor_metrics(batch, **both),
     }
 
 

@@ -397,7 +397,9 @@ def make_learner(config: TrainConfig, model: Model) -> MetaLearner:
     """The config's meta-learning algorithm: plain SGD at ``inner_lr`` for ``inner_steps`` inner steps."""
     options: dict[str, Any] = dict(inner_optimizer=config.inner_lr, inner_steps=config.inner_steps,
                                    outer_optimizer=outer_optimizer(config), chunk_size=config.chunk_size)
-    if config.backend != "xla":
+    if config.algo in algorithms.CLOSED_FORM:  # solved in closed form: no inner rate, steps or kernel
+        del options["inner_optimizer"], options["inner_steps"]
+    elif config.backend != "xla":
         options["backend"] = config.backend
     return algorithms.META_LEARNERS[config.algo](model, **options)
 

@@ -15,22 +15,71 @@ import numpy as np
 from jaxmeta import algorithms
 from jaxmeta.evaluation import paired_difference
 
-__all__ = ("format_markdown", "paired")
+__all__ = ("chosen", "format_markdown", "format_summary", "paired", "pooled", "summarise")
+
+BASELINES = ("no_adaptation", "finetune")
+PAIRED_METRICS = ("mae", "rmse", "ndcg@3")
+BASELINES_SHOWN = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
+WIN_SE = 2.0
+_HEADERS = {"mae": "MAE", "rmse": "RMSE", "ndcg@3": "nDCG@3", "ndcg_lin@3": "nDCG@3 lin"}
+_NOT_SETTINGS = ("step", "valid_mae", "inner_lr", "finetune_lr", "new_items")  # a win: the paired difference beyond this many standard errors
 
 
-def paired(per_user: dict[str, dict[str, dict[str, np.ndarray]]], algos: Sequence[str]) -> dict[str, Any]:
+def paired(per_user: dict[str, dict[str, dict[str, np.ndarray]]], algos: Sequence[str],
+           baselines: Sequence[str] = BASELINES) -> dict[str, Any]:
     """``{scenario: {algo: {baseline: {metric: [mean, standard error]}}}}``: each
-    meta-learner minus ``no_adaptation`` and ``finetune``, paired over the
-    scenario's users (:func:`jaxmeta.evaluation.paired_difference`)."""
+    meta-learner minus each of ``baselines`` present, paired over the scenario's
+    users (:func:`jaxmeta.evaluation.paired_difference`), for MAE and nDCG@3."""
     out: dict[str, Any] = {}
     for s, methods in per_user.items():
         for algo in algos:
-            for base in ("no_adaptation", "finetune"):
+            for base in baselines:
                 if algo in methods and base in methods:
-                    for metric in ("mae", "ndcg@3"):
+                    for metric in PAIRED_METRICS:
                         mean, se, _ = paired_difference(methods[algo][metric], methods[base][metric])
                         cell = out.setdefault(s, {}).setdefault(algo, {}).setdefault(base, {})
                         cell[metric] = [round(mean, 5), round(se, 5)]
+    return out
+
+
+def _valid_mae(pick: dict[str, Any], valid_set: str) -> float | None:
+    where = pick if valid_set == "users" else pick.get(valid_set)
+    return None if where is None else where.get("valid_mae")
+
+
+def chosen(per_user: dict[str, dict[str, dict[str, np.ndarray]]], selected: dict[str, dict[str, Any]],
+           algos: Sequence[str], valid_for: dict[str, str], baselines: Sequence[str] = BASELINES) -> dict[str, Any]:
+    """The meta-learner chosen on validation in each scenario, against every baseline.
+
+    In each scenario the meta-learner of ``algos`` with the lowest validation MAE
+    on the scenario's validation set (``valid_for[scenario]``: ``"users"``, or
+    ``"new_items"`` for the item scenarios when items were held out) is compared
+    with each baseline, paired over the scenario's users. It *wins* on MAE when
+    the mean difference is below ``-2`` standard errors, *loses* when above ``+2``;
+    on nDCG@3 the signs swap.
+
+    Returns:
+      ``{scenario: {"method", "valid_mae", "vs": {baseline: {metric: [mean, se, verdict]}}}}``,
+      ``verdict`` one of ``"win"``, ``"loss"``, ``"tie"``.
+    """
+    out: dict[str, Any] = {}
+    for s, methods in per_user.items():
+        scored = {a: _valid_mae(selected.get(a, {}), valid_for[s]) for a in algos if a in methods}
+        scored = {a: v for a, v in scored.items() if v is not None}
+        if not scored:
+            continue
+        best = min(scored, key=scored.get)
+        vs = {}
+        for base in baselines:
+            if base not in methods:
+                continue
+            for metric in PAIRED_METRICS:
+                mean, se, _ = paired_difference(methods[best][metric], methods[base][metric])
+                better = -mean if metric in ("mae", "rmse") else mean
+                verdict = "win" if better > WIN_SE * se else "loss" if better < -WIN_SE * se else "tie"
+                vs.setdefault(base, {})[metric] = [round(mean, 5), round(se, 5), verdict]
+        users = int(np.sum(np.isfinite(methods[best]["mae"])))
+        out[s] = {"method": best, "valid_set": valid_for[s], "valid_mae": scored[best], "users": users, "vs": vs}
     return out
 
 
@@ -40,16 +89,19 @@ def _cell(value: float | None, digits: int) -> str:
 
 def format_markdown(results: dict[str, Any], *, command: str, seconds: float | None = None,
                     users: dict[str, int] | None = None, train_users: int | None = None,
-                    valid_users: int | None = None, item_users: int | None = None) -> str:
+                    valid_users: int | None = None, item_users: int | None = None,
+                    heavy_tasks: int | None = None) -> str:
     """``results`` (as :func:`reproduce` returns it) as Markdown: the command,
     the checkpoints model selection chose, one table per scenario, then a note
     for each scenario where no meta-learner beats the per-item mean on RMSE."""
     text = f", item text by {results['text']}" if results.get("text") else ""
     if results.get("text") and results.get("text_tokens"):
         text += f" (at most {results['text_tokens']} tokens)"
-    lines = [f"# {results['dataset']}, {results['split']}{text}", "", "```", command, "```", ""]
+    model = ", hybrid MeLU" if results.get("model") == "hybrid" else ""
+    lines = [f"# {results['dataset']}, {results['split']}{model}{text}", "", "```", command, "```", ""]
     if seconds is not None:
         counts = [f"{train_users} meta-training users"] if train_users else []
+        counts += [f"{heavy_tasks} more tasks dealt from the heavy users' histories"] if heavy_tasks else []
         counts += [f"{valid_users} validation users"] if valid_users else []
         counts += [f"{item_users} users rating the held-out items"] if item_users else []
         lines += [f"Whole run: {seconds:.0f} s" + (f"; {', '.join(counts)}." if counts else "."), ""]
@@ -57,23 +109,32 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
         items = any("new_items" in pick for pick in results["selected"].values())
         where = " on the validation users"
         where += ", and for item_cold and user_item_cold on the held-out items" if items else ""
-        lines += [f"Checkpoints chosen{where} (query MAE):",
-                  "", "| method | step | validation MAE | rate |", "|---|---:|---:|---:|"]
+        lines += [f"Checkpoints and settings chosen{where} (query MAE):",
+                  "", "| method | step | validation MAE | rate or settings |", "|---|---:|---:|---|"]
         for method, pick in results["selected"].items():
             for name, p in ((method, pick), (f"{method} (new items)", pick.get("new_items"))):
                 if p is not None:
                     rate = p.get("inner_lr", p.get("finetune_lr"))
-                    lines.append(f"| {name} | {p['step']} | {p['valid_mae']:.4f} | {'–' if rate is None else rate} |")
-        lines += ["", "Rate: the inner rate of a meta-learner, the per-user rate chosen for `finetune` and `mf`.", ""]
+                    settings = ", ".join(f"{k}={v:g}" for k, v in p.items() if k not in _NOT_SETTINGS
+                                         and isinstance(v, int | float))
+                    step = "–" if p.get("step") is None else p["step"]
+                    lines.append(f"| {name} | {step} | {p['valid_mae']:.4f} | "
+                                 f"{rate if rate is not None else settings or '–'} |")
+        lines += ["", ("Rate: the inner rate of a meta-learner, the per-user rate chosen for `finetune` and `mf`; "
+                       "settings: the grid point chosen for `bias` and `mf_foldin` (no training steps)."), ""]
     notes = []
+    reference = results.get("reference") or {}
     for scenario, methods in results["results"].items():
         count = f" ({users[scenario]} users)" if users and scenario in users else ""
         lines += [f"## {scenario}{count}", "",
-                  "| method | MAE | RMSE | nDCG@3 | nDCG@5 | train s | users/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| method | MAE | RMSE | nDCG@3 | nDCG@5 | nDCG@3 lin | train s | users/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for method, m in methods.items():
             lines.append(f"| {method} | {_cell(m['mae'], 4)} | {_cell(m['rmse'], 4)} | {_cell(m['ndcg@3'], 4)} | "
-                         f"{_cell(m['ndcg@5'], 4)} | {_cell(m['train_seconds'], 1)} | {_cell(m['users_per_s'], 0)} |")
+                         f"{_cell(m['ndcg@5'], 4)} | {_cell(m.get('ndcg_lin@3'), 4)} | "
+                         f"{_cell(m['train_seconds'], 1)} | {_cell(m['users_per_s'], 0)} |")
+        if scenario in reference.get("mae", {}):
+            lines.append(f"| {reference['method']} | {reference['mae'][scenario]:.4f} | – | – | – | – | – | – |")
         lines.append("")
         meta = {k: v["rmse"] for k, v in methods.items() if k in algorithms.META_LEARNERS and v["rmse"] is not None}
         item = methods.get("item_mean", {}).get("rmse")
@@ -85,21 +146,125 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
             else:
                 notes.append(f"- {scenario}: best meta-learner {best}, RMSE {meta[best]:.4f} vs per-item mean "
                              f"{item:.4f}.")
+    if results.get("chosen"):
+        lines += ["## The meta-learner chosen on validation against every baseline", "",
+                  ("In each scenario, the meta-learner with the lowest validation MAE (on the scenario's "
+                   "validation set) against each baseline: mean per-user difference ± standard error, paired "
+                   "over the scenario's users. **win**: ΔMAE or ΔRMSE below −2 SE (ΔnDCG@3 above +2 SE); **loss**: "
+                   "the reverse; tie otherwise. The per-user RMSE is over the user's query ratings."), "",
+                  "| scenario | chosen | baseline | ΔMAE | | ΔRMSE | | ΔnDCG@3 | |",
+                  "|---|---|---|---:|---|---:|---|---:|---|"]
+        for scenario, pick in results["chosen"].items():
+            for base, cells in pick["vs"].items():
+                row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][2]}" for m in PAIRED_METRICS]
+                lines.append(f"| {scenario} | {pick['method']} | {base} | " + " | ".join(row) + " |")
+        lines.append("")
     if results.get("paired"):
-        lines += ["## Meta-learners against the MeLU baselines, paired over users", "",
+        bases = [b for b in (*BASELINES_SHOWN,) if any(b in v for a in results["paired"].values() for v in a.values())]
+        lines += ["## Meta-learners against the baselines, paired over users", "",
                   ("Mean per-user difference (meta-learner minus baseline) ± its standard error. "
                   "Negative ΔMAE and positive ΔnDCG@3 favour the meta-learner; a difference within about "
                   "two standard errors of 0 is not a clear win either way."), "",
-                  ("| scenario | method | ΔMAE vs no_adaptation | ΔMAE vs finetune | ΔnDCG@3 vs no_adaptation "
-                  "| ΔnDCG@3 vs finetune |"), "|---|---|---:|---:|---:|---:|"]
+                  "| scenario | method | " + " | ".join(f"ΔMAE vs {b}" for b in bases) + " | "
+                  + " | ".join(f"ΔnDCG@3 vs {b}" for b in bases) + " |",
+                  "|---|---|" + "---:|" * (2 * len(bases))]
         for scenario, algos in results["paired"].items():
-            for algo, bases in algos.items():
-                cells = [f"{bases[b][m][0]:+.4f} ± {bases[b][m][1]:.4f}" if b in bases else "–"
-                         for m in ("mae", "ndcg@3") for b in ("no_adaptation", "finetune")]
+            for algo, found in algos.items():
+                cells = [f"{found[b][m][0]:+.4f} ± {found[b][m][1]:.4f}" if b in found else "–"
+                         for m in ("mae", "ndcg@3") for b in bases]
                 lines.append(f"| {scenario} | {algo} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [("MAE and RMSE in stars and nDCG with the gain 2^r − 1 are per user over the 10 query items, "
-               "then averaged over users; – where a value does not apply."), ""]
+    lines += [("MAE and RMSE in stars and nDCG@k (gain 2^r − 1) are per user over the 10 query items, then "
+               "averaged over users; nDCG@3 lin uses the rating r itself as the gain (DCG@k = Σ_{j≤k} r_j / "
+               "log2(j + 1), divided by the ideal DCG), as we read MeLU's definition; – where a value does not "
+               "apply. `bias`: μ + b_i + b_u, b_i shrunk by λ_i over the training ratings, b_u from the user's "
+               "support residuals shrunk by λ_u. `mf_foldin`: biased MF by alternating least squares on the "
+               "training ratings, each test user's bias and vector solved by ridge regression on their support "
+               "ratings (new items: the bias model). Both choose their settings on the validation set, like "
+               "every other method." + (f" {reference['method']}: {reference['source']}." if reference else "")), ""]
     if notes:
         lines += ["## Against the per-item mean (RMSE)", "", *notes, ""]
+    return "\n".join(lines)
+
+
+def pooled(cells: Sequence[tuple[float, float, int]]) -> tuple[float, float, int]:
+    """One paired difference from several runs' ``(mean, standard error, users)``:
+    the mean over all their users, and its standard error, as if the per-user
+    differences of every run were one sample (each run's variance recovered as
+    ``se² · n``)."""
+    n = np.array([c[2] for c in cells], float)
+    means = np.array([c[0] for c in cells], float)
+    var = np.array([c[1] for c in cells], float) ** 2 * n
+    total = n.sum()
+    mean = float((n * means).sum() / total)
+    ss = float(((n - 1) * var + n * (means - mean) ** 2).sum())
+    return mean, float(np.sqrt(ss / max(total - 1, 1) / total)), int(total)
+
+
+def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Several seeds' results (``{seed: results.json}``) as one summary.
+
+    Returns:
+      ``{"seeds", "results": {scenario: {method: {metric: [mean, sd, runs]}}},
+      "chosen": {scenario: {"methods": {seed: method}, "vs": {baseline: {metric:
+      [pooled mean, pooled se, users, verdict]}}}}}``: the sd is over seeds; the
+      chosen meta-learner of each seed against each baseline, pooled over the
+      seeds' users (:func:`pooled`).
+    """
+    out: dict[str, Any] = {"seeds": sorted(runs), "results": {}, "chosen": {}}
+    first = runs[min(runs)]
+    for scenario, methods in first["results"].items():
+        for method in methods:
+            for metric in (*PAIRED_METRICS, "ndcg_lin@3", "train_seconds"):
+                values = [r["results"][scenario].get(method, {}).get(metric) for r in runs.values()]
+                values = [v for v in values if v is not None]
+                if values:
+                    cell = [round(float(np.mean(values)), 5), round(float(np.std(values, ddof=1)), 5)
+                            if len(values) > 1 else None, len(values)]
+                    out["results"].setdefault(scenario, {}).setdefault(method, {})[metric] = cell
+        picks = {seed: r.get("chosen", {}).get(scenario) for seed, r in runs.items()}
+        if any(p is None for p in picks.values()):
+            continue
+        vs: dict[str, Any] = {}
+        for base in picks[min(picks)]["vs"]:
+            for metric in PAIRED_METRICS:
+                cells = [(p["vs"][base][metric][0], p["vs"][base][metric][1], p["users"]) for p in picks.values()
+                         if base in p["vs"]]
+                mean, se, users = pooled(cells)
+                better = -mean if metric in ("mae", "rmse") else mean
+                verdict = "win" if better > WIN_SE * se else "loss" if better < -WIN_SE * se else "tie"
+                vs.setdefault(base, {})[metric] = [round(mean, 5), round(se, 5), users, verdict]
+        out["chosen"][scenario] = {"methods": {str(s): p["method"] for s, p in picks.items()}, "vs": vs}
+    return out
+
+
+def format_summary(summary: dict[str, Any], *, command: str, seconds: float | None = None) -> str:
+    """:func:`summarise`'s result as Markdown under the command that made it."""
+    seeds = ", ".join(map(str, summary["seeds"]))
+    lines = [f"# {len(summary['seeds'])} seeds ({seeds}): mean ± sd over seeds", "", "```", command, "```", ""]
+    if seconds is not None:
+        lines += [f"Whole run: {seconds:.0f} s.", ""]
+    metrics = (*PAIRED_METRICS, "ndcg_lin@3")
+    for scenario, methods in summary["results"].items():
+        lines += [f"## {scenario}", "", "| method | " + " | ".join(_HEADERS[m] for m in metrics) + " | train s |",
+                  "|---|" + "---:|" * (len(metrics) + 1)]
+        for method, cells in methods.items():
+            row = []
+            for m in (*metrics, "train_seconds"):
+                c = cells.get(m)
+                digits = 1 if m == "train_seconds" else 4
+                row.append("–" if c is None else f"{c[0]:.{digits}f}" + ("" if c[1] is None else f" ± {c[1]:.{digits}f}"))
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append("")
+        pick = summary["chosen"].get(scenario)
+        if pick:
+            chosen_by = ", ".join(f"seed {s}: {m}" for s, m in pick["methods"].items())
+            lines += [(f"The meta-learner chosen on validation ({chosen_by}) against each baseline, per-user "
+                       "differences pooled over the seeds' users (mean ± SE; win: beyond 2 SE in its favour):"), "",
+                      "| baseline | users | ΔMAE | | ΔRMSE | | ΔnDCG@3 | |", "|---|---:|---:|---|---:|---|---:|---|"]
+            for base, cells in pick["vs"].items():
+                users = next(iter(cells.values()))[2]
+                row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][3]}" for m in PAIRED_METRICS]
+                lines.append(f"| {base} | {users} | " + " | ".join(row) + " |")
+            lines.append("")
     return "\n".join(lines)

@@ -17,7 +17,13 @@ over users). Methods: each meta-learner on MeLU
 biased MF trained on the training users' ratings and fine-tuned per user on the
 user part (``mf``), and the baselines of :mod:`jaxmeta.evaluation` computed from
 the training users' ratings (``global_mean``, ``item_mean``, ``popularity``,
-``constant``, ``random``). Every trained model is one :func:`jaxmeta.train.fit`
+``constant``, ``random``), and the strong classic baselines of :mod:`jaxmeta.classic`
+(``bias``: mu + b_i + b_u; ``mf_foldin``: ALS-trained biased MF with each user
+folded in by ridge regression), their settings chosen on the same validation sets.
+``model="hybrid"`` meta-learns :func:`jaxmeta.models.hybrid_melu` instead of MeLU
+(``no_adaptation`` and ``finetune`` then train the same hybrid): MeLU's features
+plus item ids, vectors and biases, its item rows started from an ALS fit
+(``warm_start``) and every item's vector also generated from its features. Every trained model is one :func:`jaxmeta.train.fit`
 on the same bucketed, fixed-shape batches (:class:`jaxmeta.train.BatchStream`,
 support and query re-dealt every epoch by default), selected on the validation
 sets by its :class:`jaxmeta.train.Validate` hook (early stopping; the
@@ -30,10 +36,15 @@ The ``warm`` scenario scores the meta-training users themselves (MeLU's protocol
 their query ratings were seen in training, by the models and by the item means.
 
 Outputs, in ``out_dir``: ``results.json``, ``{"dataset", "split", "text", "text_tokens", "results":
-{scenario: {method: {"mae", "rmse", "ndcg@3", "ndcg@5", "train_seconds",
-"users_per_s"}}}, "selected": {method: {"step", "valid_mae", rate[, "new_items": {"step",
-"valid_mae", rate}]}}, "paired": {scenario: {algo: {baseline: {metric: [mean,
-standard error]}}}}, "curves": {name: {set: [[step, mae], ...]}}}``
+{scenario: {method: {"mae", "rmse", "ndcg@3", "ndcg@5", "ndcg_lin@3", "train_seconds",
+"users_per_s"}}}, "selected": {method: {"step", "valid_mae", rate or settings[, "new_items":
+{...}]}}, "paired": {scenario: {algo: {baseline: {metric: [mean, standard error]}}}},
+"chosen": {scenario: {"method", "valid_set", "valid_mae", "users", "vs": {baseline:
+{metric: [mean, standard error, "win" | "tie" | "loss"]}}}}, "reference": the published
+figures shown as cited rows, "curves": {name: {set: [[step, mae], ...]}}, "grids":
+{classic baseline: {set: [{setting..., "valid_mae"}, ...]}}}`` (``model``: ``"melu"``
+or ``"hybrid"``; ``chosen``: in each scenario the meta-learner with the lowest
+validation MAE, against every baseline, :func:`jaxmeta.report.chosen`)
 (``train_seconds``: wall time of the outer steps, compilation and batching
 included, validation excluded; ``users_per_s``: real training users over it;
 ``null`` where a value does not apply), and ``results.md``, the same as Markdown
@@ -52,31 +63,44 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import optax
 
-from jaxmeta import algorithms
+from jaxmeta import algorithms, classic
 from jaxmeta._checks import positive_int
 from jaxmeta.algorithms import MetaLearner
-from jaxmeta.data import datasets
+from jaxmeta.data import datasets, splits
 from jaxmeta.data.datasets import Dataset
 from jaxmeta.evaluation import (DEFAULT_KS, baseline_metrics, evaluation_batches, fit_item_stats, per_user_metrics,
-                                predict_tasks, query_metrics)
-from jaxmeta.models import Model, biased_mf_by_id, melu
-from jaxmeta.report import format_markdown, paired
-from jaxmeta.tasks import TaskBatch
+                                predict_tasks, query_metrics, with_item_ids)
+from jaxmeta.models import Model, biased_mf_by_id, hybrid_melu, melu
+from jaxmeta.report import chosen, format_markdown, format_summary, paired, summarise
+from jaxmeta.tasks import RaggedTasks, TaskBatch
 from jaxmeta.train import BatchStream, LogMetrics, StopOnNaN, Validate, fit
 
 DEFAULT_ALGOS = ("maml", "fomaml", "metasgd", "reptile", "anil")
-METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5", "train_seconds", "users_per_s")
+METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5", "ndcg_lin@3", "train_seconds", "users_per_s")
+MODELS = ("melu", "hybrid")
+CLOSED_FORM = algorithms.CLOSED_FORM
+WARM_STARTS = ("others", "all", "none")
+"""Where hybrid MeLU's item rows start: ALS on the training ratings of the users who are not meta-training tasks
+(``"others"``: the task users' query ratings stay unseen, as a new user's are), on every training rating
+(``"all"``, as ``mf_foldin``), or at random (``"none"``)."""  # meta-learners without an inner rate or step count
+LINEAR_KS = (3,)  # nDCG with the rating as the gain, MeLU's convention ("ndcg_lin@3")
+PAIRED_BASELINES = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
+REFERENCE = {"ml-1m": {"method": "MeLU-5 (paper)", "mae": {"user_cold": 0.7854, "item_cold": 0.9275,
+                                                           "user_item_cold": 0.9235},
+                       "source": "Lee et al., MeLU, KDD 2019: MeLU-5's MAE on MovieLens-1M as published"}}
+"""Published figures shown as cited rows of the tables (not rerun here)."""
 DEFAULT_FINETUNE_LRS = (0.01, 0.03, 0.1)
 BASELINE_METHODS = ("no_adaptation", "finetune", "mf", "global_mean", "item_mean", "popularity", "constant", "random")
 
-__all__ = ("DEFAULT_ALGOS", "METRICS", "Experiment", "reproduce")
+__all__ = ("DEFAULT_ALGOS", "METRICS", "Experiment", "reproduce", "reproduce_seeds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +120,14 @@ class Experiment:
     per-user rates tried for ``finetune`` and ``mf`` (chosen with the
     checkpoint). ``resplit``: re-deal each training user's ratings every epoch.
     ``baselines``: the global model, fine-tuning and the simple baselines;
-    ``mf``: biased MF.
+    ``mf``: biased MF; ``classic``: ``bias`` and ``mf_foldin``. ``model``:
+    ``"melu"`` or ``"hybrid"``; for the hybrid, ``factors`` (its vector width
+    when not warm-started), ``known_min_ratings`` (fewest training ratings for
+    an item to get an id row; rarer items train the feature generator) and
+    ``warm_start`` (:data:`WARM_STARTS`). ``heavy_users``: the training users
+    with more than :data:`~jaxmeta.data.splits.MAX_RATINGS` ratings, whom
+    MeLU's task filter drops, meta-train too, each history dealt at random into
+    tasks of at most that many ratings (:func:`heavy_tasks`).
     """
 
     dataset: str = "ml-1m"
@@ -123,18 +154,33 @@ class Experiment:
     text_cache: str | None = datasets.DEFAULT_TEXT_CACHE
     text_tokens: int | None = datasets.text_features.DEFAULT_TOKENS
     valid_items: float = 0.0
+    model: str = "melu"
+    classic: bool = True
+    factors: int = 16
+    known_min_ratings: int = 10
+    warm_start: str = "none"
+    heavy_users: bool = False
 
     def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model={self.model!r}: pass one of {MODELS}.")
+        if self.warm_start not in WARM_STARTS:
+            raise ValueError(f"warm_start={self.warm_start!r}: pass one of {WARM_STARTS}.")
+        if self.heavy_users and self.model == "hybrid" and self.warm_start == "others":
+            raise ValueError("heavy_users=True with warm_start='others': the heavy users would both fit the ALS "
+                             "start and meta-train; pass warm_start='none' or 'all'.")
         if isinstance(self.algos, str) or any(a not in algorithms.META_LEARNERS for a in self.algos):
             raise ValueError(f"algos={self.algos!r}: pass a list drawn from {sorted(algorithms.META_LEARNERS)}.")
         object.__setattr__(self, "algos", tuple(self.algos))
         object.__setattr__(self, "finetune_lrs", tuple(self.finetune_lrs))
-        if set(self.algos) - set(self.rates()):
-            raise ValueError(f"inner_lr={self.inner_lr!r} has no rate for {sorted(set(self.algos) - set(self.rates()))}: "
+        missing = set(self.algos) - set(self.rates()) - set(CLOSED_FORM)
+        if missing:
+            raise ValueError(f"inner_lr={self.inner_lr!r} has no rate for {sorted(missing)}: "
                              "pass one number or a rate for every algorithm.")
         if not self.finetune_lrs or any(not lr > 0 for lr in self.finetune_lrs):
             raise ValueError(f"finetune_lrs={self.finetune_lrs!r}: pass one or more positive rates.")
-        for name in ("steps", "batch_size", "inner_steps", "eval_every", "num_buckets", "eval_batch_size"):
+        for name in ("steps", "batch_size", "inner_steps", "eval_every", "num_buckets", "eval_batch_size", "factors",
+                     "known_min_ratings"):
             positive_int(name, getattr(self, name))
 
     def rates(self) -> dict[str, float]:
@@ -148,10 +194,72 @@ class Experiment:
 
 
 def _row(metrics: Mapping[str, float | None], seconds: float | None = None, users_per_s: float | None = None):
-    row = {k: metrics.get(k) for k in METRICS[:4]}
+    row = {k: metrics.get(k) for k in METRICS[:5]}
     row.update(train_seconds=None if seconds is None else round(seconds, 2),
                users_per_s=None if users_per_s is None else round(users_per_s, 1))
     return row
+
+
+class _Fixed(NamedTuple):
+    """A fitted classic baseline posing as a learner: ``predict(state, batch)`` ignores ``state``."""
+
+    predict: Callable[[Any, TaskBatch], Any]
+
+
+def _classic_pick(pick: classic.Selected) -> dict[str, Any]:
+    return {"step": None, "valid_mae": round(pick.valid_mae, 4), **pick.settings, "user_reg": pick.user_reg}
+
+
+def heavy_tasks(data: Dataset, *, rng: np.random.Generator) -> RaggedTasks:
+    """Tasks from the training users with more than :data:`~jaxmeta.data.splits.MAX_RATINGS` ratings.
+
+    Each such user's ratings are dealt at random into ``ceil(n / MAX_RATINGS)``
+    parts of near-equal size (at least half the limit each); every part is one
+    task, its query rows drawn as for any user
+    (:func:`jaxmeta.data.splits.select_queries`). A heavy user thus trains as
+    several users with the same features and different ratings.
+    """
+    ratings = data.warm_ratings
+    counts = ratings.groupby("user")["rating"].transform("size")
+    heavy = ratings[counts > splits.MAX_RATINGS].sample(frac=1.0, random_state=rng.integers(2**32))
+    part = heavy.groupby("user").cumcount() % np.ceil(
+        heavy.groupby("user")["rating"].transform("size") / splits.MAX_RATINGS).astype(int)
+    fields = {"support_x": [], "support_y": [], "query_x": [], "query_y": []}
+    for _, frame in heavy.groupby(part.to_numpy(), sort=True):
+        table = splits.select_queries(frame.sort_values("user", kind="stable"), rng=rng)
+        built = with_item_ids(splits.build_tasks(table, data.encoder), table)
+        for name, values in fields.items():
+            values.extend(getattr(built, name))
+    return RaggedTasks(**fields)
+
+
+def _feature_width(model: Model, x: Any) -> int:
+    """The width of one row of ``model.stage.embed``'s features, flattened (from shapes only)."""
+    shapes = jax.eval_shape(model.stage.embed, model.param_shapes(), x)
+    return sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(shapes))
+
+
+def _non_task_ratings(ratings) -> Any:
+    """The ratings of the users outside the meta-training tasks (fewer than
+    :data:`~jaxmeta.data.splits.MIN_RATINGS` or more than
+    :data:`~jaxmeta.data.splits.MAX_RATINGS` ratings: MeLU's task filter)."""
+    counts = ratings.groupby("user")["rating"].transform("size")
+    return ratings[(counts < splits.MIN_RATINGS) | (counts > splits.MAX_RATINGS)]
+
+
+def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None) -> Model:
+    """MeLU, or hybrid MeLU with its item rows warm-started from the ALS fit ``mf`` (when given)."""
+    if ex.model == "melu":
+        return melu(data.encoder.spec, output_bias=data.mean_rating)
+    counts = data.warm_ratings["item"].value_counts()
+    known = counts.index[counts >= ex.known_min_ratings].to_numpy()
+    item_init, factors, mean = None, ex.factors, data.mean_rating
+    if mf is not None:
+        fit = mf.model
+        factors, mean = fit.item_factors.shape[1], fit.mean
+        item_init = (fit.items, fit.item_factors, fit.item_bias)
+    return hybrid_melu(data.encoder.spec, known, item_fields=data.encoder.table_columns("item")[1:],
+                       factors=factors, global_bias=mean, item_init=item_init)
 
 
 def _predictor(learner: MetaLearner) -> Callable[[Any], Callable[[TaskBatch], Any]]:
@@ -178,7 +286,6 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     data = datasets.movielens(ex.dataset, ex.data_dir, seed=ex.seed, item_field=ex.item_field, vocab=ex.vocab,
                               min_count=ex.min_count, valid_fraction=ex.valid_fraction, text=ex.text,
                               text_cache=ex.text_cache, text_tokens=ex.text_tokens, valid_items=ex.valid_items)
-    model = melu(data.encoder.spec, output_bias=data.mean_rating)
     # one shape for every evaluation batch: one compilation per method, not per scenario
     names = list(data.valid) + list(data.scenarios)
     shaped = dict(zip(names, evaluation_batches([*data.valid.values(), *data.scenarios.values()],
@@ -188,12 +295,62 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     per_user: dict[str, dict[str, dict[str, np.ndarray]]] = {s: {} for s in data.scenarios}
     selected: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, list]] = {}
+    grids: dict[str, dict[str, list]] = {}  # the classic baselines' validation MAE at every grid point
+
+    def score(method: str, pick: Callable[[str], tuple[Any, Any]], seconds=None, users_per_s=None):
+        """Scores ``method`` in every scenario with ``pick(set)``, ``set`` the scenario's validation set:
+        a learner (anything with ``predict(state, batch)``) and its state."""
+        for s in data.scenarios:
+            learner, state = pick(data.valid_for(s))
+            predictions, queries = predict_tasks(lambda b: learner.predict(state, b), shaped[s])
+            metrics = query_metrics(predictions, queries, ks=DEFAULT_KS, linear_ks=LINEAR_KS)
+            results[s][method] = _row(metrics, seconds, users_per_s)
+            per_user[s][method] = per_user_metrics(predictions, queries, ks=(3,), linear_ks=LINEAR_KS)
+
+    fitted = {}
+    if ex.classic or (ex.model == "hybrid" and ex.warm_start != "none"):
+        for method, choose, predict in (("bias", classic.choose_bias, classic.predict_bias),
+                                        ("mf_foldin", classic.choose_mf, classic.predict_foldin)):
+            began = time.perf_counter()
+            picks = {"users": choose(data.warm_ratings, valid["users"])}
+            # other sets (held-out items, all unknown to the fit) choose the user side only: the item side's
+            # settings, chosen on the users, leave their predictions unchanged
+            item_side = {k: (int(v) if k == "rank" else v,) for k, v in picks["users"].settings.items()
+                         if k != "user_reg"}
+            item_side = {("item_regs" if k == "item_reg" else f"{k}s"): v for k, v in item_side.items()}
+            picks.update({v: choose(data.warm_ratings, valid[v], **item_side) for v in valid if v != "users"})
+            fitted[method] = picks
+            if not ex.classic:
+                continue
+            selected[method] = {**_classic_pick(picks["users"]),
+                                **{v: _classic_pick(p) for v, p in picks.items() if v != "users"}}
+            grids[method] = {v: p.grid for v, p in picks.items()}
+            score(method, lambda v, picks=picks, predict=predict: (_Fixed(
+                lambda state, b: predict(picks[v].model, b, user_reg=picks[v].user_reg)), None),
+                time.perf_counter() - began)
+    train_tasks = data.train
+    if ex.heavy_users:
+        extra = heavy_tasks(data, rng=np.random.default_rng([ex.seed, 1]))
+        train_tasks = RaggedTasks(*(list(getattr(data.train, f)) + list(getattr(extra, f))
+                                    for f in ("support_x", "support_y", "query_x", "query_y")))
+    warm = None
+    if ex.model == "hybrid" and ex.warm_start != "none":
+        warm = fitted["mf_foldin"]["users"]
+        if ex.warm_start == "others":  # the same rank and ALS ridge, the fold-in's ridge chosen again
+            ratings = _non_task_ratings(data.warm_ratings)
+            if ratings.empty:
+                raise ValueError(f"warm_start='others': {ex.dataset} has no training ratings outside the "
+                                 "meta-training tasks (no user outside MeLU's 13-100 filter); pass "
+                                 "warm_start='all' or 'none'.")
+            warm = classic.choose_mf(ratings, valid["users"], ranks=(int(warm.settings["rank"]),),
+                                     regs=(warm.settings["reg"],))
+    model = _model(ex, data, warm)
 
     def train(learner: MetaLearner, desc: str, methods: dict[str, Callable]) -> tuple[Validate, float, float]:
         """``fit`` with validation of ``methods``: the hook (best states, curves), train seconds, users/s."""
         validate = Validate(valid, methods, every=ex.eval_every, keep=True)
         log = LogMetrics(every=ex.steps)
-        stream = BatchStream(data.train, batch_size=ex.batch_size, num_buckets=ex.num_buckets, seed=ex.seed,
+        stream = BatchStream(train_tasks, batch_size=ex.batch_size, num_buckets=ex.num_buckets, seed=ex.seed,
                              resplit=ex.resplit)
         began = time.perf_counter()
         fit(learner, stream, steps=ex.steps, seed=ex.seed, hooks=[StopOnNaN(ex.eval_every, desc=desc), log, validate],
@@ -202,14 +359,6 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
         for name, per_set in validate.curves.items():
             curves[name] = per_set
         return validate, seconds, log.total_users / seconds
-
-    def score(method: str, pick: Callable[[str], tuple[MetaLearner, Any]], seconds=None, users_per_s=None):
-        """Scores ``method`` in every scenario with ``pick(set)``, ``set`` the scenario's validation set."""
-        for s in data.scenarios:
-            learner, state = pick(data.valid_for(s))
-            predictions, queries = predict_tasks(lambda b: learner.predict(state, b), shaped[s])
-            results[s][method] = _row(query_metrics(predictions, queries, ks=DEFAULT_KS), seconds, users_per_s)
-            per_user[s][method] = per_user_metrics(predictions, queries, ks=(3,))
 
     def keep(method: str, validate: Validate, name: Callable[[str], str],
              extra: Callable[[str], Mapping[str, Any]] = lambda v: {}):
@@ -229,10 +378,14 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
 
     rates = ex.rates()
     for algo in ex.algos:
-        learner = algorithms.META_LEARNERS[algo](model, inner_optimizer=rates[algo], inner_steps=ex.inner_steps,
-                                                 outer_optimizer=ex.outer_optimizer())
+        inner = {"inner_optimizer": rates[algo], "inner_steps": ex.inner_steps}
+        if algo in CLOSED_FORM:  # the fold-in's chosen precision, when the item rows start from its factors
+            inner = {} if warm is None else {"init_reg": warm.user_reg}
+        if algo == "conditioned" and ex.model == "hybrid":  # its encoder reads the hybrid's row features
+            inner["feature_dim"] = _feature_width(model, data.train.support_x[0])
+        learner = algorithms.META_LEARNERS[algo](model, outer_optimizer=ex.outer_optimizer(), **inner)
         validate, seconds, rate = train(learner, algo, {algo: _predictor(learner)})
-        keep(algo, validate, lambda v: algo, lambda v: {"inner_lr": rates[algo]})
+        keep(algo, validate, lambda v: algo, lambda v: {"inner_lr": inner.get("inner_optimizer")})
         score(algo, lambda v: (learner, validate.chosen(v, algo).state), seconds, rate)
 
     def finetuners(glob_model: Model) -> dict[float, MetaLearner]:
@@ -257,15 +410,44 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
         stats = fit_item_stats(data.warm_ratings)
         for s in data.scenarios:
             _, queries = predict_tasks(lambda b: np.zeros(b.query_y.shape), shaped[s])
-            for method, m in baseline_metrics(stats, queries, ks=DEFAULT_KS).items():
+            for method, m in baseline_metrics(stats, queries, ks=DEFAULT_KS, linear_ks=LINEAR_KS).items():
                 results[s][method] = _row(m)
 
     out = {"dataset": ex.dataset, "split": data.split, "text": None if ex.text is None else str(ex.text),
            "text_tokens": None if ex.text is None else ex.text_tokens,
-           "results": results, "selected": selected, "paired": paired(per_user, ex.algos), "curves": curves}
+           "model": ex.model, "train_tasks": len(train_tasks), "results": results, "selected": selected,
+           "paired": paired(per_user, ex.algos, PAIRED_BASELINES),
+           "chosen": chosen(per_user, selected, ex.algos, {s: data.valid_for(s) for s in data.scenarios},
+                            PAIRED_BASELINES),
+           "reference": REFERENCE.get(ex.dataset, {}), "curves": curves, "grids": grids}
     if out_dir is not None:
         _write(out, Path(out_dir), data, command, time.perf_counter() - start)
     return out
+
+
+def reproduce_seeds(experiment: Experiment, seeds: Sequence[int], out_dir: str | os.PathLike, *,
+                    progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """:func:`reproduce` once per seed (on ML-100K the seed draws the user split too), then a summary.
+
+    Each seed's tables go to ``out_dir/seed-N``; ``summary.json`` and
+    ``summary.md`` (:func:`jaxmeta.report.summarise`) to ``out_dir``: every
+    method's mean ± sd over the seeds, and the meta-learner chosen on validation
+    against every baseline, paired per user and pooled over the seeds.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds!r}: pass one or more distinct seeds.")
+    command = command or f"python -c 'from jaxmeta.reproduce import *; reproduce_seeds({experiment!r}, {seeds!r}, " \
+                         f"{str(out_dir)!r})'"
+    start, out = time.perf_counter(), Path(out_dir)
+    runs = {seed: reproduce(dataclasses.replace(experiment, seed=seed), out / f"seed-{seed}", progress=progress,
+                            command=f"{command}  # seed {seed}") for seed in seeds}
+    summary = summarise(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(format_summary(summary, command=command, seconds=time.perf_counter() - start)
+                                    + "\n")
+    return summary
 
 
 def _write(out: dict[str, Any], path: Path, data: Dataset, command: str, seconds: float) -> None:
@@ -275,7 +457,7 @@ def _write(out: dict[str, Any], path: Path, data: Dataset, command: str, seconds
     (path / "results.md").write_text(format_markdown(
         out, command=command, seconds=seconds, users={s: len(t) for s, t in data.scenarios.items()},
         train_users=len(data.train), valid_users=len(data.valid["users"]),
-        item_users=None if items is None else len(items)))
+        item_users=None if items is None else len(items), heavy_tasks=out["train_tasks"] - len(data.train)))
 
 
 if __name__ == "__main__":  # python -m jaxmeta.reproduce: the same as jaxmeta reproduce

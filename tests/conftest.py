@@ -118,6 +118,20 @@ def meta_grad(learner, state, batch):
     return grads, metrics
 
 
+def assert_batch_equals_loop(learner, state, users, batch, *, rtol=1e-4, atol=1e-6):
+    """The meta-gradient and loss of ``batch`` (``users`` padded) equal the mean over
+    a loop of one-user batches of the same shape."""
+    grads, metrics = meta_grad(learner, state, batch)
+    one = lambda u: pad_tasks(users.take([u]), support_size=batch.support_size, query_size=batch.query_size)  # noqa: E731
+    singles = [meta_grad(learner, state, one(u)) for u in range(len(users))]
+    mean = jax.tree.map(lambda *g: sum(g) / len(g), *[g for g, _ in singles])
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(mean)):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(metrics["loss"], np.mean([m["loss"] for _, m in singles]), rtol=1e-5)
+    assert int(metrics["tasks"]) == len(users)
+    return grads
+
+
 @pytest.fixture
 def tasks():
     return random_tasks(7, seed=1)

@@ -248,12 +248,14 @@ def test_every_factory_lists_the_common_keywords_with_the_common_defaults(name):
     assert next(iter(params)) == "model"
     assert all(p.kind is p.KEYWORD_ONLY for key, p in params.items() if key != "model"), "no **kwargs, no positionals"
     for key, default in COMMON.items():
-        want = None if name == "no_adaptation" and key in NO_INNER_LOOP else default
+        closed = name == "no_adaptation" or name in algorithms.CLOSED_FORM
+        want = None if closed and key in NO_INNER_LOOP and key != "is_fast" or (
+            name == "no_adaptation" and key == "is_fast") else default
         assert params[key].default is want or params[key].default == want, (key, params[key].default)
     for key in ("first_order", "remat"):
         if key in params:
             assert params[key].default is (None if (name, key) == ("fomaml", "first_order") else False)
-    assert ("first_order" in params) == (name in ("maml", "fomaml", "anil", "metasgd"))
+    assert ("first_order" in params) == (name in ("maml", "fomaml", "anil", "metasgd", "conditioned"))
 
 
 @pytest.mark.parametrize(
@@ -279,18 +281,25 @@ def test_an_option_that_does_not_apply_raises_one_value_error_naming_it(call, ma
         call()
 
 
-INNER_LOOP = sorted(name for name in FACTORIES if name != "no_adaptation")
+INNER_LOOP = sorted(name for name in FACTORIES if name != "no_adaptation" and name not in algorithms.CLOSED_FORM)
 
 
-@pytest.mark.parametrize("name", INNER_LOOP)
-@pytest.mark.parametrize("option, value", [("inner_steps", 0), ("inner_optimizer", -0.1), ("inner_optimizer", 0)])
+ZERO_INNER_STEPS = ("conditioned",)  # conditioning on the support set alone is a method: tests/test_conditioned.py
+
+
+@pytest.mark.parametrize("name, option, value", [
+    (name, option, value)
+    for name in INNER_LOOP
+    for option, value in (("inner_steps", 0), ("inner_optimizer", -0.1), ("inner_optimizer", 0))
+    if not (name in ZERO_INNER_STEPS and (option, value) == ("inner_steps", 0))
+])
 def test_bad_inner_options_are_refused_by_every_factory(name, option, value):
     with pytest.raises(ValueError, match=f"{option}={value}") as error:
         FACTORIES[name](tiny_model(), **{option: value})
     assert name in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["metasgd", "imaml"])
+@pytest.mark.parametrize("name", ["metasgd", "imaml", "conditioned"])
 def test_auto_backend_is_xla_where_there_is_no_kernel(name):
     FACTORIES[name](tiny_model(staged=True), backend="auto")
 

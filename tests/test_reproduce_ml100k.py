@@ -24,12 +24,17 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert out["dataset"] == "ml-100k"
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == out
-    assert set(written) == {"dataset", "split", "text", "text_tokens", "results", "selected", "paired",
-                            "curves"}
+    assert set(written) == {"dataset", "split", "text", "text_tokens", "model", "train_tasks", "results", "selected", "paired",
+                            "chosen", "reference", "curves", "grids"}
     assert written["text"] is written["text_tokens"] is None
     picks = written["selected"]
-    assert set(picks) == {"fomaml", "no_adaptation", "finetune"}
-    assert all(p["step"] in (100, 200, 300) and 0 < p["valid_mae"] < 2 for p in picks.values()), picks
+    assert set(picks) == {"fomaml", "no_adaptation", "finetune", "bias", "mf_foldin"}
+    trained = {m: p for m, p in picks.items() if m not in ("bias", "mf_foldin")}
+    assert all(p["step"] in (100, 200, 300) and 0 < p["valid_mae"] < 2 for p in trained.values()), picks
+    assert picks["bias"]["step"] is None and {"item_reg", "user_reg"} <= set(picks["bias"])
+    assert {"rank", "reg", "user_reg"} <= set(picks["mf_foldin"])
+    grid = written["grids"]["mf_foldin"]["users"]  # the chosen grid point has the lowest validation MAE
+    assert min(g["valid_mae"] for g in grid) == pytest.approx(picks["mf_foldin"]["valid_mae"], abs=1e-4)
     assert picks["finetune"]["finetune_lr"] in (0.01, 0.03, 0.1) and picks["fomaml"]["inner_lr"] == 0.1
     curves = written["curves"]  # every check of every trained method, on the one validation set
     assert set(curves) == {"fomaml", "no_adaptation", *(f"finetune@{lr}" for lr in (0.01, 0.03, 0.1))}
@@ -38,8 +43,13 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     table = written["results"]["user_cold"]
     mae, se = written["paired"]["user_cold"]["fomaml"]["no_adaptation"]["mae"]
     assert mae == pytest.approx(table["fomaml"]["mae"] - table["no_adaptation"]["mae"], abs=1e-4) and se > 0
-    assert set(table) == {"fomaml", "no_adaptation", "finetune", "global_mean", "item_mean", "popularity",
-                          "constant", "random"}
+    assert set(table) == {"fomaml", "no_adaptation", "finetune", "bias", "mf_foldin", "global_mean", "item_mean",
+                          "popularity", "constant", "random"}
+    for classic in ("bias", "mf_foldin"):  # the strong simple baselines beat the item mean
+        assert table[classic]["rmse"] < table["item_mean"]["rmse"], table
+    pick = written["chosen"]["user_cold"]
+    assert pick["method"] == "fomaml" and set(pick["vs"]) == {"bias", "mf_foldin", "finetune", "no_adaptation"}
+    assert all(cell[2] in ("win", "tie", "loss") for vs in pick["vs"].values() for cell in vs.values())
     assert all(set(row) == set(METRICS) for row in table.values())
     assert table["fomaml"]["train_seconds"] > 0 and table["item_mean"]["train_seconds"] is None
     assert table["fomaml"]["mae"] < table["no_adaptation"]["mae"], table
@@ -48,6 +58,30 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert markdown.splitlines()[3].startswith("python -c") and "| fomaml |" in markdown
     assert "paired over users" in markdown and "| user_cold | fomaml |" in markdown
+    assert "chosen on validation against every baseline" in markdown
+
+
+@pytest.mark.parametrize("algos, warm", [(("ridge", "metasgd"), "all"), (("conditioned",), "none")])
+def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, algos, warm):
+    """Hybrid MeLU under the new meta-learners, 200 steps, its item rows started from the ALS fit or at random.
+    RecBole's split keeps no user with more than 100 ratings: no ratings outside the tasks, no heavy users."""
+    folder = real("ml-100k")
+    experiment = Experiment("ml-100k", str(folder), algos=algos, steps=200, mf=False, item_field=True,
+                            model="hybrid", inner_lr=0.1, warm_start=warm, heavy_users=True)
+    out = reproduce(experiment, tmp_path, progress=False)
+    table = out["results"]["user_cold"]
+    assert out["model"] == "hybrid" and out["train_tasks"] == 466
+    for algo in algos:
+        assert table[algo]["rmse"] < table["item_mean"]["rmse"], table
+        assert table[algo]["rmse"] < table["no_adaptation"]["rmse"] + 0.02, table
+    assert out["chosen"]["user_cold"]["method"] in algos
+
+
+def test_a_warm_start_from_users_outside_the_tasks_needs_such_users(tmp_path):
+    experiment = Experiment("ml-100k", str(real("ml-100k")), algos=("ridge",), steps=1, model="hybrid",
+                            warm_start="others", baselines=False, mf=False)
+    with pytest.raises(ValueError, match="no training ratings outside the meta-training tasks"):
+        reproduce(experiment, None, progress=False)
 
 
 def test_item_text_vectors_join_the_features_and_are_cached(tmp_path):

@@ -18,11 +18,13 @@ from jaxmeta.algorithms._defaults import BACKENDS as BACKENDS  # the inner loop'
 from jaxmeta.algorithms.anil import anil as anil
 from jaxmeta.algorithms.baselines import finetune as finetune
 from jaxmeta.algorithms.baselines import no_adaptation as no_adaptation
+from jaxmeta.algorithms.conditioned import conditioned as conditioned
 from jaxmeta.algorithms.imaml import imaml as imaml
 from jaxmeta.algorithms.maml import fomaml as fomaml
 from jaxmeta.algorithms.maml import maml as maml
 from jaxmeta.algorithms.metasgd import metasgd as metasgd
 from jaxmeta.algorithms.reptile import reptile as reptile
+from jaxmeta.algorithms.ridge import ridge as ridge
 
 META_LEARNERS = {
     "maml": maml,
@@ -31,8 +33,14 @@ META_LEARNERS = {
     "anil": anil,
     "metasgd": metasgd,
     "imaml": imaml,
+    "ridge": ridge,
+    "conditioned": conditioned,
 }
 """The meta-learning algorithms by name (the baselines are not among them)."""
+
+CLOSED_FORM = ("ridge",)
+"""The meta-learners whose inner problem is solved in closed form: no ``inner_optimizer``, ``inner_steps`` or
+``backend`` to pass."""
 
 BASELINES = {"no_adaptation": no_adaptation, "finetune": finetune}
 """The baselines by name."""
@@ -40,11 +48,13 @@ BASELINES = {"no_adaptation": no_adaptation, "finetune": finetune}
 __all__ = (
     "BACKENDS",
     "BASELINES",
+    "CLOSED_FORM",
     "META_LEARNERS",
     "MetaLearner",
     "MetaState",
     "anil",
     "build",
+    "conditioned",
     "finetune",
     "fomaml",
     "imaml",
@@ -53,6 +63,7 @@ __all__ = (
     "no_adaptation",
     "query_loss",
     "reptile",
+    "ridge",
     "split_fast",
     "support_loss",
     "tree_vdot",

@@ -8,6 +8,7 @@ from jaxmeta.models._model import partition as partition
 from jaxmeta.models._model import path_names as path_names
 from jaxmeta.models.flax_bridge import from_linen as from_linen
 from jaxmeta.models.flax_bridge import from_nnx as from_nnx
+from jaxmeta.models.hybrid import hybrid_melu as hybrid_melu
 from jaxmeta.models.melu import melu as melu
 from jaxmeta.models.mf import biased_mf as biased_mf
 from jaxmeta.models.mf import biased_mf_by_id as biased_mf_by_id
@@ -23,6 +24,7 @@ __all__ = (
     "embedding_mlp",
     "from_linen",
     "from_nnx",
+    "hybrid_melu",
     "mask_where",
     "melu",
     "partition",

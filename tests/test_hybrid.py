@@ -1,0 +1,175 @@
+"""Hybrid MeLU: the forward pass against NumPy, the warm start's row layout, and the
+engine's checks (a batch equals a per-user loop, MAML's meta-gradient equals central
+differences, NaN and garbage ids in padded rows change nothing)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxmeta import algorithms
+from jaxmeta.data.features import FieldSpec
+from jaxmeta.models import hybrid_melu
+from jaxmeta.tasks import RaggedTasks, pad_tasks
+
+from conftest import assert_batch_equals_loop, meta_grad
+
+FIELDS = (FieldSpec("age", "categorical", 4, 1), FieldSpec("income", "numeric", 1, 1),
+          FieldSpec("genre", "multi", 6, 3))
+ITEM_FIELDS = ("genre",)
+KNOWN = np.array([30, 10, 20])  # rows: 10 -> 1, 20 -> 2, 30 -> 3
+D, K, H = 3, 2, (4,)
+
+
+def build(**kwargs):
+    return hybrid_melu(FIELDS, KNOWN, item_fields=ITEM_FIELDS, embed_dim=D, hidden=H, factors=K, global_bias=3.0,
+                       **kwargs)
+
+
+def perturbed(params, seed=0, scale=0.3):
+    """Noise on every leaf, so that the zero-initialised last layer, generator and biases count."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return treedef.unflatten([a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
+
+
+def rows(n, rng, ids=(10, 20, 30, 99, 5)):
+    genre = rng.integers(0, 6, size=(n, 3))
+    genre[rng.random((n, 3)) < 0.4] = -1
+    return {"age": rng.integers(0, 4, n).astype(np.int32), "income": rng.normal(size=n).astype(np.float32),
+            "genre": genre.astype(np.int32), "item_id": rng.choice(np.array(ids), n).astype(np.int32)}
+
+
+def np_forward(params, x):
+    """The prediction written with NumPy and a loop over rows."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    emb = p["embeddings"]
+    table = {10: 1, 20: 2, 30: 3}
+    out = []
+    for r in range(len(x["item_id"])):
+        genres = [g for g in x["genre"][r] if g != -1]
+        g = np.mean([emb["genre"][i] for i in genres], axis=0) if genres else np.zeros(D)
+        h = np.concatenate([emb["age"][x["age"][r]], x["income"][r] * emb["income"]["w"] + emb["income"]["b"], g])
+        for layer in p["layers"][:-1]:
+            h = np.maximum(h @ layer["w"] + layer["b"], 0.0)
+        mlp = (h @ p["layers"][-1]["w"] + p["layers"][-1]["b"])[0]
+        gen = g @ p["generator"]["w"] + p["generator"]["b"]
+        row = table.get(int(x["item_id"][r]))
+        q = gen[:K] + (p["items"]["vectors"][row] if row else 0.0)
+        b = gen[K] + (p["items"]["biases"][row] if row else 0.0)
+        out.append(p["global_bias"] + p["user"]["bias"] + b + q @ p["user"]["vector"] + mlp)
+    return np.array(out)
+
+
+def test_forward_matches_numpy_for_known_and_new_items():
+    model = build()
+    params = perturbed(model.init(jax.random.key(0)))
+    x = rows(9, np.random.default_rng(0))
+    np.testing.assert_allclose(model.apply(params, x), np_forward(params, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(model.apply)(params, x), np_forward(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_at_start_the_mlp_and_generator_are_zero_and_new_items_get_mu_plus_the_user():
+    model = build()
+    params = model.init(jax.random.key(0))
+    x = rows(5, np.random.default_rng(1), ids=(99, 5))
+    np.testing.assert_allclose(model.apply(params, x), 3.0, atol=1e-6)
+
+
+def test_warm_start_puts_each_item_on_its_row():
+    ids = np.array([20, 77, 10])  # 77 is not a known item: ignored; 30 has no row: zero
+    vectors = np.array([[1.0, 2.0], [5.0, 5.0], [3.0, 4.0]])
+    biases = np.array([0.5, 9.0, -0.5])
+    params = build(item_init=(ids, vectors, biases)).init(jax.random.key(0))
+    np.testing.assert_array_equal(params["items"]["vectors"], [[0, 0], [3, 4], [1, 2], [0, 0]])
+    np.testing.assert_array_equal(params["items"]["biases"], [0, -0.5, 0.5, 0])
+    with pytest.raises(ValueError, match="vectors"):
+        build(item_init=(ids, vectors[:, :1], biases))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"item_fields": ("color",)}, "item_fields"),
+    ({"fast": "all"}, "fast"),
+    ({"factors": 0}, "positive widths"),
+])
+def test_bad_configurations_raise(kwargs, match):
+    base = {"item_fields": ITEM_FIELDS, "factors": K}
+    with pytest.raises(ValueError, match=match):
+        hybrid_melu(FIELDS, KNOWN, **{**base, **kwargs})
+    with pytest.raises(ValueError, match="known_items is empty"):
+        hybrid_melu(FIELDS, [], item_fields=ITEM_FIELDS)
+
+
+def test_a_missing_id_entry_names_it():
+    model = build()
+    x = rows(3, np.random.default_rng(0))
+    del x["item_id"]
+    with pytest.raises(ValueError, match="item_id"):
+        model.apply(model.init(jax.random.key(0)), x)
+
+
+def tasks(num_users, seed, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(num_users):
+        s, q = rng.integers(1, 6), rng.integers(1, 4)
+        parts.append((rows(s, rng), rng.integers(1, 6, s).astype(dtype), rows(q, rng),
+                      rng.integers(1, 6, q).astype(dtype)))
+    return RaggedTasks(*(list(f) for f in zip(*parts)))
+
+
+def learner(model, **kwargs):
+    return algorithms.maml(model, inner_optimizer=optax.sgd(0.2), inner_steps=2, outer_optimizer=optax.sgd(1.0),
+                           **kwargs)
+
+
+@pytest.mark.parametrize("fast", [pytest.param("user", marks=pytest.mark.slow), "user+mlp"])
+def test_batched_meta_gradient_equals_a_loop_over_users(fast):
+    model = build(fast=fast)
+    maml = learner(model)
+    state = maml.init(jax.random.key(0))
+    state = state._replace(params=perturbed(state.params, seed=2, scale=0.1))
+    users = tasks(5, seed=3)
+    assert_batch_equals_loop(maml, state, users, pad_tasks(users, num_tasks=6))
+
+
+def test_second_order_meta_gradient_matches_central_differences():
+    with jax.enable_x64(True):
+        model = build()
+        maml = learner(model)
+        state = maml.init(jax.random.key(0))
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), perturbed(state.params, seed=4, scale=0.1))
+        state = state._replace(params=params, opt_state=optax.sgd(1.0).init((params, state.hyper)))
+        batch = pad_tasks(tasks(3, seed=5, dtype=np.float64), dtype=np.float64)
+        (grads, _), _ = meta_grad(maml, state, batch)
+        flat, unravel = ravel_pytree(params)
+        loss = jax.jit(lambda v: maml.evaluate(state._replace(params=unravel(v)), batch)["query_loss_after"])
+        eps = 1e-6
+        rng = np.random.default_rng(0)
+        got = ravel_pytree(grads)[0]
+        for i in rng.choice(flat.size, 40, replace=False):  # 40 coordinates of every kind of leaf, at random
+            e = jnp.zeros_like(flat).at[i].set(eps)
+            numeric = (loss(flat + e) - loss(flat - e)) / (2 * eps)
+            np.testing.assert_allclose(got[i], numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_nan_and_garbage_in_padded_rows_change_nothing():
+    model = build()
+    maml = learner(model)
+    state = maml.init(jax.random.key(0))
+    state = state._replace(params=perturbed(state.params, seed=6, scale=0.1))
+    users = tasks(3, seed=7)
+    clean = pad_tasks(users, support_size=8, query_size=5, num_tasks=4)
+    dirty = clean._replace(
+        support_y=np.where(clean.support_mask, clean.support_y, np.nan),
+        query_y=np.where(clean.query_mask, clean.query_y, np.nan),
+        support_x={**clean.support_x, "income": np.where(clean.support_mask, clean.support_x["income"], np.nan),
+                   "item_id": np.where(clean.support_mask, clean.support_x["item_id"], 123456)})
+    for a, b in zip(jax.tree.leaves(meta_grad(maml, state, clean)[0]), jax.tree.leaves(meta_grad(maml, state, dirty)[0])):
+        np.testing.assert_array_equal(a, b)
+    real = np.asarray(clean.query_mask)
+    np.testing.assert_array_equal(np.asarray(maml.predict(state, clean))[real], np.asarray(maml.predict(state, dirty))[real])

@@ -1,0 +1,67 @@
+"""The results report: the meta-learner chosen on validation, its verdicts against the
+baselines, differences pooled over seeds (against the per-user differences themselves),
+and the Markdown of several seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxmeta.evaluation import paired_difference
+from jaxmeta.report import chosen, format_summary, pooled, summarise
+
+
+def per_user(seed, shift):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.5, 1.0, 40)
+    return {"mae": base, "rmse": base + 0.1, "ndcg@3": rng.uniform(0.6, 0.9, 40)}, {
+        "mae": base + shift + rng.normal(0, 0.01, 40), "rmse": base + 0.1 + shift, "ndcg@3": rng.uniform(0.6, 0.9, 40)}
+
+
+def test_the_method_with_the_lowest_validation_mae_is_compared_and_judged():
+    good, bad = per_user(0, 0.0)
+    base = {k: v + 0.05 for k, v in good.items()}  # 0.05 worse on MAE everywhere: a clear win for "good"
+    table = {"s": {"a": good, "b": bad, "bias": base}}
+    selected = {"a": {"valid_mae": 0.70, "new_items": {"valid_mae": 0.9}}, "b": {"valid_mae": 0.75}}
+    out = chosen(table, selected, ["a", "b"], {"s": "users"}, baselines=("bias",))
+    pick = out["s"]
+    assert (pick["method"], pick["valid_set"], pick["users"]) == ("a", "users", 40)
+    mean, se, verdict = pick["vs"]["bias"]["mae"]
+    want = paired_difference(good["mae"], base["mae"])
+    assert (mean, se) == (pytest.approx(want[0], abs=1e-5), pytest.approx(want[1], abs=1e-5)) and verdict == "win"
+    # on the held-out items' set, "b" has no score there and "a" is the only candidate
+    assert chosen(table, selected, ["a", "b"], {"s": "new_items"}, baselines=("bias",))["s"]["method"] == "a"
+    swapped = chosen({"s": {"a": base, "bias": good}}, {"a": {"valid_mae": 0.7}}, ["a"], {"s": "users"}, ("bias",))
+    assert swapped["s"]["vs"]["bias"]["mae"][2] == "loss"
+
+
+def test_pooled_difference_equals_the_concatenated_per_user_differences():
+    rng = np.random.default_rng(3)
+    runs = [rng.normal(-0.01 * k, 0.05, n) for k, n in ((1, 30), (2, 55), (3, 41))]
+    cells = [(d.mean(), d.std(ddof=1) / np.sqrt(d.size), d.size) for d in runs]
+    everything = np.concatenate(runs)
+    mean, se, n = pooled(cells)
+    assert n == everything.size
+    assert mean == pytest.approx(everything.mean(), rel=1e-12)
+    assert se == pytest.approx(everything.std(ddof=1) / np.sqrt(everything.size), rel=1e-12)
+
+
+def test_seeds_summarise_into_mean_sd_and_pooled_verdicts():
+    runs = {}
+    for seed in (0, 1, 2):
+        a, base = per_user(seed, 0.05)  # the baseline is 0.05 worse: a win in every seed
+        results = {"s": {"a": {"mae": float(a["mae"].mean()), "rmse": 1.0 + seed / 10, "ndcg@3": 0.7,
+                               "ndcg_lin@3": 0.8, "train_seconds": 10.0},
+                         "bias": {"mae": float(base["mae"].mean()), "rmse": 1.1, "ndcg@3": 0.7,
+                                  "ndcg_lin@3": 0.8, "train_seconds": None}}}
+        pick = chosen({"s": {"a": a, "bias": base}}, {"a": {"valid_mae": 0.7}}, ["a"], {"s": "users"}, ("bias",))
+        runs[seed] = {"results": results, "chosen": pick}
+    summary = summarise(runs)
+    assert summary["seeds"] == [0, 1, 2]
+    mean, sd, count = summary["results"]["s"]["a"]["rmse"]
+    assert (mean, count) == (pytest.approx(1.1), 3) and sd == pytest.approx(0.1)
+    assert "train_seconds" not in summary["results"]["s"]["bias"]
+    verdict = summary["chosen"]["s"]["vs"]["bias"]["mae"]
+    assert verdict[2] == 120 and verdict[3] == "win" and verdict[0] == pytest.approx(-0.05, abs=0.01)
+    text = format_summary(summary, command="jaxmeta reproduce --seeds 0 1 2")
+    assert "| a | " in text and "| bias | 120 |" in text and "seed 0: a" in text

@@ -1,0 +1,103 @@
+"""The meta-learned ridge head: each user's head against an explicit NumPy ridge solve,
+the meta-gradient (through the solve, the prior and the precisions) against central
+differences, a batch against a per-user loop, and padding with NaN."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxmeta import algorithms
+from jaxmeta.models import biased_mf
+from jaxmeta.tasks import RaggedTasks, pad_tasks
+
+from conftest import assert_batch_equals_loop, meta_grad, random_tasks, tiny_model
+
+ITEMS, DIM = 6, 3
+
+
+def mf_tasks(num_users, seed, dtype=np.float32, empty=()):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for u in range(num_users):
+        s = 0 if u in empty else int(rng.integers(1, 7))
+        q = int(rng.integers(1, 4))
+        parts.append(({"item": rng.integers(0, ITEMS + 2, s).astype(np.int32)}, rng.normal(3, 1, s).astype(dtype),
+                      {"item": rng.integers(0, ITEMS + 2, q).astype(np.int32)}, rng.normal(3, 1, q).astype(dtype)))
+    return RaggedTasks(*(list(f) for f in zip(*parts)))
+
+
+def state_of(learner, seed=0, dtype=jnp.float32):
+    state = learner.init(jax.random.key(seed))
+    leaves, treedef = jax.tree.flatten(state.params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    params = treedef.unflatten([(a + 0.5 * jax.random.normal(k, a.shape)).astype(dtype) for a, k in zip(leaves, keys)])
+    hyper = jnp.asarray(np.random.default_rng(seed).normal(0, 0.5, state.hyper.shape), dtype)
+    return state._replace(params=params, hyper=hyper, opt_state=optax.sgd(1.0).init((params, hyper)))
+
+
+def numpy_head(params, log_reg, items, y):
+    """The user's (vector, bias) by the normal equations, written out for biased MF."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    known = (items >= 1) & (items <= ITEMS)
+    q = np.where(known[:, None], p["items"]["vectors"][np.where(known, items, 0)], 0.0)
+    b = np.where(known, p["items"]["biases"][np.where(known, items, 0)], 0.0)
+    w0 = np.concatenate([[p["user"]["bias"]], p["user"]["vector"]])  # ravel order: bias, then vector
+    design = np.concatenate([np.ones((len(items), 1)), q], axis=1)
+    residual = y - (p["global_bias"] + b + design @ w0)
+    w = w0 + np.linalg.solve(design.T @ design + np.diag(np.exp(np.asarray(log_reg, np.float64))), design.T @ residual)
+    return w[1:], w[0]
+
+
+def test_each_head_is_the_ridge_solution_and_an_empty_support_keeps_the_prior():
+    learner = algorithms.ridge(biased_mf(ITEMS, dim=DIM))
+    state = state_of(learner)
+    users = mf_tasks(5, seed=1, empty=(2,))
+    fast = learner.adapt(state, pad_tasks(users, num_tasks=6))
+    for u in range(5):
+        vector, bias = numpy_head(state.params, state.hyper, users.support_x[u]["item"], users.support_y[u])
+        np.testing.assert_allclose(fast["user"]["vector"][u], vector, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(fast["user"]["bias"][u], bias, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(fast["user"]["bias"][2], state.params["user"]["bias"])
+
+
+def test_meta_gradient_matches_central_differences():
+    with jax.enable_x64(True):
+        learner = algorithms.ridge(biased_mf(ITEMS, dim=DIM), outer_optimizer=optax.sgd(1.0))
+        state = state_of(learner, seed=3, dtype=jnp.float64)
+        batch = pad_tasks(mf_tasks(4, seed=4, dtype=np.float64, empty=(1,)), dtype=np.float64)
+        grads, _ = meta_grad(learner, state, batch)
+        flat, unravel = ravel_pytree((state.params, state.hyper))
+        loss = jax.jit(lambda v: learner.evaluate(state._replace(params=unravel(v)[0], hyper=unravel(v)[1]),
+                                                  batch)["query_loss_after"])
+        got = ravel_pytree(grads)[0]
+        eps = 1e-6
+        for i in range(flat.size):
+            e = jnp.zeros_like(flat).at[i].set(eps)
+            np.testing.assert_allclose(got[i], (loss(flat + e) - loss(flat - e)) / (2 * eps), rtol=1e-5, atol=1e-8)
+
+
+def test_a_batch_equals_a_loop_over_users_and_padding_with_nan_changes_nothing():
+    learner = algorithms.ridge(tiny_model(), outer_optimizer=optax.sgd(1.0))
+    state = learner.init(jax.random.key(0))
+    users = random_tasks(5, seed=2)
+    batch = pad_tasks(users, num_tasks=7)
+    grads = assert_batch_equals_loop(learner, state, users, batch)
+    dirty = batch._replace(support_y=np.where(batch.support_mask, batch.support_y, np.nan),
+                           query_y=np.where(batch.query_mask, batch.query_y, np.nan))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(meta_grad(learner, state, dirty)[0])):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"inner_steps": 5}, "ridge: inner_steps=5 does not apply"),
+    ({"loss": "bce"}, "loss='bce'"),
+    ({"init_reg": 0.0}, "init_reg=0.0"),
+])
+def test_bad_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        algorithms.ridge(biased_mf(ITEMS, dim=DIM), **kwargs)
