@@ -200,6 +200,9 @@ def _row(metrics: Mapping[str, float | None], seconds: float | None = None, user
     return row
 
 
+_GRID_OF = {"item_reg": "item_regs", "rank": "ranks", "reg": "regs"}  # a chosen setting -> choose_*'s grid keyword
+
+
 class _Fixed(NamedTuple):
     """A fitted classic baseline posing as a learner: ``predict(state, batch)`` ignores ``state``."""
 
@@ -309,15 +312,13 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
 
     fitted = {}
     if ex.classic or (ex.model == "hybrid" and ex.warm_start != "none"):
-        for method, choose, predict in (("bias", classic.choose_bias, classic.predict_bias),
-                                        ("mf_foldin", classic.choose_mf, classic.predict_foldin)):
+        for method, choose in (("bias", classic.choose_bias), ("mf_foldin", classic.choose_mf)):
             began = time.perf_counter()
             picks = {"users": choose(data.warm_ratings, valid["users"])}
             # other sets (held-out items, all unknown to the fit) choose the user side only: the item side's
             # settings, chosen on the users, leave their predictions unchanged
-            item_side = {k: (int(v) if k == "rank" else v,) for k, v in picks["users"].settings.items()
+            item_side = {_GRID_OF[k]: (int(v) if k == "rank" else v,) for k, v in picks["users"].settings.items()
                          if k != "user_reg"}
-            item_side = {("item_regs" if k == "item_reg" else f"{k}s"): v for k, v in item_side.items()}
             picks.update({v: choose(data.warm_ratings, valid[v], **item_side) for v in valid if v != "users"})
             fitted[method] = picks
             if not ex.classic:
@@ -325,9 +326,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
             selected[method] = {**_classic_pick(picks["users"]),
                                 **{v: _classic_pick(p) for v, p in picks.items() if v != "users"}}
             grids[method] = {v: p.grid for v, p in picks.items()}
-            score(method, lambda v, picks=picks, predict=predict: (_Fixed(
-                lambda state, b: predict(picks[v].model, b, user_reg=picks[v].user_reg)), None),
-                time.perf_counter() - began)
+            score(method, lambda v, picks=picks: (_Fixed(lambda state, b: picks[v].predict(b)), None),
+                  time.perf_counter() - began)
     train_tasks = data.train
     if ex.heavy_users:
         extra = heavy_tasks(data, rng=np.random.default_rng([ex.seed, 1]))
