@@ -26,7 +26,13 @@ from jaxmeta.data import datasets
 from jaxmeta.data.datasets import MOVIELENS
 from jaxmeta.distributed import ENV, initialize
 from jaxmeta.job import DATA_SOURCES, MODELS, TrainConfig
-from jaxmeta.reproduce import DEFAULT_ALGOS, DEFAULT_FINETUNE_LRS, Experiment, reproduce, reproduce_seeds
+from jaxmeta.reproduce import (
+    DEFAULT_ALGOS,
+    DEFAULT_FINETUNE_LRS,
+    Experiment,
+    reproduce,
+    reproduce_seeds,
+)
 from jaxmeta.reproduce import MODELS as REPRODUCE_MODELS
 from jaxmeta.train import TrainingInterrupted
 
@@ -179,6 +185,20 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _reproduce_arguments(experiment)
+    from jaxmeta import stream
+    from jaxmeta.service import (
+        cli as service_cli,  # imports FastAPI only when it serves
+    )
+
+    stream.add_arguments(commands.add_parser(
+        "stream", help="replay test users' ratings in time order: error against ratings seen, both update modes",
+        description="For each test user of the runs, replays their ratings in time order; after n ratings seen, "
+                    "adapts (from the meta-learned start, or from the last fast weights) and predicts the next "
+                    "ones. Writes stream.json and stream.png into --out and prints the table."))
+    service_cli.add_arguments(commands.add_parser(
+        "serve", help="serve a run over HTTP: ratings in, top-k out, a web page, micro-batched adaptation",
+        description="Loads a run, compiles every padded shape, then serves its JSON API (docs at /docs) and a "
+                    "web page at / on --host:--port. Ratings are stored in SQLite before each reply."))
     commands.add_parser("bench", add_help=False, prefix_chars="\0",
                         help="time the benchmark workloads W1-W3 (JSON lines; jaxmeta bench --help)"
                         ).add_argument("args", nargs=argparse.REMAINDER)
@@ -414,7 +434,20 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "recommend": _recommend, "data": _describe, "bench": _bench}
+def _stream(args: argparse.Namespace) -> int:
+    from jaxmeta import stream
+
+    return stream.main(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from jaxmeta.service import cli as service_cli
+
+    return service_cli.main(args)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "plot": _plot, "recommend": _recommend, "data": _describe, "bench": _bench,
+            "stream": _stream, "serve": _serve}
 
 
 # What a user can fix: one line, exit status 2 (with --debug: the traceback).

@@ -57,6 +57,7 @@ __all__ = (
     "learning_curves",
     "read_metrics",
     "scenario_bars",
+    "stream_curves",
     "write_plots",
 )
 
@@ -354,6 +355,81 @@ def scenario_bars(results: Mapping[str, Mapping[str, Mapping[str, Any]]], metric
     _style(ax, title=f"{metric} by scenario", xlabel="scenario", ylabel=_metric_label(metric))
     ax.grid(False, axis="x")
     fig.legend(loc="outside right upper", fontsize=_LEGEND_SIZE, title="method", title_fontsize=_LEGEND_SIZE)
+    return fig
+
+
+def stream_curves(stream: Mapping[str, Any], metrics: Sequence[str] = ("mae", "rmse", "ndcg@3")) -> Figure:
+    """The streaming protocol's error against ratings seen, and the cost of an update.
+
+    One panel per metric and one for the milliseconds per user-update; one
+    colour per method, a solid line for ``readapt``, dashed for
+    ``incremental``, dotted for a method that does not adapt. The x axis (ratings
+    seen) is logarithmic. Users drop out as ``n`` grows (too few later
+    ratings): the title gives the users of each ``n``.
+
+    Args:
+      stream: the ``"stream"`` part of ``stream.json`` (:func:`jaxmeta.stream.replay`):
+        ``{"users": {n: users}, "rows": [{"n", "method", "mode", metric..., "ms_per_user"}]}``.
+      metrics: the metric panels.
+
+    Returns:
+      The figure: ``len(metrics) + 1`` axes, one line per (method, mode) on each
+      metric panel, and one per updating (method, mode) on the timing panel.
+
+    Raises:
+      ValueError: no rows, or a metric no row has.
+      TypeError: ``stream`` is not a dict.
+      ImportError: matplotlib is not installed.
+    """
+    if not isinstance(stream, Mapping):
+        raise TypeError(f"stream_curves: got a {type(stream).__name__}: pass the 'stream' part of stream.json.")
+    rows = list(stream.get("rows", ()))
+    if not rows:
+        raise ValueError("stream_curves: no rows: pass the 'stream' part of stream.json, "
+                         "{'users': ..., 'rows': [...]}.")
+    for metric in metrics:
+        if not any(_finite(r.get(metric)) for r in rows):
+            raise ValueError(f"stream_curves: no row has a value of {metric!r}; pass metrics among "
+                             f"{sorted({k for r in rows for k, v in r.items() if _finite(v) and k != 'n'})}.")
+    lines: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        lines.setdefault((row["method"], row["mode"]), []).append(row)
+    methods = list(dict.fromkeys(method for method, _ in lines))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    styles = {"readapt": "-", "incremental": "--"}
+    users = {int(n): count for n, count in stream.get("users", {}).items()}
+    ns = sorted({int(r["n"]) for r in rows})
+    Figure, _ = _matplotlib()
+    fig = Figure(figsize=(4.2 * (len(metrics) + 1), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(metrics) + 1)
+    for ax, metric in zip(axes, [*metrics, "ms_per_user"]):
+        scale = 1e3 if metric == "ms_per_user" else 1.0  # drawn in microseconds: readable ticks
+        for (method, mode), points in lines.items():
+            if metric == "ms_per_user" and not any(_finite(p.get(metric)) for p in points):
+                continue
+            points = sorted(points, key=lambda p: int(p["n"]))
+            _line(ax, [int(p["n"]) for p in points], [scale * _float(p.get(metric)) for p in points],
+                  f"{method} ({mode})", color=colours[method], linestyle=styles.get(mode, ":"))
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
+        if metric == "ms_per_user":
+            # imported after _matplotlib(), which says how to install matplotlib when it is missing
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(FuncFormatter(lambda value, _: f"{value:g}"))
+            _style(ax, title="cost of an update", xlabel="ratings seen",
+                   ylabel="µs per user-update (one vmapped call / users)")
+        else:
+            _style(ax, title=f"{metric} of the next ratings", xlabel="ratings seen", ylabel=_metric_label(metric))
+    if users:
+        fig.suptitle("users at each n: " + ", ".join(f"{n}: {users[n]}" for n in ns if n in users),
+                     fontsize=_LABEL_SIZE)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=_LEGEND_SIZE, title="method (mode)",
+               title_fontsize=_LEGEND_SIZE)
     return fig
 
 

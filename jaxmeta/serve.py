@@ -28,11 +28,17 @@ standardised: what a training user with that value missing was given), zeros
 of a vector. Their rows are added to a copy of the encoder for the call only
 (:meth:`~jaxmeta.data.features.FeatureEncoder.with_rows`); the vocabularies are
 never refitted and the recommender's encoder never grows.
+
+A user without any rating gets :meth:`Recommender.recommend_unrated`: the
+model as meta-learned, unadapted. :meth:`Recommender.influence` explains a
+score: its derivative with respect to each of the user's ratings, through the
+adaptation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import numbers
@@ -42,6 +48,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -50,7 +58,7 @@ from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.data.features import FeatureEncoder, Vocabulary
 from jaxmeta.data.scale import RatingScale, as_scale, finite32
 from jaxmeta.evaluation import ITEM_KEY
-from jaxmeta.tasks import RaggedTasks, pad_tasks
+from jaxmeta.tasks import RaggedTasks, TaskBatch, pad_tasks
 
 MIN_TASKS = 8
 """Fewest task slots of a batch (fewer when ``batch_size`` is smaller)."""
@@ -65,6 +73,7 @@ return: the index holds each row's line in the file (the header is line 1), for 
 _ARTICLE = {"user": "a", "item": "an"}
 _RATINGS_HINT = "a CSV file whose header names user,item,rating and one rating per line below it"
 _FEATURES_HINT = "a CSV file whose header names user and user fields, one user per line below it"
+_UNRATED = "\x00unrated"  # recommend_unrated's user: a new user, its id led by NUL so that it is no real user's
 
 __all__ = ("LINE", "MIN_QUERY", "MIN_SUPPORT", "MIN_TASKS", "Recommender")
 
@@ -499,14 +508,135 @@ class Recommender:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"k={k!r}: pass the number of items to recommend per user, a whole number >= 1.")
         users, cands, scores, frame = self._score(ratings, candidates, "candidates", user_features)
-        order = self._tie_order(cands)  # columns in tie-break order: a stable sort by score keeps it among equals
-        cands, scores = cands[order], scores[:, order]
         seen = np.zeros(scores.shape, dtype=bool)
         if exclude_seen:
             user_rows = pd.Index(users).get_indexer(frame["user"])
             item_cols = pd.Index(cands).get_indexer(frame["item"])
             rated = item_cols >= 0
             seen[user_rows[rated], item_cols[rated]] = True
+        return self._ranked(users, cands, scores, seen, k)
+
+    def recommend_unrated(self, k: int = 10, *, candidates: Sequence[Any] | np.ndarray | None = None) -> pd.DataFrame:
+        """The ``k`` best-scored candidate items for a user who has rated nothing yet.
+
+        Such a user has no support set: the learner leaves the model as
+        meta-learned (an all-masked task is not adapted, see
+        :func:`jaxmeta.inner.inner_adapt`), with every user feature unknown,
+        as for a new user (module docstring). Every such user gets this one
+        ranking; ties are broken as in :meth:`recommend`.
+
+        Args:
+          k: items to return.
+          candidates: the item ids to choose from (distinct); default :attr:`items`.
+
+        Returns:
+          :meth:`recommend`'s columns without ``user``: ``rank``, ``item``,
+          ``score`` (and ``title``).
+
+        Raises:
+          ValueError: ``k`` is not a whole number >= 1, a candidate has no row
+            in the encoder's item table, or a score is not finite.
+        """
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"k={k!r}: pass the number of items to recommend, a whole number >= 1.")
+        cands = self.items if candidates is None else _item_ids(candidates, "candidates")
+        users = np.array([_UNRATED], dtype=object)
+        encoder = self._encoder_for(users, None)
+        x = self._inputs(encoder, np.repeat(users, len(cands)), cands, "items" if candidates is None else "candidates")
+        no_rows = {f: a[:0] for f, a in x.items()}
+        scores = self._adapted_scores(encoder, users, [no_rows], [np.zeros(0, np.float32)], cands, "candidates")
+        return self._ranked(users, cands, scores, np.zeros(scores.shape, dtype=bool), k).drop(columns="user")
+
+    def influence(self, ratings: pd.DataFrame, pairs: pd.DataFrame, *, chunk: int = 16,
+                  user_features: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Which of a user's ratings moved the adapted score of an item, and by how much: ``d score / d rating``.
+
+        For a user with ratings ``r_1 .. r_n`` (their support set, as in
+        :meth:`score`) and an item ``i``, the derivative of ``i``'s adapted
+        score with respect to the value of each ``r_j``, through the
+        adaptation: ``d apply_adapted(adapt(r), i) / d r_j``, by reverse-mode
+        differentiation (``jax.jacrev``) of the learner's own ``adapt`` and
+        ``apply_adapted``. It is the change of the score per unit change of
+        that one rating, for small changes (a first-order, local measure; the
+        item ids rated stay fixed): positive when rating ``r_j``'s item higher
+        would raise ``i``'s score, and the rating of largest magnitude is the
+        one that moved ``i``'s score most. Learners whose adaptation stops
+        gradients have zero derivatives throughout: Reptile's and iMAML's
+        first-order inner loops, and the fused Pallas kernel (whose backward
+        pass is first-order); :func:`jaxmeta.algorithms.no_adaptation` reads
+        no rating.
+
+        Users are batched as in :meth:`score`; each user's items are taken
+        ``chunk`` at a time, each call padded to exactly ``chunk`` items, so
+        there is one compiled shape per (task slots, support size) pair, and
+        the cost is that of ``chunk`` backward passes through the adaptation:
+        ask for the few items shown (a top-k), not the catalogue.
+
+        Args:
+          ratings: as in :meth:`score`.
+          pairs: columns ``user``, ``item``: the (user, item) pairs to explain,
+            e.g. :meth:`recommend`'s output; every user must have ratings in
+            ``ratings``.
+          chunk: items per user and call.
+          user_features: as in :meth:`score`.
+
+        Returns:
+          Columns ``user``, ``item``, ``rated`` (the item of a rating),
+          ``rating`` (its value) and ``influence`` (float64 of the float32
+          derivative): for each pair, in ``pairs``' order, one row per rating
+          of its user, in ``ratings``' order.
+
+        Raises:
+          ValueError: as :meth:`score`; ``pairs`` lacks a column, names a user
+            without ratings, or an item without a row in the encoder's item
+            table; ``chunk`` is not a whole number >= 1.
+        """
+        chunk = positive_int("chunk", chunk, "items per user and call")
+        columns(pairs, ["user", "item"], "pairs", "Pass one row per (user, item) to explain, e.g. recommend's output.")
+        frame, y = self._check_ratings(ratings)
+        users, encoder, support_x, support_y = self._supports(frame, y, user_features)
+        pair_users = pd.Index(users, dtype=object).get_indexer(pd.Index(pairs["user"].to_numpy(), dtype=object))
+        if (pair_users < 0).any():
+            raise ValueError(f"pairs names the user(s) {_shown(pd.unique(pairs['user'].to_numpy()[pair_users < 0]))}, "
+                             "who have no rating in ratings: pass each user's ratings with the pairs to explain.")
+        pair_x = self._inputs(encoder, users[pair_users], pairs["item"].to_numpy(), "pairs")
+        explained = np.unique(pair_users)
+        rows_of = [np.flatnonzero(pair_users == u) for u in explained]  # each user's pairs, in pairs' order
+        derivatives: list[np.ndarray | None] = [None] * len(pairs)
+        for members, batch in self._support_batches([support_x[u] for u in explained],
+                                                    [support_y[u] for u in explained]):
+            slots = batch.num_tasks
+            for c in range(0, max(len(rows_of[m]) for m in members), chunk):
+                take = [rows_of[m][c : c + chunk] for m in members]
+                # [members, chunk]: each user's pairs of this call, padded with their first pair (never read)
+                index = np.stack([np.concatenate([t, np.repeat(rows_of[m][:1], chunk - len(t))])
+                                  for m, t in zip(members, take)])
+                x = {f: _rows(a[index], slots, chunk) for f, a in pair_x.items()}
+                jac = np.asarray(_support_influence(self.learner, self.state, batch, x))
+                for j, (m, t) in enumerate(zip(members, take)):
+                    n = len(support_y[explained[m]])
+                    for r, row in enumerate(t):
+                        derivatives[row] = jac[j, r, :n]
+        codes = pd.factorize(frame["user"])[0]
+        rated = [np.flatnonzero(codes == u) for u in range(len(users))]  # each user's ratings, in order
+        sizes = np.array([len(rated[u]) for u in pair_users], dtype=np.int64)
+        positions = np.concatenate([rated[u] for u in pair_users])
+        return pd.DataFrame({
+            "user": np.repeat(pairs["user"].to_numpy(), sizes),
+            "item": np.repeat(pairs["item"].to_numpy(), sizes),
+            "rated": frame["item"].to_numpy()[positions],
+            "rating": y[positions].astype(np.float64),
+            "influence": np.concatenate(derivatives).astype(np.float64),
+        })
+
+    # ------------------------------------------------------------------ internals
+
+    def _ranked(self, users: np.ndarray, cands: np.ndarray, scores: np.ndarray, seen: np.ndarray,
+                k: int) -> pd.DataFrame:
+        """The table of :meth:`recommend`: each user's ``k`` best candidates that are not ``seen`` (bool, as
+        ``scores``), by descending score, then :attr:`popularity`, then ascending id."""
+        order = self._tie_order(cands)  # columns in tie-break order: a stable sort by score keeps it among equals
+        cands, scores, seen = cands[order], scores[:, order], seen[:, order]
         key = np.where(seen, np.inf, -scores.astype(np.float64))  # seen items sort last
         top = np.argsort(key, axis=1, kind="stable")[:, :k]
         rows = np.arange(len(users))[:, None]
@@ -521,8 +651,6 @@ class Recommender:
         if self.titles is not None:
             out["title"] = self.titles.reindex(pd.Index(out["item"].to_numpy(), dtype=object)).to_numpy()
         return out
-
-    # ------------------------------------------------------------------ internals
 
     def _tie_order(self, candidates: np.ndarray) -> np.ndarray:
         """The candidates' positions by descending popularity, then ascending id."""
@@ -636,10 +764,10 @@ class Recommender:
             out[name] = pd.Series(values, dtype=object)
         return out
 
-    def _score(self, ratings: pd.DataFrame, items: Any, name: str, user_features: pd.DataFrame | None):
-        """``(users, candidates, scores [users, candidates] float32, ratings)``."""
-        frame, y = self._check_ratings(ratings)
-        candidates = self.items if items is None else _item_ids(items, name)
+    def _supports(self, frame: pd.DataFrame, y: np.ndarray, user_features: pd.DataFrame | None):
+        """``(users, encoder, support_x, support_y)`` of ratings checked by :meth:`_check_ratings` (``frame``,
+        and ``y`` its ratings): the users in order of first appearance, the encoder of the call, and each
+        user's support rows (inputs, and float32 ratings) in the order given."""
         codes, uniques = pd.factorize(frame["user"])
         users = np.asarray(uniques, dtype=object) if uniques.dtype == object else uniques.to_numpy()
         encoder = self._encoder_for(users, user_features)  # built per call: the held encoder never grows
@@ -650,11 +778,13 @@ class Recommender:
         ends = np.cumsum(counts)
         support_x = [{f: a[e - n : e] for f, a in x.items()} for n, e in zip(counts, ends)]
         support_y = [y[e - n : e] for n, e in zip(counts, ends)]
-        # every candidate must be encodable; checked once here with a user known to be encodable
-        self._inputs(encoder, np.repeat(users[:1], len(candidates)), candidates, name if items is not None else "items")
+        return users, encoder, support_x, support_y
 
-        scores = np.empty((len(users), len(candidates)), dtype=np.float32)
-        sizes = np.array([_padded(int(n), MIN_SUPPORT) for n in counts])
+    def _support_batches(self, support_x: list, support_y: list):
+        """Yields ``(members, batch)``: the positions of some users and their support sets as one fixed-shape
+        TaskBatch. Users are grouped by padded support size, at most :attr:`batch_size` per batch, task slots
+        padded to a power of two. A user without support rows is an all-masked task, left unadapted."""
+        sizes = np.array([_padded(len(y), MIN_SUPPORT) for y in support_y])
         for size in np.unique(sizes):
             group = np.flatnonzero(sizes == size)
             for s in range(0, len(group), self.batch_size):
@@ -664,20 +794,28 @@ class Recommender:
                     support_x=[support_x[i] for i in members],
                     support_y=[support_y[i] for i in members],
                     query_x=[{f: a[:1] for f, a in support_x[i].items()} for i in members],
-                    query_y=[np.zeros(1, np.float32)] * len(members),
+                    query_y=[np.zeros(min(1, len(support_y[i])), np.float32) for i in members],
                 )
-                batch = pad_tasks(tasks, support_size=int(size), query_size=1, num_tasks=slots)
-                fast = self.learner.adapt(self.state, batch)  # every user of the batch adapted once
-                for c in range(0, len(candidates), self.candidate_chunk):
-                    chunk = candidates[c : c + self.candidate_chunk]
-                    width = _padded(len(chunk), min(MIN_QUERY, self.candidate_chunk), self.candidate_chunk)
-                    users_x = np.repeat(users[members], len(chunk))
-                    qx = self._inputs(encoder, users_x, np.tile(chunk, len(members)), name)
-                    # [slots, width, ...]: each user's candidates, padded (the padding rows' scores are dropped)
-                    x = {f: _rows(a.reshape(len(members), len(chunk), *a.shape[1:]), slots, width)
-                         for f, a in qx.items()}
-                    predictions = np.asarray(self.learner.apply_adapted(self.state, fast, x))
-                    scores[members, c : c + len(chunk)] = predictions[: len(members), : len(chunk)]
+                yield members, pad_tasks(tasks, support_size=int(size), query_size=1, num_tasks=slots)
+
+    def _adapted_scores(self, encoder: FeatureEncoder, users: np.ndarray, support_x: list, support_y: list,
+                        candidates: np.ndarray, name: str) -> np.ndarray:
+        """float32 ``[users, candidates]``: each user adapted once on their support rows, then every candidate
+        scored, in chunks of :attr:`candidate_chunk`."""
+        scores = np.empty((len(users), len(candidates)), dtype=np.float32)
+        for members, batch in self._support_batches(support_x, support_y):
+            slots = batch.num_tasks
+            fast = self.learner.adapt(self.state, batch)  # every user of the batch adapted once
+            for c in range(0, len(candidates), self.candidate_chunk):
+                chunk = candidates[c : c + self.candidate_chunk]
+                width = _padded(len(chunk), min(MIN_QUERY, self.candidate_chunk), self.candidate_chunk)
+                users_x = np.repeat(users[members], len(chunk))
+                qx = self._inputs(encoder, users_x, np.tile(chunk, len(members)), name)
+                # [slots, width, ...]: each user's candidates, padded (the padding rows' scores are dropped)
+                x = {f: _rows(a.reshape(len(members), len(chunk), *a.shape[1:]), slots, width)
+                     for f, a in qx.items()}
+                predictions = np.asarray(self.learner.apply_adapted(self.state, fast, x))
+                scores[members, c : c + len(chunk)] = predictions[: len(members), : len(chunk)]
         bad = ~np.isfinite(scores).all(axis=1)
         if bad.any():
             raise ValueError(
@@ -685,7 +823,35 @@ class Recommender:
                 "the trained state is broken (training diverged), or their ratings are far off the training scale; "
                 "retrain with lower learning rates, or pass ratings on the scale trained on."
             )
+        return scores
+
+    def _score(self, ratings: pd.DataFrame, items: Any, name: str, user_features: pd.DataFrame | None):
+        """``(users, candidates, scores [users, candidates] float32, ratings)``."""
+        frame, y = self._check_ratings(ratings)
+        candidates = self.items if items is None else _item_ids(items, name)
+        users, encoder, support_x, support_y = self._supports(frame, y, user_features)
+        # every candidate must be encodable; checked once here with a user known to be encodable
+        self._inputs(encoder, np.repeat(users[:1], len(candidates)), candidates, name if items is not None else "items")
+        scores = self._adapted_scores(encoder, users, support_x, support_y, candidates, name)
         return users, candidates, scores, frame
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _support_influence(learner: MetaLearner, state: MetaState, batch: TaskBatch, x: Any) -> jax.Array:
+    """float32 ``[tasks, rows, support]``: ``d score[t, r] / d batch.support_y[t, j]``, the derivative of the
+    adapted score of each user's rows ``x`` (leaves ``[tasks, rows, ...]``) with respect to each support rating;
+    zero at padded support rows.
+
+    Users are adapted independently (``adapt`` maps over tasks), so the derivative of the sum over users of
+    row ``r``'s score holds every user's own derivatives at once: one backward pass per row, not per user.
+    """
+
+    def scores(support_y: jax.Array) -> jax.Array:  # [rows]: summed over users
+        fast = learner.adapt(state, batch._replace(support_y=support_y))
+        return learner.apply_adapted(state, fast, x).sum(axis=0)
+
+    jac = jax.jacrev(scores)(batch.support_y)  # [rows, tasks, support]
+    return jnp.where(batch.support_mask[:, None, :], jnp.moveaxis(jac, 0, 1), 0.0)
 
 
 def _check_id_types(new: np.ndarray, known: pd.Index) -> None:

@@ -180,3 +180,16 @@ def trained(tmp_path_factory) -> Path:
     done = jaxmeta("train", "--out", run, *RUN_SETTINGS)
     assert done.returncode == 0, done.stderr
     return run
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory) -> Path:
+    """A short ``jaxmeta train --data ml-100k --algo maml`` run on the real ML-100K, for the tests that
+    serve it over HTTP (read-only; skips when the data are absent). Short on purpose: they test serving,
+    not the quality of its recommendations."""
+    data = real("ml-100k")
+    run = tmp_path_factory.mktemp("served") / "run"
+    done = jaxmeta("train", "--data", "ml-100k", "--data-dir", data.parent, "--algo", "maml", "--steps", "50",
+                   "--num-buckets", "1", "--out", run, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return run

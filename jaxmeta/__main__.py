@@ -1,0 +1,7 @@
+"""``python -m jaxmeta``: the ``jaxmeta`` command."""
+
+import sys
+
+from jaxmeta.cli import main
+
+sys.exit(main())
