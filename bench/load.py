@@ -197,7 +197,7 @@ def _ms(seconds: Sequence[float]) -> dict[str, float | None]:
 
 
 async def _measure(url: str, workload: str, users: Sequence[str], items: Sequence[Any], *, duration: float,
-                   warmup: float, k: int, seed: int, timeout: float) -> dict[str, Any]:
+                   warmup: float, k: int, seed: int, timeout: float, explain: bool = True) -> dict[str, Any]:
     kinds = {"POST ratings": [], "GET recommendations": []}
     errors: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=len(users), max_keepalive_connections=len(users))
@@ -226,7 +226,7 @@ async def _measure(url: str, workload: str, users: Sequence[str], items: Sequenc
                 if workload == "ratings+recs":
                     body = {"ratings": [{"item": rng.choice(items), "rating": rng.randint(1, 5)}]}
                     await call("POST ratings", "POST", f"/users/{user}/ratings", json=body)
-                await call("GET recommendations", "GET", f"/users/{user}/recommendations", params={"k": k})
+                await call("GET recommendations", "GET", f"/users/{user}/recommendations", params={"k": k, "explain": str(explain).lower()})
 
         await asyncio.gather(*(client(n) for n in range(len(users))))
     everything = [s for times in kinds.values() for s in times]
@@ -248,8 +248,11 @@ def give_history(url: str, users: Sequence[str], items: Sequence[Any], *, size: 
 
 def measure(url: str, workload: str, *, clients: int = 32, duration: float = 15.0, warmup: float = 2.0, k: int = 10,
             history: int = 5, seed: int = 0, timeout: float = 30.0, user_prefix: str = "load",
-            server_pid: int | None = None) -> dict[str, Any]:
+            server_pid: int | None = None, explain: bool = True) -> dict[str, Any]:
     """One workload against a running service: ``clients`` concurrent clients for ``duration`` seconds.
+
+    ``explain``: the recommendations carry their ``because`` (what the web page asks for; a backward
+    pass through the adaptation per item), or not (``explain=false``: adaptation and ranking only).
 
     With ``server_pid`` the record holds ``server_cpu_s``, the CPU time the service used
     meanwhile (warm-up included, as for ``client_cpu_s``)."""
@@ -264,11 +267,12 @@ def measure(url: str, workload: str, *, clients: int = 32, duration: float = 15.
     load = load_average()
     cpu, server_cpu = time.process_time(), None if server_pid is None else cpu_seconds(server_pid)
     result = asyncio.run(_measure(url, workload, users, items, duration=duration, warmup=warmup, k=k, seed=seed,
-                                  timeout=timeout))
+                                  timeout=timeout, explain=explain))
     if server_cpu is not None:
         after = cpu_seconds(server_pid)
         result["server_cpu_s"] = None if after is None else round(after - server_cpu, 2)
     return {"bench": "load", "workload": workload, "clients": clients, "duration_s": duration, "k": k,
+            "explain": explain,
             **result, "load_avg_before": load, "cpus": os.cpu_count(),
             "client_cpu_s": round(time.process_time() - cpu, 2)}
 
@@ -280,6 +284,7 @@ def ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         pair = {r["batching"]: r for r in records if r["workload"] == workload}
         if True in pair and False in pair and pair[False]["req_per_s"] > 0:
             out.append({"bench": "load", "workload": workload, "clients": pair[True]["clients"],
+                        "explain": pair[True].get("explain", True),
                         "ratio_batched_over_unbatched": round(pair[True]["req_per_s"] / pair[False]["req_per_s"], 2),
                         "batched_req_per_s": pair[True]["req_per_s"], "unbatched_req_per_s": pair[False]["req_per_s"]})
     return out
@@ -299,6 +304,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="the service's --max-batch (default: 32)")
     parser.add_argument("--window-ms", type=float, default=5.0, help="the service's --window-ms (default: 5)")
     parser.add_argument("--k", type=int, default=10, help="items per recommendation (default: 10)")
+    parser.add_argument("--no-explain", dest="explain", action="store_false",
+                        help="ask for recommendations without their because (explain=false)")
     parser.add_argument("--history", type=int, default=5, help="ratings per user before timing (default: 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-level", default="warning",
@@ -322,7 +329,7 @@ def main(args: argparse.Namespace) -> int:
                 for workload in args.workloads:
                     record = measure(server.url, workload, clients=args.clients, duration=args.duration,
                                      warmup=args.warmup, k=args.k, history=args.history, seed=args.seed,
-                                     user_prefix=mode, server_pid=server.process.pid)
+                                     user_prefix=mode, server_pid=server.process.pid, explain=args.explain)
                     record.update(batching=batching, max_batch=args.max_batch, window_ms=args.window_ms)
                     records.append(record)
                     print(json.dumps(record), flush=True)

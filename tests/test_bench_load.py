@@ -11,7 +11,7 @@ import pytest
 
 from jaxmeta.bench import load
 
-KEYS = {"bench", "workload", "clients", "duration_s", "k", "requests", "req_per_s", "p50_ms", "p99_ms", "errors",
+KEYS = {"bench", "workload", "clients", "duration_s", "k", "explain", "requests", "req_per_s", "p50_ms", "p99_ms", "errors",
         "error_kinds", "by_request", "load_avg_before", "cpus", "client_cpu_s", "batching", "max_batch", "window_ms"}
 
 

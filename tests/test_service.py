@@ -274,6 +274,20 @@ def test_a_new_rating_invalidates_the_cached_recommendations(served):
     assert [e["item"] for e in after] == library["item"].tolist()
 
 
+def test_explain_false_gives_the_same_items_without_because_and_is_not_served_to_explain(served):
+    client, _ = served
+    client.post("/users/explainer/ratings", json=body([(102, 5), (107, 1)]))
+    plain = client.get("/users/explainer/recommendations", params={"k": 4, "explain": "false"}).json()["items"]
+    assert all(e["because"] is None for e in plain)
+    explained = client.get("/users/explainer/recommendations", params={"k": 4}).json()["items"]  # not the cached plain
+    assert any(e["because"] is not None for e in explained)
+    assert [{**e, "because": None} for e in explained] == plain
+    stateless = client.post("/recommend", json=body([(102, 5), (107, 1)]) | {"k": 4, "explain": False}).json()
+    assert stateless["items"] == plain
+    reply = client.post("/recommend", json=body([(102, 5)]) | {"explain": "yes"})
+    assert reply.status_code == 422 and "explain='yes'" in reply.json()["detail"]
+
+
 def test_an_unknown_user_gets_the_unadapted_ranking_and_nothing_is_written(served):
     client, db = served
     before = (rows(db), client.get("/health").json()["users"])

@@ -24,7 +24,10 @@ Each recommended item carries ``score`` (the adapted model's prediction),
 ``|d score / d rating|`` through the adaptation
 (:meth:`~jaxmeta.serve.Recommender.influence`) and that signed derivative as
 ``influence``; null without ratings, or when every derivative is 0 (learners
-whose adaptation stops gradients, see there).
+whose adaptation stops gradients, see there), or when the request says
+``explain=false``: the explanation costs a backward pass through the adaptation
+per item, about twice the adaptation and ranking, so a caller that does not
+show it can skip it.
 
 Users: every user of the service is a new user of the model (every user
 feature unknown, as :mod:`jaxmeta.serve` serves new users), whatever the name;
@@ -108,6 +111,7 @@ class Job(NamedTuple):
     ratings: tuple[tuple[Hashable, float], ...]  # the support set: (item, rating), oldest first
     seen: frozenset  # every item the user has rated (never recommended)
     k: int  # items wanted
+    explain: bool = True  # find each item's ``because`` (the costlier part: a backward pass per item)
 
 
 def _plain(value: Any) -> Any:
@@ -228,7 +232,8 @@ class _Ranker:
             mine = top.loc[top["user"].to_numpy() == user]
             keep = np.array([item not in job.seen for item in mine["item"].tolist()], dtype=bool)
             chosen.append(mine.loc[keep].iloc[: job.k])  # none when the user has rated every item
-        pairs = pd.concat(chosen, ignore_index=True)
+        explained = [mine for mine, job in zip(chosen, jobs) if job.explain]
+        pairs = pd.concat(explained, ignore_index=True) if explained else pd.DataFrame()
         because = self._because(frame, pairs) if len(pairs) else {}
         return [[self._entry(_plain(item), score, because.get((user, _plain(item))))
                  for item, score in zip(mine["item"], mine["score"])]
@@ -281,6 +286,7 @@ class _Cached:
     version: int
     k: int
     items: list[dict]
+    explain: bool = True
 
 
 class _Service:
@@ -367,7 +373,7 @@ class _Service:
             out.append((item, value))
         return out
 
-    def job(self, ratings: Sequence[tuple[Hashable, float]], k: int) -> Job:
+    def job(self, ratings: Sequence[tuple[Hashable, float]], k: int, explain: bool = True) -> Job:
         """The job of a user with these ratings (oldest first): each item's latest rating, the most recent
         ``history_limit`` of them as the support set."""
         latest: dict[Hashable, float] = {}
@@ -375,7 +381,7 @@ class _Service:
             latest.pop(item, None)  # a re-rated item counts as rated last
             latest[item] = rating
         support = tuple(latest.items())[-self.history_limit:]
-        return Job(support, frozenset(latest), k)
+        return Job(support, frozenset(latest), k, explain)
 
     # ---------------------------------------------------------------- state
 
@@ -391,17 +397,19 @@ class _Service:
             self.store.close()
             self.store = None
 
-    def cached(self, user: str, k: int) -> list[dict] | None:
+    def cached(self, user: str, k: int, explain: bool = True) -> list[dict] | None:
         hit = self.cache.get(user)
         if hit is None or hit.version != self.versions.get(user, 0) or (hit.k < k and len(hit.items) >= hit.k):
+            return None
+        if explain and not hit.explain:  # cached without explanations: they are wanted now
             return None
         self.cache.move_to_end(user)
         return hit.items[:k]
 
-    def remember(self, user: str, version: int, k: int, items: list[dict]) -> None:
+    def remember(self, user: str, version: int, k: int, items: list[dict], explain: bool = True) -> None:
         if version != self.versions.get(user, 0):  # rated meanwhile: this result is stale already
             return
-        self.cache[user] = _Cached(version, k, items)
+        self.cache[user] = _Cached(version, k, items, explain)
         self.cache.move_to_end(user)
         while len(self.cache) > CACHE_USERS:
             self.cache.popitem(last=False)
@@ -565,28 +573,33 @@ def create_app(
         return JSONResponse({"user": user, "added": len(ratings), "total": total})
 
     @app.get("/users/{user}/recommendations")
-    async def user_recommendations(user: str, k: int = Query(10, description=f"items to return, 1 to {MAX_K}")
-                                   ) -> JSONResponse:
+    async def user_recommendations(user: str, k: int = Query(10, description=f"items to return, 1 to {MAX_K}"),
+                                   explain: bool = Query(True, description="find each item's because (false: "
+                                                         "null, and a cheaper adaptation)")) -> JSONResponse:
         """The user's ``k`` best unseen items, adapted on their stored ratings (a user without ratings gets the
-        unadapted model's ranking), each with ``because``: the rating that moved its score most."""
+        unadapted model's ranking), each with ``because``: the rating that moved its score most (null with
+        ``explain=false``)."""
         user = _check_user(user)
         k = _check_k(k)
-        items = service.cached(user, k)
+        items = service.cached(user, k, explain)
         if items is None:
             version = service.versions.get(user, 0)
             history = await asyncio.to_thread(service.store.history, user)
-            items = await recommendations(service.job(history, k))
-            service.remember(user, version, k, items)
+            items = await recommendations(service.job(history, k, explain))
+            service.remember(user, version, k, items, explain)
         return JSONResponse({"user": user, "k": k, "items": items})
 
     @app.post("/recommend", openapi_extra=_ratings_schema(max_ratings_per_request, recommender.rating_scale, True))
     async def recommend(request: Request) -> JSONResponse:
         """The ``k`` best unseen items for the ratings given (in order; latest wins); stores nothing."""
         body = await service.body(request)
-        service.fields(body, ["ratings", "k"])
+        service.fields(body, ["ratings", "k", "explain"])
         ratings = service.ratings(body, required=False)
         k = _check_k(body.get("k", 10))
-        return JSONResponse({"k": k, "items": await recommendations(service.job(ratings, k))})
+        explain = body.get("explain", True)
+        if not isinstance(explain, bool):
+            raise _Bad(422, f"explain={explain!r}: pass true (find each item's because) or false.")
+        return JSONResponse({"k": k, "items": await recommendations(service.job(ratings, k, explain))})
 
     @app.get("/items")
     async def items(q: str = Query("", max_length=200, description="text to find in titles, any case"),
