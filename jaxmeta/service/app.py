@@ -228,8 +228,9 @@ class _Ranker:
         older = [len(job.seen) - len({item for item, _ in job.ratings}) for job in jobs]
         top = self.recommender.recommend(frame, k=max(job.k + n for job, n in zip(jobs, older)))
         chosen = []
+        by_user = dict(tuple(top.groupby("user", sort=False)))  # one pass over the rows, not one per user
         for user, job in zip(users, jobs):
-            mine = top.loc[top["user"].to_numpy() == user]
+            mine = by_user.get(user, top.iloc[:0])
             keep = np.array([item not in job.seen for item in mine["item"].tolist()], dtype=bool)
             chosen.append(mine.loc[keep].iloc[: job.k])  # none when the user has rated every item
         explained = [mine for mine, job in zip(chosen, jobs) if job.explain]
