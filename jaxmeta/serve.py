@@ -46,7 +46,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,8 @@ MIN_SUPPORT = 8
 """Fewest support rows of a batch."""
 MIN_QUERY = 8
 """Fewest query (candidate) rows of a batch (fewer when ``candidate_chunk`` is smaller)."""
+INFLUENCE_ROWS = 16
+"""Items explained per task and compiled call by :meth:`NewUserRanker.rank`."""
 RATINGS_COLUMNS = ("user", "item", "rating")
 LINE = "line"
 """The index name of the tables :meth:`Recommender.read_ratings` and :meth:`Recommender.read_user_features`
@@ -75,7 +77,7 @@ _RATINGS_HINT = "a CSV file whose header names user,item,rating and one rating p
 _FEATURES_HINT = "a CSV file whose header names user and user fields, one user per line below it"
 _UNRATED = "\x00unrated"  # recommend_unrated's user: a new user, its id led by NUL so that it is no real user's
 
-__all__ = ("LINE", "MIN_QUERY", "MIN_SUPPORT", "MIN_TASKS", "Recommender")
+__all__ = ("INFLUENCE_ROWS", "LINE", "MIN_QUERY", "MIN_SUPPORT", "MIN_TASKS", "NewUserRanker", "Ranking", "Recommender")
 
 
 def _padded(n: int, floor: int, cap: int | None = None) -> int:
@@ -834,6 +836,173 @@ class Recommender:
         self._inputs(encoder, np.repeat(users[:1], len(candidates)), candidates, name if items is not None else "items")
         scores = self._adapted_scores(encoder, users, support_x, support_y, candidates, name)
         return users, candidates, scores, frame
+
+
+class Ranking(NamedTuple):
+    """One user's ranking from :meth:`NewUserRanker.rank`."""
+
+    items: np.ndarray  # [n] the recommended item ids, best first (n <= k: fewer when the user has seen the rest)
+    scores: np.ndarray  # float32 [n]: their adapted scores
+    influence: np.ndarray | None  # float32 [n, ratings]: d score / d rating of each of the user's ratings; None
+    # unless explained
+
+
+class NewUserRanker:
+    """The catalogue ranked for many new users at once, from arrays: the hot path of a service.
+
+    :meth:`Recommender.recommend` takes a ratings table and pays, per call, for
+    pandas, for encoding every (user, candidate) pair and for one compiled call
+    per candidate chunk. A service asks the same question over and over for new
+    users without user features (every user feature unknown), whose encoded
+    inputs of an item are therefore the same for every user. This class encodes
+    them once, keeps only the distinct input rows (items described by the same
+    features, e.g. ML-100K's movies by their genres, share one row), puts the
+    candidates in :meth:`Recommender.recommend`'s tie order (descending
+    :attr:`~Recommender.popularity`, then ascending id), and serves each batch of
+    users by ONE compiled call: ``adapt``, the adapted scores of the distinct
+    rows (in chunks of :attr:`~Recommender.candidate_chunk`), seen items masked
+    out and ``jax.lax.top_k``, whose equal values keep the lower (tie-order)
+    index first. Users are batched as :meth:`Recommender.score` batches them
+    (same padded shapes); :meth:`rank` with ``explain=True`` adds
+    :meth:`Recommender.influence`'s derivatives for the items returned.
+
+    A user's ranking equals :meth:`Recommender.recommend`'s for the same ratings
+    (as a new user without ``user_features``), up to float32 rounding, and their
+    ``influence`` equals :meth:`Recommender.influence`'s.
+
+    Args:
+      recommender: the model and its catalogue; its ``batch_size`` bounds the
+        users per call.
+      k: the most items a ranking holds (the compiled top-k's size; at most the
+        catalogue's size).
+
+    Example:
+      >>> import jax, pandas as pd
+      >>> from jaxmeta import algorithms, models
+      >>> from jaxmeta.data.features import FeatureEncoder
+      >>> items = pd.DataFrame({"item": [10, 11, 12, 13], "genres": [("a",), ("b",), ("a", "b"), ()]})
+      >>> encoder = FeatureEncoder.fit(pd.DataFrame({"user": [1]}), items, item_multi=["genres"])
+      >>> learner = algorithms.maml(models.melu(encoder.spec, embed_dim=4, hidden=(8,)), inner_steps=2)
+      >>> rec = Recommender(learner, learner.init(jax.random.key(0)), encoder, items["item"])
+      >>> ranker = NewUserRanker(rec, k=3)
+      >>> ranker.distinct  # four items, four distinct genre sets
+      4
+      >>> [top] = ranker.rank([([10, 12], [5.0, 1.0])], explain=True)
+      >>> sorted(top.items.tolist()), top.influence.shape  # 10 and 12 are seen: two items left
+      ([11, 13], (2, 2))
+    """
+
+    def __init__(self, recommender: Recommender, *, k: int = 100):
+        self.recommender = recommender
+        self.k = min(positive_int("k", k, "the most items a ranking holds"), len(recommender.items))
+        users = np.array([_UNRATED], dtype=object)  # a new user: every user feature unknown
+        encoder = recommender._encoder_for(users, None)
+        self.items = recommender.items[recommender._tie_order(recommender.items)]
+        self.position = {item: n for n, item in enumerate(self.items.tolist())}
+        self.inputs = recommender._inputs(encoder, np.repeat(users, len(self.items)), self.items, "items")
+        rows = np.concatenate([np.ascontiguousarray(a).reshape(len(self.items), -1).view(np.uint8)
+                               for _, a in sorted(self.inputs.items())], axis=1)
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        self.distinct = len(first)
+        chunks = -(-self.distinct // recommender.candidate_chunk)
+        chunk = -(-self.distinct // chunks)  # the fewest chunks of at most candidate_chunk rows, evenly filled
+        take = np.concatenate([first, np.repeat(first[:1], chunks * chunk - self.distinct)])
+        # [chunks, chunk, ...]: the distinct rows, padded with a copy of the first (its scores are never read)
+        self._distinct = jax.device_put({f: a[take].reshape(chunks, chunk, *a.shape[1:])
+                                         for f, a in self.inputs.items()})
+        self._inverse = jax.device_put(inverse.reshape(-1).astype(np.int32))
+
+    def positions(self, items: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """int64: the candidates' positions of ``items`` (ids of :attr:`Recommender.items`)."""
+        try:
+            return np.fromiter((self.position[i] for i in items), dtype=np.int64)
+        except KeyError as err:
+            raise ValueError(f"item {err.args[0]!r} is not an item of the recommender: pass ids of its "
+                             f"items, e.g. {_shown(self.items)}.") from None
+
+    def rank(self, supports: Sequence[tuple[Sequence[Any], Sequence[float]]], *,
+             seen: Sequence[Sequence[Any]] | None = None, k: int | None = None,
+             explain: bool = False) -> list[Ranking]:
+        """Each user's ``k`` best items, adapted on their ratings.
+
+        Args:
+          supports: per user, ``(items, ratings)``: the support set, at least one
+            rating (ratings already checked against the rating scale).
+          seen: per user, items never to recommend; default the support's items.
+          k: items per ranking, at most :attr:`k` (the default).
+          explain: also find each returned item's ``influence`` (a backward pass
+            through the adaptation per item: keep ``k`` to what is shown).
+
+        Returns:
+          One :class:`Ranking` per user, in order.
+        """
+        rec = self.recommender
+        k = self.k if k is None else positive_int("k", k, "items per ranking")
+        if k > self.k:
+            raise ValueError(f"k={k}: this ranker holds at most {self.k} items per ranking; pass k <= {self.k}, "
+                             "or build the NewUserRanker with a larger k.")
+        support_x, support_y, masks = [], [], []
+        for n, (items, ratings) in enumerate(supports):
+            where = self.positions(items)
+            if not len(where):
+                raise ValueError(f"supports[{n}] has no rating: a user needs at least one to adapt on.")
+            support_x.append({f: a[where] for f, a in self.inputs.items()})
+            support_y.append(np.asarray(ratings, dtype=np.float32))
+            mask = np.zeros(len(self.items), dtype=bool)
+            mask[where if seen is None else self.positions(seen[n])] = True
+            masks.append(mask)
+        out: list[Ranking | None] = [None] * len(support_y)
+        for members, batch in rec._support_batches(support_x, support_y):
+            mask = np.zeros((batch.num_tasks, len(self.items)), dtype=bool)
+            mask[: len(members)] = np.stack([masks[m] for m in members])
+            values, index, finite = (np.asarray(a) for a in _new_user_top_k(
+                rec.learner, rec.state, batch, self._distinct, self._inverse, mask, self.k))
+            if not finite[: len(members)].all():
+                raise ValueError("the model's scores are not finite for some of these users: the trained state is "
+                                 "broken (training diverged), or their ratings are far off the training scale.")
+            values, index = values[:, :k], index[:, :k]
+            keep = ~np.take_along_axis(mask, index, axis=1)
+            jac = self._influence(batch, index, keep) if explain else None
+            for j, m in enumerate(members):
+                kept = keep[j]
+                out[m] = Ranking(self.items[index[j][kept]], values[j][kept],
+                                 None if jac is None else jac[j][kept][:, : len(support_y[m])])
+        return out
+
+    def _influence(self, batch: TaskBatch, index: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """float32 ``[tasks, k, support]``: :func:`_support_influence` of each task's ranked items, taken
+        :data:`INFLUENCE_ROWS` at a time, as far as any task keeps items."""
+        wanted = int(keep.sum(axis=1).max())
+        jac = np.zeros((*index.shape, batch.support_y.shape[1]), dtype=np.float32)
+        for c in range(0, wanted, INFLUENCE_ROWS):
+            rows = index[:, c : c + INFLUENCE_ROWS]
+            rows = np.pad(rows, ((0, 0), (0, INFLUENCE_ROWS - rows.shape[1])), mode="edge")
+            x = {f: a[rows] for f, a in self.inputs.items()}
+            part = np.asarray(_support_influence(self.recommender.learner, self.recommender.state, batch, x))
+            jac[:, c : c + INFLUENCE_ROWS] = part[:, : jac.shape[1] - c]
+        return jac
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _new_user_top_k(learner: MetaLearner, state: MetaState, batch: TaskBatch, distinct: Any, inverse: jax.Array,
+                    seen: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(scores, positions, finite)``: each task's ``k`` best unseen candidates (float32 and int32 ``[tasks,
+    k]``; seen ones at ``-inf`` when fewer are left) and whether all its scores are finite (bool ``[tasks]``).
+
+    ``distinct`` (leaves ``[chunks, chunk, ...]``) holds the distinct input rows, ``inverse`` (int32
+    ``[candidates]``) each candidate's row, ``seen`` (bool ``[tasks, candidates]``) the items to leave out."""
+    fast = learner.adapt(state, batch)
+    tasks = batch.support_y.shape[0]
+
+    def score(rows: Any) -> jax.Array:  # [tasks, chunk]: every task's adapted scores of one chunk
+        x = jax.tree.map(lambda a: jnp.broadcast_to(a, (tasks, *a.shape)), rows)
+        return learner.apply_adapted(state, fast, x)
+
+    scores = jax.lax.map(score, distinct)  # [chunks, tasks, chunk]
+    scores = jnp.moveaxis(scores, 0, 1).reshape(tasks, -1)[:, inverse]  # [tasks, candidates]
+    finite = jnp.isfinite(scores).all(axis=1)
+    values, positions = jax.lax.top_k(jnp.where(seen, -jnp.inf, scores), k)
+    return values, positions, finite
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from jaxmeta import algorithms, models
 from jaxmeta.data.features import FeatureEncoder
-from jaxmeta.serve import Recommender, _support_influence
+from jaxmeta.serve import Recommender, _new_user_top_k, _support_influence
 from jaxmeta.service import MicroBatcher, RatingStore
 from jaxmeta.service import cli as service_cli
 from jaxmeta.service.app import MAX_K, create_app
@@ -153,6 +153,47 @@ def test_store_is_safe_from_many_threads(tmp_path):
     store.close()
 
 
+def test_store_add_many_is_one_transaction_all_or_nothing(tmp_path):
+    store = RatingStore(tmp_path / "r.sqlite")
+    assert store.add_many([("ann", [(1, 2.0)]), ("bob", [(1, 3.0), (2, 4.0)]), ("ann", [(3, 5.0)])]) == [1, 2, 2]
+    with pytest.raises(sqlite3.Error):  # the second write cannot be stored: the first is not either
+        store.add_many([("cat", [(1, 2.0)]), ("dan", [(object(), 1.0)])])
+    assert store.history("cat") == [] and store.count_users() == 2
+    assert store.history("ann") == [(1, 2.0), (3, 5.0)] and rows(tmp_path / "r.sqlite") == 4
+    store.close()
+
+
+def test_ratings_posted_together_share_a_commit(tmp_path):
+    app = create_app(REC, tmp_path / "w.sqlite", window_ms=1.0, **OPTIONS)
+    service = app.state.service
+    commits, release = [], threading.Event()
+
+    def add_many(writes):  # the first commit waits until every request is queued behind it
+        commits.append(len(writes))
+        if len(commits) == 1:
+            release.wait(30)
+        return RatingStore.add_many(service.store, writes)
+
+    async def post_all():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
+                                                                         base_url="http://t") as http:
+            service.store.add_many = add_many
+            first = asyncio.create_task(http.post("/users/u0/ratings", json=body([(100, 4)])))
+            while not commits:
+                await asyncio.sleep(0.01)
+            rest = [asyncio.create_task(http.post(f"/users/u{n}/ratings", json=body([(101, n % 5 + 1)])))
+                    for n in range(1, 10)]
+            while service.writer._queue.qsize() < 9:
+                await asyncio.sleep(0.01)
+            release.set()
+            return [r.json() for r in await asyncio.gather(first, *rest)]
+
+    replies = asyncio.run(post_all())
+    assert commits == [1, 9] and [r["total"] for r in replies] == [1] * 10
+    assert rows(tmp_path / "w.sqlite") == 10
+
+
 def test_store_refuses_a_folder(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         RatingStore(tmp_path)
@@ -259,6 +300,27 @@ def test_rating_is_stored_and_recommendations_adapt_to_it(served):
     stateless = client.post("/recommend", json=body([(100, 5), (101, 1), (100, 4)]) | {"k": 5}).json()
     assert stateless == {"k": 5, "items": got["items"]}
     assert rows(db) == before + 2  # /recommend wrote nothing
+
+
+def test_a_users_history_is_read_from_the_database_once_and_kept_as_written(tmp_path, monkeypatch):
+    db = tmp_path / "h.sqlite"
+    store = RatingStore(db)
+    store.add("old", [(100, 2.0), (101, 3.0)])  # written before this app started
+    store.close()
+    with TestClient(create_app(REC, db, window_ms=1.0, **OPTIONS)) as client:
+        service = client.app.state.service
+        reads = []
+        real = RatingStore.history
+        monkeypatch.setattr(RatingStore, "history", lambda self, user: reads.append(user) or real(self, user))
+        for n, pairs in enumerate([[(102, 5)], [(100, 1), (103, 4)], [(101, 2)], [(104, 3)]]):
+            client.post("/users/old/ratings", json=body(pairs))
+            client.post("/users/new/ratings", json=body(pairs))
+            for user in ("old", "new"):
+                got = client.get(f"/users/{user}/recommendations", params={"k": 3, "explain": "false"}).json()
+                assert not {e["item"] for e in got["items"]} & {100, 101, 102, 103, 104}
+                assert list(service.histories[user].items()) == real(service.store, user)  # as the database has it
+        assert sorted(reads) == ["new", "old"]  # one read per user, at their first request
+        assert real(service.store, "old") == [(102, 5.0), (100, 1.0), (103, 4.0), (101, 2.0), (104, 3.0)]
 
 
 def test_a_new_rating_invalidates_the_cached_recommendations(served):
@@ -450,12 +512,12 @@ def test_micro_batched_results_equal_one_user_at_a_time(tmp_path):
 
 def test_nothing_compiles_after_the_warm_up(tmp_path):
     app = create_app(REC, tmp_path / "c.sqlite", window_ms=20, **OPTIONS)
-    compiled = LEARNER.adapt._cache_size(), LEARNER.apply_adapted._cache_size(), _support_influence._cache_size()
+    caches = lambda: (_new_user_top_k._cache_size(), _support_influence._cache_size())  # noqa: E731
+    compiled = caches()
     many = REQUESTS + [[(100 + n, 3) for n in range(20)]] * 3  # 20 ratings: cut to the history limit
     asyncio.run(_concurrently(app, many))
     asyncio.run(_concurrently(app, many[1:2]))
-    assert (LEARNER.adapt._cache_size(), LEARNER.apply_adapted._cache_size(),
-            _support_influence._cache_size()) == compiled
+    assert caches() == compiled and compiled[0] > 0 and compiled[1] > 0
 
 
 # ---------------------------------------------------------------- command line

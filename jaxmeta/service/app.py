@@ -6,7 +6,8 @@
 * ``GET /health``: ``{"status": "ok", "items": N, "users": U, "batching": B}``.
 * ``POST /users/{user}/ratings`` with ``{"ratings": [{"item": 1, "rating": 4}, ...]}``:
   stores the ratings (committed to SQLite before the reply, see
-  :mod:`jaxmeta.service.store`; a later rating of an item replaces the earlier)
+  :mod:`jaxmeta.service.store`; requests that arrive while a commit runs share
+  the next one; a later rating of an item replaces the earlier)
   and replies ``{"user": user, "added": n, "total": t}``: ``n`` ratings written
   by this request, ``t`` items the user has rated.
 * ``GET /users/{user}/recommendations?k=10``: the user's ``k`` best unseen items
@@ -37,10 +38,10 @@ they are never recommended).
 
 Micro-batching: recommendation requests are queued and served by a
 :class:`~jaxmeta.service.batcher.MicroBatcher`: those arriving within
-``window_ms`` of each other (up to ``max_batch``) are adapted together in one
-call of :meth:`~jaxmeta.serve.Recommender.recommend` and one of
-:meth:`~jaxmeta.serve.Recommender.influence`, in a worker thread, off the event
-loop. Their shapes come from a fixed set (task slots and support sizes padded
+``window_ms`` of each other (up to ``max_batch``) are adapted together by
+:meth:`~jaxmeta.serve.NewUserRanker.rank` (one compiled call adapts them and
+ranks the whole catalogue; the explanations take a backward pass per item
+shown), in a worker thread, off the event loop. Their shapes come from a fixed set (task slots and support sizes padded
 to powers of two up to ``max_batch`` and ``history_limit``), each compiled once
 before the app serves (``warmup``). A user's results are the same, up to
 float32 rounding, whether they are adapted alone or with others. Results are
@@ -78,7 +79,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from jaxmeta._checks import positive_int
 from jaxmeta.data.scale import FLOAT32_MAX
-from jaxmeta.serve import Recommender
+from jaxmeta.serve import NewUserRanker, Recommender
 from jaxmeta.service.batcher import MicroBatcher
 from jaxmeta.service.store import RatingStore
 
@@ -88,10 +89,10 @@ MAX_K = 100
 """The most items one recommendation request may ask for."""
 HISTORY_LIMIT = 128
 """Default ``history_limit``: the most recent ratings a user is adapted on."""
-INFLUENCE_CHUNK = 16
-"""Items explained per user and compiled call (:meth:`~jaxmeta.serve.Recommender.influence`'s ``chunk``)."""
 CACHE_USERS = 10_000
 """The most users whose recommendations are cached."""
+WRITES_PER_COMMIT = 256
+"""The most rating requests committed by one transaction."""
 MAX_USER_CHARS = 200
 _LOG = logging.getLogger("jaxmeta.service")
 _EXAMPLE = '{"ratings": [{"item": 1, "rating": 4}]}'
@@ -197,6 +198,7 @@ class _Ranker:
         self.recommender = recommender
         self.catalogue = catalogue
         self.history_limit = history_limit
+        self.fast = NewUserRanker(recommender, k=MAX_K)
         self._unrated: list[dict] | None = None
 
     def __call__(self, jobs: Sequence[Job]) -> list[list[dict]]:
@@ -218,40 +220,23 @@ class _Ranker:
         return self._unrated
 
     def _adapted(self, jobs: list[Job]) -> list[list[dict]]:
-        users = [f"\x00{n}" for n in range(len(jobs))]  # not a known user: every service user is a new user
-        frame = pd.DataFrame({
-            "user": [u for u, job in zip(users, jobs) for _ in job.ratings],
-            "item": [item for job in jobs for item, _ in job.ratings],
-            "rating": [rating for job in jobs for _, rating in job.ratings],
-        })
-        # items rated before the support set are not excluded by recommend: ask for that many more
-        older = [len(job.seen) - len({item for item, _ in job.ratings}) for job in jobs]
-        top = self.recommender.recommend(frame, k=max(job.k + n for job, n in zip(jobs, older)))
-        chosen = []
-        by_user = dict(tuple(top.groupby("user", sort=False)))  # one pass over the rows, not one per user
-        for user, job in zip(users, jobs):
-            mine = by_user.get(user, top.iloc[:0])
-            keep = np.array([item not in job.seen for item in mine["item"].tolist()], dtype=bool)
-            chosen.append(mine.loc[keep].iloc[: job.k])  # none when the user has rated every item
-        explained = [mine for mine, job in zip(chosen, jobs) if job.explain]
-        pairs = pd.concat(explained, ignore_index=True) if explained else pd.DataFrame()
-        because = self._because(frame, pairs) if len(pairs) else {}
-        return [[self._entry(_plain(item), score, because.get((user, _plain(item))))
-                 for item, score in zip(mine["item"], mine["score"])]
-                for user, mine in zip(users, chosen)]
-
-    def _because(self, frame: pd.DataFrame, pairs: pd.DataFrame) -> dict[tuple[str, Hashable], dict | None]:
-        """``(user, item) -> because``: the rating of largest |influence| on each pair's score."""
-        table = self.recommender.influence(frame, pairs[["user", "item"]], chunk=INFLUENCE_CHUNK)
-        size = table["influence"].abs().to_numpy()
-        table = table.assign(size=np.where(np.isfinite(size), size, -1.0))
-        best = table.loc[table.groupby(["user", "item"], sort=False)["size"].idxmax()]
-        out = {}
-        for user, item, rated, rating, value, size in best[["user", "item", "rated", "rating", "influence",
-                                                              "size"]].itertuples(index=False):
-            rated = _plain(rated)
-            out[(user, _plain(item))] = None if not size > 0 else {
-                "item": rated, "title": self.catalogue.title[rated], "rating": float(rating), "influence": float(value)}
+        explain = any(job.explain for job in jobs)  # one backward pass per item serves every task of a batch
+        rankings = self.fast.rank([tuple(zip(*job.ratings)) for job in jobs], seen=[job.seen for job in jobs],
+                                  k=max(job.k for job in jobs), explain=explain)
+        out = []
+        for job, ranking in zip(jobs, rankings):
+            n = min(job.k, len(ranking.items))
+            because = [None] * n
+            if job.explain:
+                rated = [item for item, _ in job.ratings]
+                size = np.abs(ranking.influence[:n])
+                size = np.where(np.isfinite(size), size, -1.0)
+                best = size.argmax(axis=1)  # the first of equals, in rating order
+                because = [None if not size[r, j] > 0 else {
+                    "item": rated[j], "title": self.catalogue.title[rated[j]], "rating": float(job.ratings[j][1]),
+                    "influence": float(ranking.influence[r, j])} for r, j in enumerate(best)]
+            out.append([self._entry(_plain(item), score, why)
+                        for item, score, why in zip(ranking.items[:n].tolist(), ranking.scores[:n], because)])
         return out
 
     def _entry(self, item: Hashable, score: float, because: dict | None) -> dict:
@@ -306,8 +291,13 @@ class _Service:
         self.batcher = MicroBatcher(self.ranker, max_batch=max_batch if batching else 1,
                                     window_ms=window_ms if batching else 0.0)
         self.store: RatingStore | None = None
+        # writes that arrive while a commit runs are committed together by the next: one fsync for them all
+        self.writer = MicroBatcher(lambda writes: self.store.add_many(writes), max_batch=WRITES_PER_COMMIT,
+                                   window_ms=0.0)
         self.versions: dict[str, int] = {}  # user -> how many writes since start: a cached result of an older
         self.cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()  # version is stale
+        # user -> {item: rating}, in the order of writing: the database's history, kept as it is written
+        self.histories: collections.OrderedDict[str, dict[Hashable, float]] = collections.OrderedDict()
 
     # ---------------------------------------------------------------- input
 
@@ -390,9 +380,12 @@ class _Service:
         self.store = RatingStore(self.db_path)
         self.versions.clear()
         self.cache.clear()
+        self.histories.clear()
         self.batcher.start()
+        self.writer.start()
 
     async def stop(self) -> None:
+        await self.writer.stop()
         await self.batcher.stop()
         if self.store is not None:
             self.store.close()
@@ -415,9 +408,32 @@ class _Service:
         while len(self.cache) > CACHE_USERS:
             self.cache.popitem(last=False)
 
-    def written(self, user: str) -> None:
+    async def history(self, user: str) -> list[tuple[Hashable, float]]:
+        """The user's ``(item, rating)`` pairs in the order of writing, as :meth:`RatingStore.history` reads
+        them: from memory after the first read (every write goes through :meth:`written`), so that a request
+        reads the database once per user, not once per request."""
+        known = self.histories.get(user)
+        if known is not None:
+            self.histories.move_to_end(user)
+            return list(known.items())
+        version = self.versions.get(user, 0)
+        rows = await asyncio.to_thread(self.store.history, user)
+        if version == self.versions.get(user, 0):  # no write meanwhile, whose rating the read may lack
+            self.histories[user] = dict(rows)
+            while len(self.histories) > CACHE_USERS:
+                self.histories.popitem(last=False)
+        return rows
+
+    def written(self, user: str, ratings: Sequence[tuple[Hashable, float]]) -> None:
+        """After ``ratings`` of ``user`` are committed: drops the user's cached results, and adds the ratings
+        to their history in memory as the store wrote them (a re-rated item moves to the end)."""
         self.versions[user] = self.versions.get(user, 0) + 1
         self.cache.pop(user, None)
+        known = self.histories.get(user)
+        if known is not None:
+            for item, rating in ratings:
+                known.pop(item, None)
+                known[item] = float(rating)
 
 
 def _check_user(user: str) -> str:
@@ -569,8 +585,8 @@ def create_app(
         body = await service.body(request)
         service.fields(body, ["ratings"])
         ratings = service.ratings(body, required=True)
-        total = await asyncio.to_thread(service.store.add, user, ratings)
-        service.written(user)
+        total = await service.writer.submit((user, ratings))
+        service.written(user, ratings)
         return JSONResponse({"user": user, "added": len(ratings), "total": total})
 
     @app.get("/users/{user}/recommendations")
@@ -585,7 +601,7 @@ def create_app(
         items = service.cached(user, k, explain)
         if items is None:
             version = service.versions.get(user, 0)
-            history = await asyncio.to_thread(service.store.history, user)
+            history = await service.history(user)
             items = await recommendations(service.job(history, k, explain))
             service.remember(user, version, k, items, explain)
         return JSONResponse({"user": user, "k": k, "items": items})

@@ -9,6 +9,13 @@ integer stays an integer, a text a text).
 Durability: the database runs in WAL mode with ``synchronous=FULL``, and
 :meth:`RatingStore.add` commits before it returns, so ratings acknowledged to a
 client survive a crash of the process or of the machine.
+:meth:`RatingStore.add_many` writes several users' ratings in one transaction:
+one commit (one ``fsync``) for all of them, which is how the service groups the
+writes that arrive together.
+
+Reads (:meth:`~RatingStore.history`, the counts) have a connection of their own:
+in WAL mode they see every committed write and never wait for a commit in
+progress.
 
 Order: a user's :meth:`~RatingStore.history` is in the order of writing. A
 rating is written as a new row (SQLite's ``INSERT OR REPLACE`` deletes the row it
@@ -41,9 +48,8 @@ CREATE TABLE IF NOT EXISTS ratings (
 class RatingStore:
     """Users' ratings in a SQLite file, safe to use from several threads at once.
 
-    One connection serves every thread, its use serialised by a lock: the
-    service's event loop writes and reads histories while its worker thread
-    adapts.
+    Two connections serve every thread, one writing and one reading, each
+    behind its own lock: a read never waits for a write's ``fsync``.
 
     Args:
       path: the database file; created (with its folder) when absent.
@@ -57,6 +63,8 @@ class RatingStore:
       2
       >>> store.history("ann"), store.history("bob"), store.count_users()
       ([(11, 2.0), (10, 5.0)], [], 1)
+      >>> store.add_many([("bob", [(10, 1.0)]), ("ann", [(12, 3.0)])])  # one commit
+      [1, 3]
       >>> store.close()
     """
 
@@ -65,12 +73,14 @@ class RatingStore:
         if self.path.is_dir():
             raise ValueError(f"{self.path} is a folder: pass the path of a database file, e.g. {self.path}/service.sqlite.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writing connection's
+        self._read_lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         except sqlite3.DatabaseError as err:
             raise ValueError(f"{self.path} is not a usable SQLite database ({err}): pass a new file or the one "
                              "the service wrote.") from None
@@ -84,37 +94,51 @@ class RatingStore:
         Returns:
           How many items the user has rated now.
         """
+        return self.add_many([(user, ratings)])[0]
+
+    def add_many(self, writes: Sequence[tuple[str, Sequence[tuple[Hashable, float]]]]) -> list[int]:
+        """Every ``(user, ratings)`` of ``writes``, in order, as :meth:`add` writes one, in ONE transaction:
+        all are committed when it returns, or none (it raises).
+
+        Returns:
+          For each write, how many items its user had rated once it was written.
+        """
         now = time.time()
-        rows = [(user, item, float(rating), now) for item, rating in ratings]
+        totals = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR REPLACE INTO ratings (user, item, rating, time) VALUES (?, ?, ?, ?)",
-                                     rows)
-                total = self._db.execute("SELECT COUNT(*) FROM ratings WHERE user = ?", (user,)).fetchone()[0]
+                for user, ratings in writes:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO ratings (user, item, rating, time) VALUES (?, ?, ?, ?)",
+                        [(user, item, float(rating), now) for item, rating in ratings])
+                    totals.append(int(self._db.execute("SELECT COUNT(*) FROM ratings WHERE user = ?",
+                                                       (user,)).fetchone()[0]))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        return int(total)
+        return totals
 
     def history(self, user: str) -> list[tuple[Hashable, float]]:
         """``user``'s ``(item, rating)`` pairs, oldest write first; empty for a user never seen."""
-        with self._lock:
-            rows = self._db.execute("SELECT item, rating FROM ratings WHERE user = ? ORDER BY rowid", (user,)).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute("SELECT item, rating FROM ratings WHERE user = ? ORDER BY rowid",
+                                        (user,)).fetchall()
         return [(item, float(rating)) for item, rating in rows]
 
     def count(self, user: str) -> int:
         """How many items ``user`` has rated."""
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM ratings WHERE user = ?", (user,)).fetchone()[0])
+        with self._read_lock:
+            return int(self._reader.execute("SELECT COUNT(*) FROM ratings WHERE user = ?", (user,)).fetchone()[0])
 
     def count_users(self) -> int:
         """How many users have rated something."""
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(DISTINCT user) FROM ratings").fetchone()[0])
+        with self._read_lock:
+            return int(self._reader.execute("SELECT COUNT(DISTINCT user) FROM ratings").fetchone()[0])
 
     def close(self) -> None:
-        """Closes the connection (every write is committed already)."""
-        with self._lock:
+        """Closes the connections (every write is committed already)."""
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()

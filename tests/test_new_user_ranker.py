@@ -1,0 +1,89 @@
+"""jaxmeta.serve.NewUserRanker: the service's array path equals Recommender.recommend and .influence."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxmeta.serve import NewUserRanker, Recommender
+from test_serve import ENCODER, ITEM_TABLE, ITEMS, LEARNERS, MODEL
+
+POPULARITY = {int(i): float(c) for i, c in zip(ITEMS, np.random.default_rng(3).integers(0, 4, len(ITEMS)))}
+
+
+@pytest.fixture(scope="module")
+def parts():
+    """``{"maml": (learner, state)}``: test_serve's MeLU MAML."""
+    learner = LEARNERS["maml"](MODEL)
+    return {"maml": (learner, learner.init(jax.random.key(0)))}
+
+
+def new_users(sizes: list[int], seed: int = 0) -> pd.DataFrame:
+    """Ratings of new users ``new0, new1, ...`` (absent from the encoder), ``sizes[u]`` distinct items each."""
+    rng = np.random.default_rng(seed)
+    rows = [(f"new{u}", int(item), float(rng.integers(1, 6)))
+            for u, n in enumerate(sizes) for item in rng.choice(ITEMS, size=n, replace=False)]
+    return pd.DataFrame(rows, columns=["user", "item", "rating"])
+
+
+def supports(ratings: pd.DataFrame) -> list[tuple[list, list]]:
+    return [(g["item"].tolist(), g["rating"].tolist()) for _, g in ratings.groupby("user", sort=False)]
+
+
+def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts):
+    learner, state = parts["maml"]
+    # two users per batch, the distinct input rows scored 7 at a time (in 3 chunks)
+    rec = Recommender(learner, state, ENCODER, ITEMS, popularity=POPULARITY, batch_size=2, candidate_chunk=7)
+    ratings = new_users([2, 9, 4])  # support sizes padded to 8, 16 and 8: two batches
+    ranker = NewUserRanker(rec, k=6)
+    got = ranker.rank(supports(ratings), explain=True)
+    top = rec.recommend(ratings, k=6)
+    table = rec.influence(ratings, top[["user", "item"]])
+    for n, ranking in enumerate(got):
+        expected = top[top["user"] == f"new{n}"]
+        assert ranking.items.tolist() == expected["item"].tolist()
+        np.testing.assert_allclose(ranking.scores, expected["score"], rtol=1e-5, atol=1e-5)
+        mine = table[table["user"] == f"new{n}"]
+        assert ranking.influence.shape == (len(expected), (ratings["user"] == f"new{n}").sum())
+        np.testing.assert_allclose(ranking.influence.ravel(), mine["influence"], rtol=1e-4, atol=1e-6)
+        assert np.abs(ranking.influence).max() > 0  # maml's adaptation reads the ratings
+
+
+def test_items_described_alike_share_one_input_row_and_tie_by_popularity(parts):
+    learner, state = parts["maml"]
+    for counts, first in (({**POPULARITY, 103: 9.0, 105: 1.0}, 103), ({**POPULARITY, 103: 1.0, 105: 9.0}, 105)):
+        rec = Recommender(learner, state, ENCODER, ITEMS, popularity=counts)
+        ranker = NewUserRanker(rec)
+        assert ranker.distinct == len(ITEM_TABLE.astype(str).drop_duplicates(["genres", "year"]))  # 103, 105, 111
+        [ranking] = ranker.rank([([100], [4.0])], seen=[[]])  # nothing excluded: every item ranked
+        order = ranking.items.tolist()
+        assert len(order) == len(ITEMS) and order.index(first) < order.index(208 - first)
+        assert ranking.scores[order.index(103)] == ranking.scores[order.index(105)]
+        assert order == rec.recommend(pd.DataFrame({"user": ["x"], "item": [100], "rating": [4.0]}),
+                                      k=len(ITEMS), exclude_seen=False)["item"].tolist()
+
+
+def test_seen_items_are_left_out_and_k_cuts_the_ranking(parts):
+    learner, state = parts["maml"]
+    ranker = NewUserRanker(Recommender(learner, state, ENCODER, ITEMS), k=len(ITEMS))
+    seen = [int(i) for i in ITEMS[:-3]]  # every item but three
+    [full, cut, everything] = ranker.rank([([100, 101], [5.0, 1.0])] * 3, seen=[seen, [100, 101], ITEMS], k=3)
+    assert sorted(full.items.tolist()) == sorted(ITEMS[-3:].tolist())
+    assert len(cut.items) == 3 and not {100, 101} & set(cut.items.tolist()) and cut.influence is None
+    assert len(everything.items) == 0 and everything.scores.shape == (0,)
+    assert np.all(np.diff(cut.scores) <= 0)
+
+
+def test_bad_input(parts):
+    learner, state = parts["maml"]
+    ranker = NewUserRanker(Recommender(learner, state, ENCODER, ITEMS), k=5)
+    with pytest.raises(ValueError, match=r"item 999 is not an item of the recommender"):
+        ranker.rank([([100, 999], [4.0, 3.0])])
+    with pytest.raises(ValueError, match=r"supports\[1\] has no rating"):
+        ranker.rank([([100], [4.0]), ([], [])])
+    with pytest.raises(ValueError, match=r"k=6: this ranker holds at most 5 items"):
+        ranker.rank([([100], [4.0])], k=6)
+    with pytest.raises(ValueError, match=r"k="):
+        NewUserRanker(Recommender(learner, state, ENCODER, ITEMS), k=0)
