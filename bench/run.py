@@ -14,6 +14,7 @@ Usage (from the repository root; ``jaxmeta bench`` takes the same flags anywhere
     python -m bench.run --workload ragged --batch 1024
     python -m bench.run --workload scale            # B = 32, 64, ..., 65536
     python -m bench.run --variant melu-adapt --backend pallas   # the fused Pallas kernel
+    python -m bench.run --workload adapt --batch 32 1024   # K-step against amortised adaptation
 """
 
 from __future__ import annotations
@@ -153,6 +154,27 @@ def measure_ragged(batch_size: int, *, chunk_size: int | None = -1, steps: int =
                    w1_same_support_tasks_per_s=same["tasks_per_s"])
 
 
+def measure_adapt(batch_size: int, *, chunk_size: int | None = -1, steps: int = 10, warmup: int = 2,
+                  seed: int = 0) -> list[dict[str, Any]]:
+    """The ``adapt`` workload at one batch size: a record per adaptation (gradient, then amortised; the same
+    users), and a line of their ratio."""
+    chunk = default_chunk(batch_size) if chunk_size == -1 else chunk_size
+    batch = jax.device_put(workloads.batch(np.random.default_rng(seed), batch_size))
+    records = []
+    for adaptation in workloads.ADAPTATIONS:
+        learner = workloads.adapter(adaptation, chunk_size=chunk)
+        state = learner.init(jax.random.key(seed))
+        compiled, compile_s = _compile(lambda s, b: learner.predict(s, b), state, batch)
+        seconds = _median_seconds(lambda: compiled(state, batch), steps=steps, warmup=warmup)
+        records.append(_record("adapt", adaptation, batch_size, seconds, compile_s, padded_fraction(batch),
+                               chunk_size=chunk, support=workloads.SUPPORT, backend="xla",
+                               inner_steps=workloads.INNER_STEPS if adaptation == "gradient" else 0))
+    gradient, amortised = records
+    records.append({"workload": "adapt", "batch": batch_size,
+                    "amortised_over_gradient": round(amortised["tasks_per_s"] / gradient["tasks_per_s"], 2)})
+    return records
+
+
 def measure(workload: str, variant: str, batch_sizes: Sequence[int], *, chunk_size: int | None = -1,
             steps: int | None = None, warmup: int | None = None, seed: int = 0, backend: str = "xla"):
     """Yields the records of one workload: W1 and W2 once per batch size; W3 the
@@ -169,6 +191,9 @@ def measure(workload: str, variant: str, batch_sizes: Sequence[int], *, chunk_si
                          f"(--workload melu) variants {workloads.KERNEL_VARIANTS}; pass one of them or --backend xla.")
     timing = {k: v for k, v in (("steps", steps), ("warmup", warmup)) if v is not None}
     for b in batch_sizes:
+        if workload == "adapt":
+            yield from measure_adapt(b, chunk_size=chunk_size, seed=seed, **timing)
+            continue
         if workload == "ragged":
             yield measure_ragged(b, chunk_size=chunk_size, seed=seed, **timing)
             continue
@@ -187,7 +212,8 @@ def measure(workload: str, variant: str, batch_sizes: Sequence[int], *, chunk_si
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", default="melu", choices=tuple(workloads.WORKLOADS),
-                        help="melu (W1), ragged (W2) or scale (W3) (default: melu)")
+                        help="melu (W1), ragged (W2), scale (W3), or adapt (K-step against amortised "
+                             "adaptation) (default: melu)")
     parser.add_argument("--variant", default="melu", help="W1: melu, melu-fo or melu-adapt (default: melu)")
     parser.add_argument("--batch", type=int, nargs="+",
                         help="users per step (default: 32 1024; scale: 32, 64, ..., 65536)")

@@ -10,6 +10,12 @@ gradient (``melu``), the first-order one (``melu-fo``), or no outer step at all
 W2 ``ragged``: W1 with support sizes uniform in 3..100 (query 10), batched by
 :func:`jaxmeta.tasks.bucket_by_support`. W3 ``scale``: W1 at growing batch sizes.
 
+``adapt`` (beyond BENCH.md's three): a new user's adaptation and query prediction
+on W1's users and network, two ways in the same run: ``gradient`` (MAML's 5 inner
+SGD steps, as ``melu-adapt``) and ``amortised`` (no inner step: the set encoder
+of :func:`jaxmeta.algorithms.conditioned` with ``inner_steps=0`` FiLM-modulates
+the weights in one forward pass, the student of amortised distillation).
+
 Batches are drawn straight as :class:`jaxmeta.tasks.TaskBatch` arrays (ids uniform
 in each field's vocabulary, ratings uniform in 1..5): the figures measure the
 engine, not the data pipeline.
@@ -35,7 +41,9 @@ SUPPORT, QUERY = 20, 10
 INNER_STEPS, INNER_LR, OUTER_LR = 5, 0.03, 1e-3
 RAGGED_SUPPORT = (3, 100)  # W2: support sizes uniform in this closed range
 
-WORKLOADS = {"melu": ("melu", "melu-fo", "melu-adapt"), "ragged": ("melu",), "scale": ("melu",)}
+WORKLOADS = {"melu": ("melu", "melu-fo", "melu-adapt"), "ragged": ("melu",), "scale": ("melu",),
+             "adapt": ("melu",)}
+ADAPTATIONS = ("gradient", "amortised")  # what the adapt workload times, in this order
 KERNEL_VARIANTS = ("melu-fo", "melu-adapt")  # the W1 variants the Pallas kernel backend runs
 BACKENDS = ("xla", "pallas")
 
@@ -61,6 +69,17 @@ def learner(variant: str, *, chunk_size: int | None = None, backend: str = "xla"
     return algorithms.maml(model(), inner_optimizer=INNER_LR, inner_steps=INNER_STEPS,
                            outer_optimizer=optax.adam(OUTER_LR), first_order=variant == "melu-fo",
                            chunk_size=chunk_size, backend=backend)
+
+
+def adapter(adaptation: str, *, chunk_size: int | None = None) -> MetaLearner:
+    """The learner of one ``adapt`` measurement: W1's MAML (``gradient``) or its amortised student
+    (``amortised``: :func:`jaxmeta.algorithms.conditioned` with no inner step)."""
+    if adaptation == "gradient":
+        return learner("melu-adapt", chunk_size=chunk_size)
+    if adaptation == "amortised":
+        return algorithms.conditioned(model(), inner_optimizer=INNER_LR, inner_steps=0,
+                                      outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)
+    raise ValueError(f"adaptation={adaptation!r}: pass one of {ADAPTATIONS}.")
 
 
 def batch(rng: np.random.Generator, num_tasks: int, support: int | np.ndarray = SUPPORT, query: int = QUERY, *,

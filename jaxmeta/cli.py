@@ -67,6 +67,9 @@ TRAIN_FLAGS = (
     ("--shard-tables", "shard_tables", str, "embedding tables split by rows over the devices: 'all' or their names"),
     ("--rating-scale", "rating_scale", float, "LOW HIGH: the ratings' scale; a rating outside it is an error "
                                               "(unset: inferred from the data, outliers refused)"),
+    ("--teacher", "teacher", str, ("distil this run (the --out folder of a jaxmeta train on the same data) into "
+                                   "the algorithm: its best checkpoint's adapted predictions join the query targets")),
+    ("--distill-alpha", "distill_alpha", float, "with --teacher: the teacher's weight in the query targets, in [0, 1]"),
 )
 NARGS = {"hidden": "+", "shard_tables": "+", "rating_scale": 2}
 
@@ -104,6 +107,9 @@ def _train_parser(commands) -> None:
         train.add_argument(flag, dest=field, type=kind, help=shown, **extra)
     train.add_argument("--resplit", dest="resplit", action="store_true",
                        help="deal support and query afresh every epoch (default: off)")
+    train.add_argument("--distill-warm-start", dest="distill_warm_start", action="store_true",
+                       help="with --teacher: start the model's parameters from the teacher's where they match "
+                            "(default: off)")
     train.add_argument("--config", help="a TOML or YAML file of settings (the TrainConfig field names)")
     train.add_argument("--out", help="run folder: config, metrics.jsonl, checkpoints, results")
     train.add_argument("--resume", action="store_true",
@@ -329,8 +335,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "config", None):
         settings.update(_read_settings(args.config))
     settings.update({field: getattr(args, field) for _, field, _, _ in TRAIN_FLAGS if hasattr(args, field)})
-    if getattr(args, "resplit", False):
-        settings["resplit"] = True
+    for switch in ("resplit", "distill_warm_start"):
+        if getattr(args, switch, False):
+            settings[switch] = True
     for name in NARGS:
         if isinstance(settings.get(name), list):
             settings[name] = tuple(settings[name])

@@ -4,7 +4,8 @@
 TOML/YAML file of the same names). From it: :func:`load_dataset` (through
 :func:`jaxmeta.data.datasets.load`), :func:`make_model`, :func:`make_learner`
 and :func:`baseline_learners`; :func:`restore_run` rebuilds all of them from a
-run folder and restores its checkpoint. ``jaxmeta train``/``eval``
+run folder and restores its checkpoint, and :func:`load_teacher` restores the
+run a job distils (``config.teacher``). ``jaxmeta train``/``eval``
 (:mod:`jaxmeta.runs`), serving (:mod:`jaxmeta.serve`) and the CLI read runs
 through this module alone.
 """
@@ -44,6 +45,7 @@ __all__ = (
     "data_fingerprint",
     "load_config",
     "load_dataset",
+    "load_teacher",
     "make_learner",
     "make_model",
     "restore_run",
@@ -100,6 +102,9 @@ class TrainConfig:
     text: str = ""  # MovieLens: a sentence encoder (folder or packaged name) for an item text field ("": none)
     text_tokens: int = text_features.DEFAULT_TOKENS  # the most tokens of an item's text (the model's own limit caps it)
     rating_scale: tuple[float, float] | None = None  # (low, high) of the ratings; None: inferred from the data
+    teacher: str = ""  # a run folder whose best checkpoint is the teacher to distil (jaxmeta.algorithms.distill)
+    distill_alpha: float = 0.5  # with a teacher: its weight in the query targets, in [0, 1]
+    distill_warm_start: bool = False  # with a teacher: start the model's parameters from the teacher's where they match
 
     def __post_init__(self):
         _check_types(self)
@@ -152,6 +157,13 @@ class TrainConfig:
             object.__setattr__(self, "hidden", hidden)
             if any(h < 1 for h in self.hidden):
                 raise ValueError(f"hidden={self.hidden}: pass positive layer widths.")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"distill_alpha={self.distill_alpha}: pass a number in [0, 1], the teacher's weight in "
+                             "the query targets (0: the true ratings alone, 1: the teacher's predictions alone).")
+        if not self.teacher and (self.distill_alpha != TrainConfig.distill_alpha or self.distill_warm_start):
+            raise ValueError(f"distill_alpha={self.distill_alpha}, distill_warm_start={self.distill_warm_start}: "
+                             "they set how a teacher is distilled; pass teacher=<a run folder> (--teacher RUN) too, "
+                             "or leave them unset.")
         if self.rating_scale is not None:
             scale = _numbers("rating_scale", self.rating_scale, float, "two numbers LOW HIGH, e.g. 1 5")
             if len(scale) != 2 or not all(np.isfinite(scale)) or not scale[0] < scale[1]:
@@ -160,12 +172,13 @@ class TrainConfig:
             object.__setattr__(self, "rating_scale", scale)
 
     def resolved_paths(self) -> TrainConfig:
-        """The config with ``data_dir`` and ``path`` absolute: a run folder that holds it can be read from
-        anywhere."""
+        """The config with ``data_dir``, ``path`` and ``teacher`` absolute: a run folder that holds it can be
+        read from anywhere."""
         def absolute(path: str) -> str:
             return str(Path(path).expanduser().absolute()) if path else path
 
-        return dataclasses.replace(self, data_dir=absolute(self.data_dir), path=absolute(self.path))
+        return dataclasses.replace(self, data_dir=absolute(self.data_dir), path=absolute(self.path),
+                                   teacher=absolute(self.teacher))
 
     def model_name(self) -> str:
         """The model the run builds: ``model``, with ``"auto"`` resolved for the data source."""
@@ -393,15 +406,31 @@ def outer_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(config.outer_lr))
 
 
-def make_learner(config: TrainConfig, model: Model) -> MetaLearner:
-    """The config's meta-learning algorithm: plain SGD at ``inner_lr`` for ``inner_steps`` inner steps."""
+def make_learner(config: TrainConfig, model: Model, teacher: Restored | None = None) -> MetaLearner:
+    """The config's meta-learning algorithm: plain SGD at ``inner_lr`` for ``inner_steps`` inner steps.
+
+    With ``teacher`` (the run of ``config.teacher``, :func:`load_teacher`), it is distilled from it
+    (:func:`jaxmeta.algorithms.distill` at ``config.distill_alpha``, warm-started with
+    ``config.distill_warm_start``). Without, a config with a teacher gives the student alone: what
+    evaluation and serving use, and what its checkpoints hold.
+
+    Raises:
+      ValueError: ``teacher`` given to a config without one.
+    """
     options: dict[str, Any] = dict(inner_optimizer=config.inner_lr, inner_steps=config.inner_steps,
                                    outer_optimizer=outer_optimizer(config), chunk_size=config.chunk_size)
-    if config.algo in algorithms.CLOSED_FORM:  # solved in closed form: no inner rate, steps or kernel
+    if config.algo in algorithms.CLOSED_FORM:  # no inner loop of gradient steps: no inner rate, steps or kernel
         del options["inner_optimizer"], options["inner_steps"]
     elif config.backend != "xla":
         options["backend"] = config.backend
-    return algorithms.META_LEARNERS[config.algo](model, **options)
+    learner = algorithms.META_LEARNERS[config.algo](model, **options)
+    if teacher is None:
+        return learner
+    if not config.teacher:
+        raise ValueError("make_learner: a teacher was given, but config.teacher is empty; pass the config of a job "
+                         "with teacher=<its run folder>, or no teacher.")
+    return algorithms.distill(learner, teacher.learner, teacher.state, alpha=config.distill_alpha,
+                              warm_start=config.distill_warm_start)
 
 
 def baseline_learners(config: TrainConfig, model: Model) -> tuple[MetaLearner, MetaLearner]:
@@ -473,6 +502,37 @@ def check_checkpoint(extra: Mapping[str, Any], config: TrainConfig, fingerprint:
         raise CheckpointError(f"{where}: the data read now ({config.path or config.data_dir}) differ from those the "
                               "run was trained on; pass the data it was trained on (--data-dir, or the same "
                               "--path file).")
+
+
+def load_teacher(config: TrainConfig, data: Dataset) -> Restored:
+    """The best checkpoint of the run ``config.teacher``, to distil into the job of ``config`` on ``data``.
+
+    The teacher adapts on the job's support sets and predicts its query rows, so it must
+    have been trained on the same data and split: the same source and file, and data whose
+    fingerprint (:func:`data_fingerprint`) and vocabularies are those of ``data`` (which
+    also keeps the job's validation and new users out of the teacher's training). Its
+    model may differ (compression: a smaller student).
+
+    Raises:
+      CheckpointError: ``config.teacher`` is not a run folder, has no checkpoint, or was
+        trained on other data; each message names the folder and what to pass.
+    """
+    folder = Path(config.teacher).expanduser()
+    hint = ("pass the --out folder of a jaxmeta train run on the same data (--data, --path, --data-seed and "
+            "--rating-scale as this job)")
+    if not (folder / CONFIG_FILE).is_file():
+        what = "no such folder" if not folder.exists() else f"not a run folder (no {CONFIG_FILE})"
+        raise CheckpointError(f"teacher={config.teacher!r}: {what}; {hint}.")
+    theirs = read_config(folder)
+    for name in ("data", "data_seed"):
+        if getattr(theirs, name) != getattr(config, name):
+            raise CheckpointError(f"teacher={config.teacher!r}: the teacher was trained with {name}="
+                                  f"{getattr(theirs, name)!r}, this job has {name}={getattr(config, name)!r}; {hint}.")
+    try:
+        return restore_run(folder, which="best", data=data)
+    except CheckpointError as error:
+        raise CheckpointError(f"teacher={config.teacher!r}: {error} (The teacher must be trained on this job's data "
+                              f"and split: {hint}.)") from error
 
 
 def restore_run(run_dir: str | os.PathLike, *, which: str | int = "best", name: str = "checkpoints",

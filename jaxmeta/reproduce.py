@@ -379,9 +379,11 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     rates = ex.rates()
     for algo in ex.algos:
         inner = {"inner_optimizer": rates[algo], "inner_steps": ex.inner_steps}
-        if algo in CLOSED_FORM:  # the fold-in's chosen precision, when the item rows start from its factors
-            inner = {} if warm is None else {"init_reg": warm.user_reg}
-        if algo == "conditioned" and ex.model == "hybrid":  # its encoder reads the hybrid's row features
+        if algo in CLOSED_FORM:  # no inner loop of gradient steps: no inner rate or steps
+            inner = {}
+        if algo == "ridge" and warm is not None:  # the fold-in's chosen precision, the item rows from its factors
+            inner["init_reg"] = warm.user_reg
+        if algo in ("conditioned", "amortised") and ex.model == "hybrid":  # its encoder reads the hybrid's rows
             inner["feature_dim"] = _feature_width(model, data.train.support_x[0])
         learner = algorithms.META_LEARNERS[algo](model, outer_optimizer=ex.outer_optimizer(), **inner)
         validate, seconds, rate = train(learner, algo, {algo: _predictor(learner)})

@@ -28,6 +28,12 @@ or overwritten). The folder holds:
   ``plots/``.
 
 The data, validation users included, come from :func:`jaxmeta.job.load_dataset`.
+
+With ``config.teacher`` the meta-learner is distilled from that run's best checkpoint
+(:func:`jaxmeta.job.load_teacher`, :func:`jaxmeta.algorithms.distill`); its checkpoints
+record the teacher's folder and step, and a resume refuses a teacher whose best
+checkpoint has moved on. The checkpoints hold the student alone: ``jaxmeta eval``,
+serving and streaming read a distilled run without its teacher.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from jaxmeta.job import (
     check_resumable,
     data_fingerprint,
     load_dataset,
+    load_teacher,
     make_learner,
     make_model,
     model_tables,
@@ -132,6 +139,10 @@ def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progre
     if resume and checkpoints is not None and checkpoints.latest_step() is not None:
         state, saved, step = checkpoints.restore_newest_good(state, notice=to_stderr)
         check_checkpoint(saved, config, extra["data"], f"{checkpoints.directory}/{step}")
+        if saved.get("teacher") != extra.get("teacher"):
+            raise CheckpointError(f"{checkpoints.directory}/{step}: distilled from the teacher {saved.get('teacher')}, "
+                                  f"but the teacher is now {extra.get('teacher')} (its best checkpoint moved on); "
+                                  "resume with the teacher as it was, or start a new run in another folder.")
         stream.restore(saved["position"])
         if log is not None:
             log.trim(step)  # the records of steps past the checkpoint are written again as they are retaken
@@ -221,6 +232,9 @@ def run(
         return _run(config, folder, resume=resume, progress=progress and main, main=main)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder}: a file is there; pass a folder for the run (new or empty).")
+    if config.teacher and Path(config.teacher).expanduser().resolve() == folder.resolve():
+        raise ValueError(f"teacher={config.teacher!r} is this run's own folder (--out); pass the folder of another, "
+                         "finished run.")
     with RunLock(folder, notice=to_stderr):
         prepare(folder, resume=resume, overwrite=overwrite)
         return _run(config, folder, resume=resume, progress=progress, main=main)
@@ -249,7 +263,14 @@ def _run(config: TrainConfig, folder: Path | None, *, resume: bool, progress: bo
             log = MetricsLog(folder / "metrics.jsonl", offset=MetricsLog.last_wall_time(folder / "metrics.jsonl"))
     options = dict(progress=progress, valid=valid, folder=folder, resume=resume, extra=extra,
                    row_sharded_tables=row_sharded(config, model_tables(config, data)))
-    learner = make_learner(config, model)
+    teacher = None
+    if config.teacher:
+        teacher = load_teacher(config, data)
+        mesh = _mesh(config)
+        if mesh is not None:  # the teacher predicts inside the sharded step: replicate it on the same devices
+            teacher = teacher._replace(state=shard_state(teacher.state, mesh))
+        extra["teacher"] = {"run": config.teacher, "step": teacher.step}
+    learner = make_learner(config, model, teacher)
     state = _train(learner, data, config, desc=config.algo, name="checkpoints", log=log, **options)
     glob, tune = baseline_learners(config, model)
     global_state = _train(glob, data, config, desc="global model", name="baseline", log=None, **options)

@@ -135,6 +135,10 @@ NOT_INCREMENTAL = {
              "previous head would move the prior, not continue a solve",
     "conditioned": "conditioned's set encoder reads all of a user's ratings at once to modulate the "
                    "initialisation; there is no optimisation state to continue",
+    "multitask": "multitask solves each user's head in closed form around the shared prior; starting from the "
+                 "previous head would move the prior, not continue a solve",
+    "amortised": "amortised's set encoder reads all of a user's ratings at once to give the adapted weights; "
+                 "there is no optimisation state to continue",
 }
 """Meta-learners without an incremental mode, and why."""
 USER_SETS = ("test", "unseen")

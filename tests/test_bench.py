@@ -109,3 +109,22 @@ def test_jaxmeta_bench_command_prints_json_lines(capsys):
 def test_jaxmeta_bench_refuses_an_unknown_variant(capsys):
     assert main(["bench", "--variant", "melu-xx"]) == 2
     assert "variant='melu-xx'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("adaptation", workloads.ADAPTATIONS)
+def test_the_adapt_workload_traces_both_adaptations_to_query_predictions(adaptation):
+    learner = workloads.adapter(adaptation)
+    state = jax.eval_shape(learner.init, jax.random.key(0))
+    out = jax.eval_shape(learner.predict, state, workloads.batch(np.random.default_rng(0), 3))
+    assert out.shape == (3, workloads.QUERY)
+    with pytest.raises(ValueError, match="adaptation='fast': pass one of"):
+        workloads.adapter("fast")
+
+
+@pytest.mark.slow
+def test_the_adapt_workload_times_both_in_one_run_and_gives_their_ratio():
+    gradient, amortised, ratio = run.measure("adapt", "melu", [3], steps=2, warmup=1)
+    check(gradient, "adapt", "gradient", 3)
+    check(amortised, "adapt", "amortised", 3)
+    assert (gradient["inner_steps"], amortised["inner_steps"]) == (workloads.INNER_STEPS, 0)
+    assert ratio["amortised_over_gradient"] == round(amortised["tasks_per_s"] / gradient["tasks_per_s"], 2)

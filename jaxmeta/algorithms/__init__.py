@@ -18,11 +18,15 @@ from jaxmeta.algorithms._defaults import BACKENDS as BACKENDS  # the inner loop'
 from jaxmeta.algorithms.anil import anil as anil
 from jaxmeta.algorithms.baselines import finetune as finetune
 from jaxmeta.algorithms.baselines import no_adaptation as no_adaptation
+from jaxmeta.algorithms.conditioned import amortised as amortised
 from jaxmeta.algorithms.conditioned import conditioned as conditioned
+from jaxmeta.algorithms.distill import distill as distill
+from jaxmeta.algorithms.distill import warm_start as warm_start
 from jaxmeta.algorithms.imaml import imaml as imaml
 from jaxmeta.algorithms.maml import fomaml as fomaml
 from jaxmeta.algorithms.maml import maml as maml
 from jaxmeta.algorithms.metasgd import metasgd as metasgd
+from jaxmeta.algorithms.multitask import multitask as multitask
 from jaxmeta.algorithms.reptile import reptile as reptile
 from jaxmeta.algorithms.ridge import ridge as ridge
 
@@ -35,11 +39,14 @@ META_LEARNERS = {
     "imaml": imaml,
     "ridge": ridge,
     "conditioned": conditioned,
+    "amortised": amortised,
+    "multitask": multitask,
 }
 """The meta-learning algorithms by name (the baselines are not among them)."""
 
-CLOSED_FORM = ("ridge",)
-"""The meta-learners whose inner problem is solved in closed form: no ``inner_optimizer``, ``inner_steps`` or
+CLOSED_FORM = ("ridge", "amortised", "multitask")
+"""The meta-learners without an inner loop of gradient steps (ridge and multitask solve the head in closed form;
+amortised replaces the inner loop by one forward pass of a set encoder): no ``inner_optimizer``, ``inner_steps`` or
 ``backend`` to pass."""
 
 BASELINES = {"no_adaptation": no_adaptation, "finetune": finetune}
@@ -52,14 +59,17 @@ __all__ = (
     "META_LEARNERS",
     "MetaLearner",
     "MetaState",
+    "amortised",
     "anil",
     "build",
     "conditioned",
+    "distill",
     "finetune",
     "fomaml",
     "imaml",
     "maml",
     "metasgd",
+    "multitask",
     "no_adaptation",
     "query_loss",
     "reptile",
@@ -67,4 +77,5 @@ __all__ = (
     "split_fast",
     "support_loss",
     "tree_vdot",
+    "warm_start",
 )

@@ -19,7 +19,8 @@ Per user (one task):
    support rows) leaves the meta-learned weights as they are.
 3. **MAML** from ``theta_task``: ``inner_steps`` steps of the inner optimizer
    on the support loss (second order unless ``first_order``). ``inner_steps=0``
-   is pure amortised conditioning: the encoder alone adapts the model.
+   is pure amortised conditioning: the encoder alone adapts the model
+   (:func:`amortised`, a new user costing one forward pass).
 
 The meta-gradient of the query loss reaches the initialisation and the slow
 weights (as in MAML), the FiLM maps and the encoder, and through the encoder the
@@ -91,12 +92,12 @@ from jaxmeta.algorithms._defaults import (
     InnerOptimizer,
     inner_optimizer_of,
     no_kernel,
+    refuse,
 )
 from jaxmeta.inner import inner_adapt
 from jaxmeta.losses import LossFn, get_loss
 from jaxmeta.models import Model, combine, path_names
 
-_WHO = "conditioned"
 _ENCODER_STREAM = 1  # init draws the encoder from fold_in(key, 1), the model from key itself
 
 
@@ -171,9 +172,9 @@ def _feature_width(model: Model) -> int | None:
     return None
 
 
-def _check_inner_steps(inner_steps: Any) -> int:
+def _check_inner_steps(inner_steps: Any, who: str) -> int:
     if isinstance(inner_steps, bool) or not isinstance(inner_steps, numbers.Integral) or inner_steps < 0:
-        raise ValueError(f"{_WHO}: inner_steps={inner_steps!r}: pass a whole number >= 0 (0: the encoder's "
+        raise ValueError(f"{who}: inner_steps={inner_steps!r}: pass a whole number >= 0 (0: the encoder's "
                          "conditioning alone, no gradient steps).")
     return int(inner_steps)
 
@@ -245,19 +246,43 @@ def conditioned(
       >>> film["scale"]["layers"][0]["w"].shape, float(abs(film["shift"]["layers"][0]["w"]).max())
       ((8, 4), 0.0)
     """
+    return _conditioned(model, who="conditioned", inner_optimizer=inner_optimizer, inner_steps=inner_steps,
+                        outer_optimizer=outer_optimizer, loss=loss, first_order=first_order, remat=remat,
+                        chunk_size=chunk_size, is_fast=is_fast, backend=backend, feature_dim=feature_dim,
+                        encoder_width=encoder_width, task_dim=task_dim)
+
+
+def _conditioned(
+    model: Model,
+    *,
+    who: str,
+    inner_optimizer: InnerOptimizer,
+    inner_steps: int,
+    outer_optimizer: optax.GradientTransformation,
+    loss: str | LossFn,
+    first_order: bool,
+    remat: bool,
+    chunk_size: int | None,
+    is_fast: Callable | None,
+    backend: str,
+    feature_dim: int | None,
+    encoder_width: int,
+    task_dim: int,
+) -> MetaLearner:
+    """:func:`conditioned` and :func:`amortised`; ``who`` names the algorithm in errors."""
     is_fast = model.is_fast if is_fast is None else is_fast
-    inner_steps = _check_inner_steps(inner_steps)
-    inner = inner_optimizer_of(inner_optimizer, fast_shapes(model, is_fast), who=_WHO)
-    no_kernel(backend, who=_WHO, why="its per-user modulated fast weights have no fused kernel")
-    encoder_width = positive_int("encoder_width", encoder_width, f"{_WHO}'s encoder width")
-    task_dim = positive_int("task_dim", task_dim, f"{_WHO}'s task vector width")
+    inner_steps = _check_inner_steps(inner_steps, who)
+    inner = inner_optimizer_of(inner_optimizer, fast_shapes(model, is_fast), who=who)
+    no_kernel(backend, who=who, why="its per-user modulated fast weights have no fused kernel")
+    encoder_width = positive_int("encoder_width", encoder_width, f"{who}'s encoder width")
+    task_dim = positive_int("task_dim", task_dim, f"{who}'s task vector width")
     if feature_dim is None:
         feature_dim = _feature_width(model)
         if feature_dim is None:
-            raise ValueError(f"{_WHO}: feature_dim=None, and this model declares no dense layer on its features "
+            raise ValueError(f"{who}: feature_dim=None, and this model declares no dense layer on its features "
                              "(Stage.dense or Stage.mlp) to read it from; pass feature_dim=<the width of one "
                              "support row's features: model.stage.embed's output, or the input row, flattened>.")
-    feature_dim = positive_int("feature_dim", feature_dim, f"{_WHO}'s width of one row's features")
+    feature_dim = positive_int("feature_dim", feature_dim, f"{who}'s width of one row's features")
     loss_fn = get_loss(loss)
     inner_model, embed = embed_stage(model, is_fast)
 
@@ -269,7 +294,7 @@ def conditioned(
         features = jnp.concatenate([jnp.reshape(a, (a.shape[0], -1)).astype(dtype) for a in jax.tree.leaves(x)],
                                    axis=1)
         if features.shape[1] != feature_dim:
-            raise ValueError(f"{_WHO}: a support row has {features.shape[1]} features, but the encoder was built "
+            raise ValueError(f"{who}: a support row has {features.shape[1]} features, but the encoder was built "
                              f"for feature_dim={feature_dim}; pass feature_dim={features.shape[1]}.")
         return features
 
@@ -311,3 +336,66 @@ def conditioned(
         return MetaState(params, hyper, outer_optimizer.init((params, hyper)), jnp.zeros((), jnp.int32))
 
     return learner._replace(init=init)
+
+
+def amortised(
+    model: Model,
+    *,
+    inner_optimizer: None = None,
+    inner_steps: None = None,
+    outer_optimizer: optax.GradientTransformation = DEFAULT_OUTER_OPTIMIZER,
+    loss: str | LossFn = DEFAULT_LOSS,
+    chunk_size: int | None = None,
+    is_fast: Callable | None = None,
+    backend: None = None,
+    feature_dim: int | None = None,
+    encoder_width: int = 64,
+    task_dim: int = 32,
+) -> MetaLearner:
+    """Amortised adaptation: :func:`conditioned` with ``inner_steps=0``.
+
+    A user is adapted by one forward pass, with no inner loop: the set encoder
+    reads the support rows into the task vector ``z`` and FiLM turns the
+    meta-learned fast weights into the user's (steps 1 and 2 of the module
+    docstring). Serving a new user costs that forward pass alone, which makes it
+    the student of choice for distilling a gradient-based teacher
+    (:func:`jaxmeta.algorithms.distill`).
+
+    Padding: as :func:`conditioned`; a real user without support rows has
+    ``z = 0`` and is predicted by the meta-learned model as it is.
+
+    Args:
+      inner_optimizer, inner_steps, backend: do not apply (there is no inner
+        loop, hence no inner optimizer or kernel); each raises a ValueError if
+        set. Call ``conditioned(..., inner_steps=K)`` for gradient steps after
+        the encoder.
+      Others as in :func:`conditioned`.
+
+    Returns:
+      A :class:`jaxmeta.algorithms.MetaLearner`; its state's ``hyper`` holds the
+      encoder and the FiLM maps.
+
+    Raises:
+      ValueError: an option that does not apply, or one with a bad value (naming it).
+
+    Example:
+      >>> import jax
+      >>> from jaxmeta.models import embedding_mlp
+      >>> learner = amortised(embedding_mlp([3, 5], embed_dim=2, hidden=(4,)), task_dim=8)
+      >>> sorted(learner.init(jax.random.key(0)).hyper)
+      ['encoder', 'film']
+
+    References:
+      Requeima, Gordon, Bronskill, Nowozin, Turner, "Fast and Flexible Multi-Task
+      Classification Using Conditional Neural Adaptive Processes", NeurIPS 2019
+      (CNAPs: FiLM parameters of a shared network predicted from the support set).
+      Garnelo, Rosenbaum, Maddison, Ramalho, Saxton, Shanahan, Teh, Rezende, Eslami,
+      "Conditional Neural Processes", ICML 2018.
+    """
+    refuse(who="amortised", why="amortised adapts a user by one forward pass of its set encoder, with no inner "
+                                "loop; call conditioned(..., inner_steps=K) for gradient steps after the encoder",
+           inner_optimizer=inner_optimizer, inner_steps=inner_steps, backend=backend)
+    return _conditioned(model, who="amortised", inner_optimizer=DEFAULT_INNER_OPTIMIZER, inner_steps=0,
+                        outer_optimizer=outer_optimizer, loss=loss, first_order=False, remat=False,
+                        chunk_size=chunk_size, is_fast=is_fast, backend=DEFAULT_BACKEND, feature_dim=feature_dim,
+                        encoder_width=encoder_width, task_dim=task_dim)

@@ -52,6 +52,20 @@ from jaxmeta.models import Model, combine
 DEFAULT_REG = 1.0
 
 
+def ridge_head(predict: Callable[[jax.Array], jax.Array], w0: jax.Array, y: jax.Array, mask: jax.Array,
+               precision: jax.Array | float) -> tuple[jax.Array, jax.Array]:
+    """``(w, predict(w0))``: the head ``w`` (flat, ``[head size]``) minimising
+    ``sum_mask (y - predict(w))^2 + sum_j precision_j (w_j - w0_j)^2`` for ``predict`` affine in ``w``
+    (one damped Gauss-Newton step from ``w0`` otherwise); ``precision`` is one number or one per
+    coordinate. Rows off ``mask`` enter neither the Jacobian nor the residuals; with none left,
+    ``w`` is ``w0``."""
+    before = predict(w0)
+    jac = jnp.where(mask[:, None], jax.jacfwd(predict)(w0), 0)
+    residual = jnp.where(mask, y - before, 0)
+    gram = jac.T @ jac + jnp.diag(jnp.broadcast_to(jnp.asarray(precision, w0.dtype), w0.shape))
+    return w0 + jnp.linalg.solve(gram, jac.T @ residual), before
+
+
 def ridge(
     model: Model,
     *,
@@ -122,11 +136,7 @@ def ridge(
         mask = task.support_mask
         x = zero_padded_rows(task.support_x, mask)
         predict = lambda w: inner_model.apply(combine(unravel(w), slow), x)  # noqa: E731
-        before = predict(w0)
-        jac = jnp.where(mask[:, None], jax.jacfwd(predict)(w0), 0)
-        residual = jnp.where(mask, task.support_y - before, 0)
-        gram = jac.T @ jac + jnp.diag(jnp.exp(log_reg))
-        w = w0 + jnp.linalg.solve(gram, jac.T @ residual)
+        w, before = ridge_head(predict, w0, task.support_y, mask, jnp.exp(log_reg))
         losses = jnp.stack([masked_loss(loss_fn, before, task.support_y, mask),
                             masked_loss(loss_fn, predict(w), task.support_y, mask)])
         return unravel(w), slow, task, losses
