@@ -34,6 +34,7 @@ from jaxmeta.reproduce import (
     reproduce_seeds,
 )
 from jaxmeta.reproduce import MODELS as REPRODUCE_MODELS
+from jaxmeta.reproduce import STUDENTS
 from jaxmeta.train import TrainingInterrupted
 
 DEFAULTS = TrainConfig()
@@ -282,6 +283,12 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heavy-users", action="store_true",
                         help="meta-train on the training users with more than 100 ratings too, each history dealt "
                              "into tasks of at most 100")
+    parser.add_argument("--teacher", default="", help="one of --algos whose model the --students distil")
+    parser.add_argument("--students", nargs="+", default=[], choices=STUDENTS,
+                        help="distilled from --teacher: amortised (one forward pass per new user) and/or compressed "
+                             "(the teacher's algorithm on half the hidden widths)")
+    parser.add_argument("--distill-alpha", type=float, default=0.5,
+                        help="the teacher's weight in the students' query targets (default 0.5)")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run once per seed into OUT_DIR/seed-N and write summary.md (mean ± sd, pooled "
                              "paired differences)")
@@ -300,7 +307,9 @@ def _reproduce(args: argparse.Namespace, command: str) -> int:
         vocab=args.vocab, min_count=args.min_count, valid_fraction=args.valid_fraction, seed=args.seed,
         mf=not args.no_mf, item_field=args.item_field, text=args.text, text_cache=args.text_cache,
         text_tokens=args.text_tokens, valid_items=args.valid_items, model=args.model, classic=not args.no_classic,
-        factors=args.factors, known_min_ratings=args.known_min_ratings, warm_start=args.warm_start, heavy_users=args.heavy_users)
+        factors=args.factors, known_min_ratings=args.known_min_ratings, warm_start=args.warm_start,
+        heavy_users=args.heavy_users, teacher=args.teacher, students=tuple(args.students),
+        distill_alpha=args.distill_alpha)
     if args.seeds:
         reproduce_seeds(experiment, args.seeds, args.out_dir, progress=not args.quiet, command=command)
         print((Path(args.out_dir) / "summary.md").read_text())

@@ -174,6 +174,21 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
                          for m in ("mae", "ndcg@3") for b in bases]
                 lines.append(f"| {scenario} | {algo} | " + " | ".join(cells) + " |")
         lines.append("")
+    if results.get("distilled"):
+        taught = results["distilled"]
+        teacher = taught["teacher"]
+        lines += [f"## Students distilled from {teacher}, paired over users", "",
+                  (f"Each student was trained towards {teacher}'s adapted predictions as well as the ratings "
+                   f"(query targets (1 − α)·y + α·{teacher}, α = {taught['alpha']:g}). Mean per-user difference "
+                   "(student minus teacher, student minus finetune) ± its standard error."), "",
+                  f"| scenario | student | ΔMAE vs {teacher} | ΔMAE vs finetune | ΔnDCG@3 vs {teacher} | "
+                  "ΔnDCG@3 vs finetune |", "|---|---|---:|---:|---:|---:|"]
+        for scenario, students in taught["paired"].items():
+            for student, found in students.items():
+                cells = [f"{found[b][m][0]:+.4f} ± {found[b][m][1]:.4f}" if b in found else "–"
+                         for m in ("mae", "ndcg@3") for b in (teacher, "finetune")]
+                lines.append(f"| {scenario} | {student} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += [("MAE and RMSE in stars and nDCG@k (gain 2^r − 1) are per user over the 10 query items, then "
                "averaged over users; nDCG@3 lin uses the rating r itself as the gain (DCG@k = Σ_{j≤k} r_j / "
                "log2(j + 1), divided by the ideal DCG), as we read MeLU's definition; – where a value does not "
@@ -235,6 +250,19 @@ def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 verdict = "win" if better > WIN_SE * se else "loss" if better < -WIN_SE * se else "tie"
                 vs.setdefault(base, {})[metric] = [round(mean, 5), round(se, 5), users, verdict]
         out["chosen"][scenario] = {"methods": {str(s): p["method"] for s, p in picks.items()}, "vs": vs}
+    if all("distilled" in r for r in runs.values()):  # the students against the teacher and finetune, pooled
+        taught = first["distilled"]
+        pooled_pairs: dict[str, Any] = {}
+        for scenario, students in taught["paired"].items():
+            for student, bases in students.items():
+                for base, metrics in bases.items():
+                    for metric in metrics:
+                        cells = [(*r["distilled"]["paired"][scenario][student][base][metric], r["chosen"][scenario]["users"])
+                                 for r in runs.values()]
+                        mean, se, users = pooled(cells)
+                        pooled_pairs.setdefault(scenario, {}).setdefault(student, {}).setdefault(base, {})[metric] = [
+                            round(mean, 5), round(se, 5), users]
+        out["distilled"] = {"teacher": taught["teacher"], "alpha": taught["alpha"], "paired": pooled_pairs}
     return out
 
 
@@ -267,4 +295,18 @@ def format_summary(summary: dict[str, Any], *, command: str, seconds: float | No
                 row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][3]}" for m in PAIRED_METRICS]
                 lines.append(f"| {base} | {users} | " + " | ".join(row) + " |")
             lines.append("")
+    taught = summary.get("distilled")
+    if taught:
+        teacher = taught["teacher"]
+        lines += [f"Students distilled from {teacher} (α = {taught['alpha']:g}) against it and finetune, per-user "
+                  "differences pooled over the seeds' users (mean ± SE):", "",
+                  f"| scenario | student | users | ΔMAE vs {teacher} | ΔMAE vs finetune | ΔnDCG@3 vs {teacher} | "
+                  "ΔnDCG@3 vs finetune |", "|---|---|---:|---:|---:|---:|---:|"]
+        for scenario, students in taught["paired"].items():
+            for student, bases in students.items():
+                users = next(iter(next(iter(bases.values())).values()))[2]
+                cells = [f"{bases[b][m][0]:+.4f} ± {bases[b][m][1]:.4f}" if m in bases.get(b, {}) else "–"
+                         for m in ("mae", "ndcg@3") for b in (teacher, "finetune")]
+                lines.append(f"| {scenario} | {student} | {users} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)

@@ -20,6 +20,8 @@ the training users' ratings (``global_mean``, ``item_mean``, ``popularity``,
 ``constant``, ``random``), and the strong classic baselines of :mod:`jaxmeta.classic`
 (``bias``: mu + b_i + b_u; ``mf_foldin``: ALS-trained biased MF with each user
 folded in by ridge regression), their settings chosen on the same validation sets.
+``multitask`` chooses its new users' ridge (:data:`MULTITASK_REGS`) with its
+checkpoint; ``students`` are distilled from the ``teacher`` (:data:`STUDENTS`).
 ``model="hybrid"`` meta-learns :func:`jaxmeta.models.hybrid_melu` instead of MeLU
 (``no_adaptation`` and ``finetune`` then train the same hybrid): MeLU's features
 plus item ids, vectors and biases, its item rows started from an ALS fit
@@ -42,7 +44,9 @@ Outputs, in ``out_dir``: ``results.json``, ``{"dataset", "split", "text", "text_
 "chosen": {scenario: {"method", "valid_set", "valid_mae", "users", "vs": {baseline:
 {metric: [mean, standard error, "win" | "tie" | "loss"]}}}}, "reference": the published
 figures shown as cited rows, "curves": {name: {set: [[step, mae], ...]}}, "grids":
-{classic baseline: {set: [{setting..., "valid_mae"}, ...]}}}`` (``model``: ``"melu"``
+{classic baseline: {set: [{setting..., "valid_mae"}, ...]}}, "distilled" (with ``students``): {"teacher",
+"alpha", "paired": {scenario: {student: {teacher or "finetune": {metric: [mean, standard error]}}}}}}``
+(``model``: ``"melu"``
 or ``"hybrid"``; ``chosen``: in each scenario the meta-learner with the lowest
 validation MAE, against every baseline, :func:`jaxmeta.report.chosen`)
 (``train_seconds``: wall time of the outer steps, compilation and batching
@@ -91,8 +95,17 @@ WARM_STARTS = ("others", "all", "none")
 """Where hybrid MeLU's item rows start: ALS on the training ratings of the users who are not meta-training tasks
 (``"others"``: the task users' query ratings stay unseen, as a new user's are), on every training rating
 (``"all"``, as ``mf_foldin``), or at random (``"none"``)."""  # meta-learners without an inner rate or step count
+MULTITASK_REGS = (1.0, 3.0, 10.0, 30.0, 100.0)
+"""The ridges of a new user's head tried for ``multitask`` (``adapt_reg``), chosen on validation with the
+checkpoint; training fits the users' heads with its default ``reg``."""
+HIDDEN = (64, 64)  # the hidden widths of MeLU and hybrid MeLU (the ``compressed`` student has half)
 LINEAR_KS = (3,)  # nDCG with the rating as the gain, MeLU's convention ("ndcg_lin@3")
 PAIRED_BASELINES = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
+STUDENTS = ("amortised", "compressed")
+"""The students ``students`` may distil from the ``teacher`` (:func:`jaxmeta.algorithms.distill`):
+``amortised`` (:func:`jaxmeta.algorithms.amortised` on the same model, warm-started from the teacher: a new user
+costs one forward pass) and ``compressed`` (the teacher's algorithm on the model with half its hidden widths,
+its matching weights, the embeddings, warm-started from the teacher)."""
 REFERENCE = {"ml-1m": {"method": "MeLU-5 (paper)", "mae": {"user_cold": 0.7854, "item_cold": 0.9275,
                                                            "user_item_cold": 0.9235},
                        "source": "Lee et al., MeLU, KDD 2019: MeLU-5's MAE on MovieLens-1M as published"}}
@@ -127,7 +140,12 @@ class Experiment:
     ``warm_start`` (:data:`WARM_STARTS`). ``heavy_users``: the training users
     with more than :data:`~jaxmeta.data.splits.MAX_RATINGS` ratings, whom
     MeLU's task filter drops, meta-train too, each history dealt at random into
-    tasks of at most that many ratings (:func:`heavy_tasks`).
+    tasks of at most that many ratings (:func:`heavy_tasks`). Distillation:
+    ``teacher`` (one of ``algos``) is trained first as the others are; each of
+    ``students`` (:data:`STUDENTS`) is then trained towards the teacher's
+    adapted predictions, its checkpoint chosen on the validation users (query
+    targets ``(1 - distill_alpha) * y + distill_alpha * teacher``), and scored
+    like any method, paired against the teacher and ``finetune``.
     """
 
     dataset: str = "ml-1m"
@@ -160,6 +178,9 @@ class Experiment:
     known_min_ratings: int = 10
     warm_start: str = "none"
     heavy_users: bool = False
+    teacher: str = ""
+    students: tuple[str, ...] = ()
+    distill_alpha: float = 0.5
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -172,6 +193,18 @@ class Experiment:
         if isinstance(self.algos, str) or any(a not in algorithms.META_LEARNERS for a in self.algos):
             raise ValueError(f"algos={self.algos!r}: pass a list drawn from {sorted(algorithms.META_LEARNERS)}.")
         object.__setattr__(self, "algos", tuple(self.algos))
+        if isinstance(self.students, str) or any(s not in STUDENTS for s in self.students):
+            raise ValueError(f"students={self.students!r}: pass a list drawn from {STUDENTS}.")
+        object.__setattr__(self, "students", tuple(self.students))
+        if self.students and self.teacher not in self.algos:
+            raise ValueError(f"students={self.students!r} with teacher={self.teacher!r}: the teacher must be one of "
+                             f"the trained algos {self.algos}; pass e.g. teacher={self.algos[0]!r}.")
+        if self.teacher and not self.students:
+            raise ValueError(f"teacher={self.teacher!r} without students: pass students drawn from {STUDENTS}, "
+                             "or no teacher.")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha={self.distill_alpha!r}: pass the teacher's weight in the targets, a "
+                             "number from 0 to 1.")
         object.__setattr__(self, "finetune_lrs", tuple(self.finetune_lrs))
         missing = set(self.algos) - set(self.rates()) - set(CLOSED_FORM)
         if missing:
@@ -250,10 +283,11 @@ def _non_task_ratings(ratings) -> Any:
     return ratings[(counts < splits.MIN_RATINGS) | (counts > splits.MAX_RATINGS)]
 
 
-def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None) -> Model:
-    """MeLU, or hybrid MeLU with its item rows warm-started from the ALS fit ``mf`` (when given)."""
+def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None, hidden: tuple[int, ...] = HIDDEN) -> Model:
+    """MeLU, or hybrid MeLU with its item rows warm-started from the ALS fit ``mf`` (when given); ``hidden``: the
+    widths of the network's hidden layers."""
     if ex.model == "melu":
-        return melu(data.encoder.spec, output_bias=data.mean_rating)
+        return melu(data.encoder.spec, output_bias=data.mean_rating, hidden=hidden)
     counts = data.warm_ratings["item"].value_counts()
     known = counts.index[counts >= ex.known_min_ratings].to_numpy()
     item_init, factors, mean = None, ex.factors, data.mean_rating
@@ -262,7 +296,7 @@ def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None) -> Model:
         factors, mean = fit.item_factors.shape[1], fit.mean
         item_init = (fit.items, fit.item_factors, fit.item_bias)
     return hybrid_melu(data.encoder.spec, known, item_fields=data.encoder.table_columns("item")[1:],
-                       factors=factors, global_bias=mean, item_init=item_init)
+                       factors=factors, global_bias=mean, item_init=item_init, hidden=hidden)
 
 
 def _predictor(learner: MetaLearner) -> Callable[[Any], Callable[[TaskBatch], Any]]:
@@ -377,18 +411,46 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
         score(method, lambda v: (tuners[lrs[v]], validate.chosen(v, f"{method}@{lrs[v]}").state), seconds, rate)
 
     rates = ex.rates()
-    for algo in ex.algos:
-        inner = {"inner_optimizer": rates[algo], "inner_steps": ex.inner_steps}
-        if algo in CLOSED_FORM:  # no inner loop of gradient steps: no inner rate or steps
-            inner = {}
+
+    def make(algo: str, on: Model) -> tuple[MetaLearner, dict[str, Any]]:
+        """``algo``'s learner of the model ``on``, and its inner options."""
+        # no inner loop of gradient steps in CLOSED_FORM: no inner rate or steps
+        inner = {} if algo in CLOSED_FORM else {"inner_optimizer": rates[algo], "inner_steps": ex.inner_steps}
         if algo == "ridge" and warm is not None:  # the fold-in's chosen precision, the item rows from its factors
             inner["init_reg"] = warm.user_reg
         if algo in ("conditioned", "amortised") and ex.model == "hybrid":  # its encoder reads the hybrid's rows
-            inner["feature_dim"] = _feature_width(model, data.train.support_x[0])
-        learner = algorithms.META_LEARNERS[algo](model, outer_optimizer=ex.outer_optimizer(), **inner)
+            inner["feature_dim"] = _feature_width(on, data.train.support_x[0])
+        return algorithms.META_LEARNERS[algo](on, outer_optimizer=ex.outer_optimizer(), **inner), inner
+
+    teacher = None
+    for algo in ex.algos:
+        learner, inner = make(algo, model)
+        if algo == "multitask":  # a new user's ridge chosen with the checkpoint, as fine-tuning's rate is
+            fitters = {r: algorithms.multitask(model, adapt_reg=r) for r in MULTITASK_REGS}
+            validate, seconds, rate = train(learner, algo, {f"{algo}@{r:g}": _predictor(f)
+                                                            for r, f in fitters.items()})
+            regs = {v: min(MULTITASK_REGS, key=lambda r: validate.chosen(v, f"{algo}@{r:g}").valid_mae)
+                    for v in valid}
+            keep(algo, validate, lambda v: f"{algo}@{regs[v]:g}", lambda v: {"adapt_reg": regs[v]})
+            score(algo, lambda v: (fitters[regs[v]], validate.chosen(v, f"{algo}@{regs[v]:g}").state), seconds,
+                  rate)
+            if algo == ex.teacher:
+                teacher = (fitters[regs["users"]], validate.chosen("users", f"{algo}@{regs['users']:g}").state)
+            continue
         validate, seconds, rate = train(learner, algo, {algo: _predictor(learner)})
         keep(algo, validate, lambda v: algo, lambda v: {"inner_lr": inner.get("inner_optimizer")})
         score(algo, lambda v: (learner, validate.chosen(v, algo).state), seconds, rate)
+        if algo == ex.teacher:  # its checkpoint chosen on the validation users teaches the students
+            teacher = (learner, validate.chosen("users", algo).state)
+    for name in ex.students:
+        if name == "amortised":
+            student, _ = make("amortised", model)
+        else:
+            student, _ = make(ex.teacher, _model(ex, data, warm, hidden=tuple(h // 2 for h in HIDDEN)))
+        learner = algorithms.distill(student, *teacher, alpha=ex.distill_alpha, warm_start=True)
+        validate, seconds, rate = train(learner, f"{name} (from {ex.teacher})", {name: _predictor(learner)})
+        keep(name, validate, lambda v: name, lambda v: {"teacher": ex.teacher, "alpha": ex.distill_alpha})
+        score(name, lambda v: (learner, validate.chosen(v, name).state), seconds, rate)
 
     def finetuners(glob_model: Model) -> dict[float, MetaLearner]:
         return {lr: algorithms.finetune(glob_model, inner_optimizer=lr, inner_steps=ex.inner_steps)
@@ -418,10 +480,13 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     out = {"dataset": ex.dataset, "split": data.split, "text": None if ex.text is None else str(ex.text),
            "text_tokens": None if ex.text is None else ex.text_tokens,
            "model": ex.model, "train_tasks": len(train_tasks), "results": results, "selected": selected,
-           "paired": paired(per_user, ex.algos, PAIRED_BASELINES),
-           "chosen": chosen(per_user, selected, ex.algos, {s: data.valid_for(s) for s in data.scenarios},
+           "paired": paired(per_user, ex.algos + ex.students, PAIRED_BASELINES),
+           "chosen": chosen(per_user, selected, ex.algos + ex.students, {s: data.valid_for(s) for s in data.scenarios},
                             PAIRED_BASELINES),
            "reference": REFERENCE.get(ex.dataset, {}), "curves": curves, "grids": grids}
+    if ex.students:
+        out["distilled"] = {"teacher": ex.teacher, "alpha": ex.distill_alpha,
+                            "paired": paired(per_user, ex.students, (ex.teacher, "finetune"))}
     if out_dir is not None:
         _write(out, Path(out_dir), data, command, time.perf_counter() - start)
     return out

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
 import pytest
 from conftest import (
     RUN_SETTINGS,
@@ -21,6 +22,7 @@ from conftest import (
     jaxmeta,
     meta_grad,
     random_tasks,
+    real,
     tiny_model,
 )
 from test_conditioned import SMALL, film_on, reference_user
@@ -422,3 +424,28 @@ def test_compression_through_the_driver(trained, tmp_path):
     assert restore_run(trained).state.params["layers"][0]["w"].shape[1] == 32
     evaluated = jaxmeta("eval", "--run", run, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
+
+
+@pytest.mark.slow  # two short trainings on the real ML-100K
+def test_an_amortised_student_serves_new_users_in_one_pass_without_its_teacher(served_run, tmp_path):
+    """``jaxmeta serve`` and ``jaxmeta recommend`` load a distilled amortised run like any run: the service's
+    array path ranks with it, as Recommender.recommend does, after the teacher's folder is gone."""
+    from jaxmeta.serve import NewUserRanker, Recommender
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(served_run, teacher, ignore=shutil.ignore_patterns("compile-cache"))
+    run = tmp_path / "student"
+    done = jaxmeta("train", "--data", "ml-100k", "--data-dir", real("ml-100k").parent, "--algo", "amortised",
+                   "--teacher", teacher, "--distill-warm-start", "--steps", "20", "--num-buckets", "1", "--out", run,
+                   "--quiet")
+    assert done.returncode == 0, done.stderr
+    shutil.rmtree(teacher)
+    rec = Recommender.load(run)
+    assert restore_run(run).config.algo == "amortised"
+    ratings = [(1, 5.0), (50, 4.0), (100, 1.0), (181, 2.0)]
+    [ranking] = NewUserRanker(rec, k=5).rank([tuple(zip(*ratings))], explain=True)
+    table = pd.DataFrame({"user": "new", "item": [i for i, _ in ratings], "rating": [r for _, r in ratings]})
+    expected = rec.recommend(table, k=5)
+    assert ranking.items.tolist() == expected["item"].tolist()
+    np.testing.assert_allclose(ranking.scores, expected["score"], rtol=1e-5, atol=1e-5)
+    assert np.abs(ranking.influence).max() > 0  # the set encoder reads the ratings: they move the scores

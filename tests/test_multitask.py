@@ -80,6 +80,20 @@ def test_a_new_users_head_is_the_ridge_solution_on_the_support_rows():
     np.testing.assert_array_equal(fast["head"]["b"][2], state.params["head"]["b"])
 
 
+def test_adapt_reg_shrinks_only_the_new_users_head():
+    users = users_of(4, seed=2)
+    batch = pad_tasks(users)
+    plain, shrunk = multitask(tiny_model(), reg=REG), multitask(tiny_model(), reg=REG, adapt_reg=25.0)
+    state = plain.init(jax.random.key(0))
+    fast = shrunk.adapt(state, batch)
+    for u in range(4):
+        b, w = numpy_head(state.params, users.support_x[u], users.support_y[u], reg=25.0)
+        np.testing.assert_allclose(fast["head"]["b"][u], b, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(fast["head"]["w"][u], w, rtol=2e-4, atol=2e-5)
+    # training fits every head with reg alone: the same step either way
+    jax.tree.map(np.testing.assert_array_equal, meta_grad(plain, state, batch), meta_grad(shrunk, state, batch))
+
+
 def test_a_training_users_head_is_the_ridge_solution_on_all_their_rows():
     """In training the head is profiled out, so it is read off the gradient in ``w0``:
     ``d/dw0 min_w (|y - f(w)|^2 + reg |w - w0|^2) / rows = -2 reg (w* - w0) / rows``."""
@@ -217,6 +231,7 @@ def test_a_few_steps_lower_the_loss_without_recompiling():
     ({"loss": "bce"}, "loss='bce'"),
     ({"reg": 0.0}, "reg=0.0"),
     ({"reg": float("nan")}, "reg=nan"),
+    ({"adapt_reg": -1.0}, "adapt_reg=-1.0"),
 ])
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

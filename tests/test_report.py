@@ -65,3 +65,21 @@ def test_seeds_summarise_into_mean_sd_and_pooled_verdicts():
     assert verdict[2] == 120 and verdict[3] == "win" and verdict[0] == pytest.approx(-0.05, abs=0.01)
     text = format_summary(summary, command="jaxmeta reproduce --seeds 0 1 2")
     assert "| a | " in text and "| bias | 120 |" in text and "seed 0: a" in text
+
+
+def test_distilled_students_pool_over_seeds_against_the_concatenated_differences():
+    runs, differences = {}, []
+    for seed in (0, 1, 2):
+        teacher, student = per_user(seed, 0.02)
+        mean, se, _ = paired_difference(student["mae"], teacher["mae"])
+        differences.append(student["mae"] - teacher["mae"])
+        runs[seed] = {"results": {"s": {}}, "chosen": {"s": {"users": 40, "method": "t", "vs": {}}},
+                      "distilled": {"teacher": "t", "alpha": 0.5,
+                                    "paired": {"s": {"small": {"t": {"mae": [mean, se]}}}}}}
+    summary = summarise(runs)
+    mean, se, users = summary["distilled"]["paired"]["s"]["small"]["t"]["mae"]
+    everything = np.concatenate(differences)
+    assert users == 120 and mean == pytest.approx(everything.mean(), abs=1e-5)
+    assert se == pytest.approx(everything.std(ddof=1) / np.sqrt(everything.size), abs=1e-5)  # rounded to 5
+    text = format_summary(summary, command="jaxmeta reproduce --seeds 0 1 2 --teacher t --students small")
+    assert "Students distilled from t (α = 0.5)" in text and "| s | small | 120 | " in text

@@ -13,6 +13,7 @@ from jaxmeta.data.datasets import _fit_encoder
 from jaxmeta.data.features import FeatureEncoder
 from jaxmeta.evaluation import predict_tasks, query_metrics
 from jaxmeta.job import TrainConfig, make_learner
+from jaxmeta.reproduce import Experiment
 from jaxmeta.tasks import pad_tasks
 from jaxmeta.train import BatchStream, Validate, fit
 
@@ -188,3 +189,15 @@ def test_markdown_lists_the_checkpoints_chosen_on_held_out_items():
     rows = [line for line in text.splitlines() if line.startswith("| maml") or line.startswith("| no_adaptation")]
     assert rows == ["| maml | 1600 | 0.7605 | 0.1 |", "| maml (new items) | 400 | 0.8086 | 0.1 |",
                     "| no_adaptation | 600 | 0.8251 | – |", "| no_adaptation (new items) | 100 | 0.8342 | – |"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"students": ("amortised",)}, "the teacher must be one of the trained algos"),
+    ({"students": ("amortised",), "teacher": "anil"}, "the teacher must be one of the trained algos"),
+    ({"teacher": "maml"}, "without students"),
+    ({"students": ("tiny",), "teacher": "maml"}, r"students=\('tiny',\): pass a list drawn from"),
+    ({"students": ("compressed",), "teacher": "maml", "distill_alpha": 1.5}, "distill_alpha=1.5"),
+])
+def test_distillation_settings_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        Experiment("ml-100k", algos=("maml",), **options)

@@ -87,6 +87,7 @@ def multitask(
     is_fast: Callable | None = None,
     backend: None = None,
     reg: float = DEFAULT_REG,
+    adapt_reg: float | None = None,
 ) -> MetaLearner:
     """A trunk shared by all users and a ridge head per user, trained jointly in sample.
 
@@ -102,6 +103,11 @@ def multitask(
       is_fast: the per-user head (default ``model.is_head``).
       reg: the ridge on ``|w - w0|^2`` of every head, fixed (> 0), in units of
         summed squared errors, as :func:`jaxmeta.algorithms.ridge`'s precisions.
+      adapt_reg: the ridge of a new user's head (``adapt``, ``evaluate``,
+        ``predict``), default ``reg``. A training user's head is fitted on all
+        their rows, a new user's on a few support rows: the two need not
+        shrink alike, and since the state does not depend on it, it can be
+        chosen on validation users after training, as a fine-tuning rate is.
 
     Returns:
       A :class:`jaxmeta.algorithms.MetaLearner`: ``step`` fits each training
@@ -140,9 +146,11 @@ def multitask(
     loss_fn = get_loss(loss)
     if loss_fn is not squared_error:
         raise ValueError(f"multitask: loss={loss!r}; the per-user heads are least-squares fits: pass loss='mse'.")
-    if isinstance(reg, bool) or not isinstance(reg, numbers.Real) or not (reg > 0 and math.isfinite(reg)):
-        raise ValueError(f"multitask: reg={reg!r}; pass a positive, finite ridge, e.g. {DEFAULT_REG}.")
+    for name, value in (("reg", reg), ("adapt_reg", reg if adapt_reg is None else adapt_reg)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"multitask: {name}={value!r}; pass a positive, finite ridge, e.g. {DEFAULT_REG}.")
     reg = float(reg)
+    adapt_reg = reg if adapt_reg is None else float(adapt_reg)
     if is_fast is None:
         if model.is_head is None:
             raise ValueError("multitask needs a head: build the Model with is_head=<path predicate>, "
@@ -150,20 +158,22 @@ def multitask(
         is_fast = model.is_head
     inner_model, embed = embed_stage(model, is_fast)
 
-    def fit(params, x, y, mask):
-        """``(head, slow, its predictions on the rows, the rows' predictions at w0)``."""
+    def fit(params, x, y, mask, ridge):
+        """``(head, slow, its predictions on the rows, the rows' predictions at w0)``, the head's ridge
+        ``ridge``."""
         fast, slow = split_fast(params, is_fast)
         w0, unravel = ravel_pytree(fast)
         x = zero_padded_rows(x, mask)
         predict = lambda w: inner_model.apply(combine(unravel(w), slow), x)  # noqa: E731
-        w, before = ridge_head(predict, w0, y, mask, reg)
+        w, before = ridge_head(predict, w0, y, mask, ridge)
         return w, w0, unravel, slow, predict, before
 
     def on_support(meta, task):
         """``(head, slow, embedded task, support losses before and after)``."""
         params, _ = meta
         task = embed(split_fast(params, is_fast)[1], task)
-        w, _, unravel, slow, predict, before = fit(params, task.support_x, task.support_y, task.support_mask)
+        w, _, unravel, slow, predict, before = fit(params, task.support_x, task.support_y, task.support_mask,
+                                                   adapt_reg)
         losses = jnp.stack([masked_loss(loss_fn, before, task.support_y, task.support_mask),
                             masked_loss(loss_fn, predict(w), task.support_y, task.support_mask)])
         return unravel(w), slow, task, losses
@@ -171,7 +181,7 @@ def multitask(
     def objective(meta, task):
         params, _ = meta
         x, y, mask = all_rows(embed(split_fast(params, is_fast)[1], task))
-        w, w0, _, _, predict, before = fit(params, x, y, mask)
+        w, w0, _, _, predict, before = fit(params, x, y, mask, reg)
         rows = jnp.maximum(mask.sum(), 1).astype(w.dtype)
         value = masked_loss(loss_fn, predict(w), y, mask) + reg * jnp.sum((w - w0) ** 2) / rows
         return value, {"loss": value, "inner_loss": masked_loss(loss_fn, before, y, mask)}
