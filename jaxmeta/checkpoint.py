@@ -80,21 +80,23 @@ def _drop_failed_reads() -> None:
     A failed restore leaves orbax's other array reads as coroutines that were never
     awaited; collected later (at the latest, at exit), each prints its exception and a
     traceback through ``sys.unraisablehook``: hundreds of lines after the one-line
-    error. They are collected here, with that hook silenced for them alone.
+    error. From the first failed restore on, the hook drops those of orbax's coroutines
+    alone (a read still in flight now may be collected only at exit, so the filter
+    stays), and what can be collected now is.
     """
     import gc
 
-    hook = sys.unraisablehook
+    if not getattr(sys.unraisablehook, "_jaxmeta_drops_orbax_reads", False):
+        hook = sys.unraisablehook
 
-    def quiet(unraisable) -> None:
-        if not inspect.iscoroutine(unraisable.object):
-            hook(unraisable)
+        def quiet(unraisable) -> None:
+            code = getattr(unraisable.object, "cr_code", None)
+            if not (inspect.iscoroutine(unraisable.object) and "orbax" in getattr(code, "co_filename", "")):
+                hook(unraisable)
 
-    sys.unraisablehook = quiet
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
+        quiet._jaxmeta_drops_orbax_reads = True
+        sys.unraisablehook = quiet
+    gc.collect()
 
 
 class CheckpointCorrupt(CheckpointError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -218,3 +219,25 @@ def test_no_digest_for_a_state_no_process_holds_whole():
 def test_extra_keys_the_store_fills_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\['metrics'\]"):
         Checkpoints(tmp_path).save(1, SMALL, extra={"metrics": {}})
+
+
+def test_after_a_failed_restore_only_orbaxs_abandoned_reads_are_silenced(monkeypatch):
+    import types
+
+    from jaxmeta.checkpoint import _drop_failed_reads
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.object))
+
+    def coroutine(filename):
+        namespace = {}
+        exec(compile("async def read():\n    raise OSError('truncated')\n", filename, "exec"), namespace)
+        return namespace["read"]()
+
+    _drop_failed_reads()
+    _drop_failed_reads()  # twice: one filter, not two stacked
+    orbax, other = coroutine("/site-packages/orbax/checkpoint/serialization.py"), coroutine("/elsewhere/x.py")
+    for obj in (orbax, other, "not a coroutine"):
+        sys.unraisablehook(types.SimpleNamespace(object=obj))
+    assert seen == [other, "not a coroutine"]
+    orbax.close(), other.close()
