@@ -156,8 +156,8 @@ def measure_ragged(batch_size: int, *, chunk_size: int | None = -1, steps: int =
 
 def measure_adapt(batch_size: int, *, chunk_size: int | None = -1, steps: int = 10, warmup: int = 2,
                   seed: int = 0) -> list[dict[str, Any]]:
-    """The ``adapt`` workload at one batch size: a record per adaptation (gradient, then amortised; the same
-    users), and a line of their ratio."""
+    """The ``adapt`` workload at one batch size: a record per adaptation (gradient, amortised, then none, the
+    floor; the same users), and a line of the ratios to gradient."""
     chunk = default_chunk(batch_size) if chunk_size == -1 else chunk_size
     batch = jax.device_put(workloads.batch(np.random.default_rng(seed), batch_size))
     records = []
@@ -169,9 +169,10 @@ def measure_adapt(batch_size: int, *, chunk_size: int | None = -1, steps: int = 
         records.append(_record("adapt", adaptation, batch_size, seconds, compile_s, padded_fraction(batch),
                                chunk_size=chunk, support=workloads.SUPPORT, backend="xla",
                                inner_steps=workloads.INNER_STEPS if adaptation == "gradient" else 0))
-    gradient, amortised = records
+    gradient, amortised, floor = records
     records.append({"workload": "adapt", "batch": batch_size,
-                    "amortised_over_gradient": round(amortised["tasks_per_s"] / gradient["tasks_per_s"], 2)})
+                    "amortised_over_gradient": round(amortised["tasks_per_s"] / gradient["tasks_per_s"], 2),
+                    "none_over_gradient": round(floor["tasks_per_s"] / gradient["tasks_per_s"], 2)})
     return records
 
 

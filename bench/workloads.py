@@ -14,7 +14,9 @@ W2 ``ragged``: W1 with support sizes uniform in 3..100 (query 10), batched by
 on W1's users and network, two ways in the same run: ``gradient`` (MAML's 5 inner
 SGD steps, as ``melu-adapt``) and ``amortised`` (no inner step: the set encoder
 of :func:`jaxmeta.algorithms.conditioned` with ``inner_steps=0`` FiLM-modulates
-the weights in one forward pass, the student of amortised distillation).
+the weights in one forward pass, the student of amortised distillation), with ``none`` (no
+adaptation: the embeddings and the query pass alone) as the floor any adaptation of this network
+pays.
 
 Batches are drawn straight as :class:`jaxmeta.tasks.TaskBatch` arrays (ids uniform
 in each field's vocabulary, ratings uniform in 1..5): the figures measure the
@@ -43,7 +45,7 @@ RAGGED_SUPPORT = (3, 100)  # W2: support sizes uniform in this closed range
 
 WORKLOADS = {"melu": ("melu", "melu-fo", "melu-adapt"), "ragged": ("melu",), "scale": ("melu",),
              "adapt": ("melu",)}
-ADAPTATIONS = ("gradient", "amortised")  # what the adapt workload times, in this order
+ADAPTATIONS = ("gradient", "amortised", "none")  # what the adapt workload times, in this order
 KERNEL_VARIANTS = ("melu-fo", "melu-adapt")  # the W1 variants the Pallas kernel backend runs
 BACKENDS = ("xla", "pallas")
 
@@ -72,13 +74,16 @@ def learner(variant: str, *, chunk_size: int | None = None, backend: str = "xla"
 
 
 def adapter(adaptation: str, *, chunk_size: int | None = None) -> MetaLearner:
-    """The learner of one ``adapt`` measurement: W1's MAML (``gradient``) or its amortised student
-    (``amortised``: :func:`jaxmeta.algorithms.conditioned` with no inner step)."""
+    """The learner of one ``adapt`` measurement: W1's MAML (``gradient``), its amortised student
+    (``amortised``: :func:`jaxmeta.algorithms.conditioned` with no inner step), or no adaptation
+    (``none``, the floor)."""
     if adaptation == "gradient":
         return learner("melu-adapt", chunk_size=chunk_size)
     if adaptation == "amortised":
         return algorithms.conditioned(model(), inner_optimizer=INNER_LR, inner_steps=0,
                                       outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)
+    if adaptation == "none":  # the floor of any adaptation: the embeddings and the query pass, nothing else
+        return algorithms.no_adaptation(model(), outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)
     raise ValueError(f"adaptation={adaptation!r}: pass one of {ADAPTATIONS}.")
 
 
