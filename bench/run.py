@@ -169,10 +169,10 @@ def measure_adapt(batch_size: int, *, chunk_size: int | None = -1, steps: int = 
         records.append(_record("adapt", adaptation, batch_size, seconds, compile_s, padded_fraction(batch),
                                chunk_size=chunk, support=workloads.SUPPORT, backend="xla",
                                inner_steps=workloads.INNER_STEPS if adaptation == "gradient" else 0))
-    gradient, amortised, floor = records
+    gradient = records[0]
     records.append({"workload": "adapt", "batch": batch_size,
-                    "amortised_over_gradient": round(amortised["tasks_per_s"] / gradient["tasks_per_s"], 2),
-                    "none_over_gradient": round(floor["tasks_per_s"] / gradient["tasks_per_s"], 2)})
+                    **{f"{r['variant']}_over_gradient": round(r["tasks_per_s"] / gradient["tasks_per_s"], 2)
+                       for r in records[1:]}})
     return records
 
 

@@ -45,7 +45,7 @@ RAGGED_SUPPORT = (3, 100)  # W2: support sizes uniform in this closed range
 
 WORKLOADS = {"melu": ("melu", "melu-fo", "melu-adapt"), "ragged": ("melu",), "scale": ("melu",),
              "adapt": ("melu",)}
-ADAPTATIONS = ("gradient", "amortised", "none")  # what the adapt workload times, in this order
+ADAPTATIONS = ("gradient", "amortised", "amortised-small", "none")  # what the adapt workload times, in this order
 KERNEL_VARIANTS = ("melu-fo", "melu-adapt")  # the W1 variants the Pallas kernel backend runs
 BACKENDS = ("xla", "pallas")
 
@@ -81,6 +81,11 @@ def adapter(adaptation: str, *, chunk_size: int | None = None) -> MetaLearner:
         return learner("melu-adapt", chunk_size=chunk_size)
     if adaptation == "amortised":
         return algorithms.conditioned(model(), inner_optimizer=INNER_LR, inner_steps=0,
+                                      outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)
+    if adaptation == "amortised-small":  # amortised and compressed: jaxmeta.reproduce's student of that name
+        small = melu([FieldSpec(name, "categorical", size, 1) for name, size in FIELDS], embed_dim=16,
+                     hidden=(16, 16), output_bias=3.0)
+        return algorithms.conditioned(small, inner_optimizer=INNER_LR, inner_steps=0, encoder_width=32, task_dim=16,
                                       outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)
     if adaptation == "none":  # the floor of any adaptation: the embeddings and the query pass, nothing else
         return algorithms.no_adaptation(model(), outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)

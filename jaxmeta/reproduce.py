@@ -101,11 +101,16 @@ checkpoint; training fits the users' heads with its default ``reg``."""
 HIDDEN = (64, 64)  # the hidden widths of MeLU and hybrid MeLU (the ``compressed`` student has half)
 LINEAR_KS = (3,)  # nDCG with the rating as the gain, MeLU's convention ("ndcg_lin@3")
 PAIRED_BASELINES = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
-STUDENTS = ("amortised", "compressed")
+STUDENTS = ("amortised", "compressed", "amortised-small")
 """The students ``students`` may distil from the ``teacher`` (:func:`jaxmeta.algorithms.distill`):
 ``amortised`` (:func:`jaxmeta.algorithms.amortised` on the same model, warm-started from the teacher: a new user
-costs one forward pass) and ``compressed`` (the teacher's algorithm on the model with half its hidden widths,
-its matching weights, the embeddings, warm-started from the teacher)."""
+costs one forward pass), ``compressed`` (the teacher's algorithm on the model with half its hidden widths,
+its matching weights, the embeddings, warm-started from the teacher) and ``amortised-small`` (both at once:
+:func:`jaxmeta.algorithms.amortised` on the model with :data:`SMALL_EMBED`-wide embeddings and
+:data:`SMALL_HIDDEN` hidden layers, its encoder :data:`SMALL_ENCODER`; the student of ``jaxmeta bench
+--workload adapt``'s ``amortised-small``)."""
+SMALL_EMBED, SMALL_HIDDEN = 16, (16, 16)
+SMALL_ENCODER = {"encoder_width": 32, "task_dim": 16}
 REFERENCE = {"ml-1m": {"method": "MeLU-5 (paper)", "mae": {"user_cold": 0.7854, "item_cold": 0.9275,
                                                            "user_item_cold": 0.9235},
                        "source": "Lee et al., MeLU, KDD 2019: MeLU-5's MAE on MovieLens-1M as published"}}
@@ -283,11 +288,12 @@ def _non_task_ratings(ratings) -> Any:
     return ratings[(counts < splits.MIN_RATINGS) | (counts > splits.MAX_RATINGS)]
 
 
-def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None, hidden: tuple[int, ...] = HIDDEN) -> Model:
+def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None, hidden: tuple[int, ...] = HIDDEN,
+           embed_dim: int = 32) -> Model:
     """MeLU, or hybrid MeLU with its item rows warm-started from the ALS fit ``mf`` (when given); ``hidden``: the
-    widths of the network's hidden layers."""
+    widths of the network's hidden layers; ``embed_dim``: the width of each field's embedding."""
     if ex.model == "melu":
-        return melu(data.encoder.spec, output_bias=data.mean_rating, hidden=hidden)
+        return melu(data.encoder.spec, output_bias=data.mean_rating, hidden=hidden, embed_dim=embed_dim)
     counts = data.warm_ratings["item"].value_counts()
     known = counts.index[counts >= ex.known_min_ratings].to_numpy()
     item_init, factors, mean = None, ex.factors, data.mean_rating
@@ -296,7 +302,7 @@ def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None, hidden: t
         factors, mean = fit.item_factors.shape[1], fit.mean
         item_init = (fit.items, fit.item_factors, fit.item_bias)
     return hybrid_melu(data.encoder.spec, known, item_fields=data.encoder.table_columns("item")[1:],
-                       factors=factors, global_bias=mean, item_init=item_init, hidden=hidden)
+                       factors=factors, global_bias=mean, item_init=item_init, hidden=hidden, embed_dim=embed_dim)
 
 
 def _predictor(learner: MetaLearner) -> Callable[[Any], Callable[[TaskBatch], Any]]:
@@ -445,6 +451,10 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     for name in ex.students:
         if name == "amortised":
             student, _ = make("amortised", model)
+        elif name == "amortised-small":
+            small = _model(ex, data, warm, hidden=SMALL_HIDDEN, embed_dim=SMALL_EMBED)
+            options = {"feature_dim": _feature_width(small, data.train.support_x[0])} if ex.model == "hybrid" else {}
+            student = algorithms.amortised(small, outer_optimizer=ex.outer_optimizer(), **SMALL_ENCODER, **options)
         else:
             student, _ = make(ex.teacher, _model(ex, data, warm, hidden=tuple(h // 2 for h in HIDDEN)))
         learner = algorithms.distill(student, *teacher, alpha=ex.distill_alpha, warm_start=True)

@@ -123,10 +123,12 @@ def test_the_adapt_workload_traces_both_adaptations_to_query_predictions(adaptat
 
 @pytest.mark.slow
 def test_the_adapt_workload_times_both_in_one_run_and_gives_their_ratio():
-    gradient, amortised, floor, ratio = run.measure("adapt", "melu", [3], steps=2, warmup=1)
+    gradient, amortised, small, floor, ratio = run.measure("adapt", "melu", [3], steps=2, warmup=1)
     check(gradient, "adapt", "gradient", 3)
     check(amortised, "adapt", "amortised", 3)
+    check(small, "adapt", "amortised-small", 3)
     check(floor, "adapt", "none", 3)
+    assert ratio["amortised-small_over_gradient"] == round(small["tasks_per_s"] / gradient["tasks_per_s"], 2)
     assert (gradient["inner_steps"], amortised["inner_steps"]) == (workloads.INNER_STEPS, 0)
     assert ratio["amortised_over_gradient"] == round(amortised["tasks_per_s"] / gradient["tasks_per_s"], 2)
     assert ratio["none_over_gradient"] == round(floor["tasks_per_s"] / gradient["tasks_per_s"], 2)

@@ -107,19 +107,21 @@ def test_item_text_vectors_join_the_features_and_are_cached(tmp_path):
 def test_multitask_and_students_distilled_from_a_teacher_join_the_table(tmp_path):
     """Multi-task learning beside MAML, and MAML distilled into an amortised and a half-width student."""
     experiment = Experiment("ml-100k", str(real("ml-100k")), algos=("maml", "multitask"), steps=100, mf=False,
-                            classic=False, teacher="maml", students=("amortised", "compressed"), eval_every=50)
+                            classic=False, teacher="maml", students=("amortised", "compressed", "amortised-small"),
+                            eval_every=50)
     out = reproduce(experiment, tmp_path, progress=False)
     table = out["results"]["user_cold"]
-    assert {"maml", "multitask", "amortised", "compressed", "finetune"} <= set(table)
+    assert {"maml", "multitask", "amortised", "compressed", "amortised-small", "finetune"} <= set(table)
     assert out["selected"]["amortised"]["teacher"] == "maml" and out["selected"]["compressed"]["alpha"] == 0.5
     assert out["selected"]["multitask"]["adapt_reg"] in (1.0, 3.0, 10.0, 30.0, 100.0)
     assert {f"multitask@{r:g}" for r in (1, 3, 10, 30, 100)} <= set(out["curves"])
     distilled = out["distilled"]
-    assert distilled["teacher"] == "maml" and set(distilled["paired"]["user_cold"]) == {"amortised", "compressed"}
+    assert distilled["teacher"] == "maml" and set(distilled["paired"]["user_cold"]) == {"amortised", "compressed",
+                                                                                        "amortised-small"}
     mae, se = distilled["paired"]["user_cold"]["amortised"]["maml"]["mae"]
     assert mae == pytest.approx(table["amortised"]["mae"] - table["maml"]["mae"], abs=1e-4) and se > 0
-    assert set(out["paired"]["user_cold"]) == {"maml", "multitask", "amortised", "compressed"}
-    for method in ("multitask", "amortised", "compressed"):  # each learns something in 100 steps
+    assert set(out["paired"]["user_cold"]) == {"maml", "multitask", "amortised", "compressed", "amortised-small"}
+    for method in ("multitask", "amortised", "compressed", "amortised-small"):  # each learns something in 100 steps
         assert table[method]["rmse"] < table["item_mean"]["rmse"] + 0.05, table
     markdown = (tmp_path / "results.md").read_text()
     assert "## Students distilled from maml, paired over users" in markdown
