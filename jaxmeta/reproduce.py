@@ -305,6 +305,11 @@ def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None, hidden: t
                        factors=factors, global_bias=mean, item_init=item_init, hidden=hidden, embed_dim=embed_dim)
 
 
+def _named(method: str, setting: float) -> str:
+    """The validation name of ``method`` at one setting of a grid: ``"finetune@0.03"``, ``"multitask@100"``."""
+    return f"{method}@{setting:g}"
+
+
 def _predictor(learner: MetaLearner) -> Callable[[Any], Callable[[TaskBatch], Any]]:
     return lambda state: (lambda batch: learner.predict(state, batch))
 
@@ -410,11 +415,13 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
             picks[v] = {"step": chosen.step, "valid_mae": round(chosen.valid_mae, 4), **extra(v)}
         selected[method] = {**picks.pop("users"), **picks}
 
-    def tuned(method: str, validate: Validate, seconds: float, rate: float, tuners: Mapping[float, MetaLearner]):
-        """Fine-tuning at the rate, and from the checkpoint, with the lowest validation MAE on each set."""
-        lrs = {v: min(ex.finetune_lrs, key=lambda r: validate.chosen(v, f"{method}@{r}").valid_mae) for v in valid}
-        keep(method, validate, lambda v: f"{method}@{lrs[v]}", lambda v: {"finetune_lr": lrs[v]})
-        score(method, lambda v: (tuners[lrs[v]], validate.chosen(v, f"{method}@{lrs[v]}").state), seconds, rate)
+    def tuned(method: str, validate: Validate, seconds: float, rate: float, tuners: Mapping[float, Any],
+              setting: str = "finetune_lr"):
+        """``method`` at the setting of ``tuners`` (``{value: learner}``, validated as ``_named(method, value)``), and
+        from the checkpoint, with the lowest validation MAE on each set: fine-tuning's rate, multitask's ridge."""
+        best = {v: min(tuners, key=lambda r: validate.chosen(v, _named(method, r)).valid_mae) for v in valid}
+        keep(method, validate, lambda v: _named(method, best[v]), lambda v: {setting: best[v]})
+        score(method, lambda v: (tuners[best[v]], validate.chosen(v, _named(method, best[v])).state), seconds, rate)
 
     rates = ex.rates()
 
@@ -433,15 +440,11 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
         learner, inner = make(algo, model)
         if algo == "multitask":  # a new user's ridge chosen with the checkpoint, as fine-tuning's rate is
             fitters = {r: algorithms.multitask(model, adapt_reg=r) for r in MULTITASK_REGS}
-            validate, seconds, rate = train(learner, algo, {f"{algo}@{r:g}": _predictor(f)
-                                                            for r, f in fitters.items()})
-            regs = {v: min(MULTITASK_REGS, key=lambda r: validate.chosen(v, f"{algo}@{r:g}").valid_mae)
-                    for v in valid}
-            keep(algo, validate, lambda v: f"{algo}@{regs[v]:g}", lambda v: {"adapt_reg": regs[v]})
-            score(algo, lambda v: (fitters[regs[v]], validate.chosen(v, f"{algo}@{regs[v]:g}").state), seconds,
-                  rate)
+            validate, seconds, rate = train(learner, algo, {_named(algo, r): _predictor(f) for r, f in fitters.items()})
+            tuned(algo, validate, seconds, rate, fitters, setting="adapt_reg")
             if algo == ex.teacher:
-                teacher = (fitters[regs["users"]], validate.chosen("users", f"{algo}@{regs['users']:g}").state)
+                reg = selected[algo]["adapt_reg"]
+                teacher = (fitters[reg], validate.chosen("users", _named(algo, reg)).state)
             continue
         validate, seconds, rate = train(learner, algo, {algo: _predictor(learner)})
         keep(algo, validate, lambda v: algo, lambda v: {"inner_lr": inner.get("inner_optimizer")})
@@ -469,7 +472,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     if ex.baselines:
         glob = algorithms.no_adaptation(model, outer_optimizer=ex.outer_optimizer())
         tuners = finetuners(model)
-        methods = {"no_adaptation": _predictor(glob), **{f"finetune@{lr}": _predictor(t) for lr, t in tuners.items()}}
+        methods = {"no_adaptation": _predictor(glob),
+                   **{_named("finetune", lr): _predictor(t) for lr, t in tuners.items()}}
         validate, seconds, rate = train(glob, "global model", methods)
         keep("no_adaptation", validate, lambda v: "no_adaptation")
         score("no_adaptation", lambda v: (glob, validate.chosen(v, "no_adaptation").state), seconds, rate)
@@ -478,7 +482,7 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
         mf_model = biased_mf_by_id(data.warm_ratings["item"].to_numpy(), global_bias=data.mean_rating)
         glob = algorithms.no_adaptation(mf_model, outer_optimizer=ex.outer_optimizer())
         tuners = finetuners(mf_model)
-        validate, seconds, rate = train(glob, "mf", {f"mf@{lr}": _predictor(t) for lr, t in tuners.items()})
+        validate, seconds, rate = train(glob, "mf", {_named("mf", lr): _predictor(t) for lr, t in tuners.items()})
         tuned("mf", validate, seconds, rate, tuners)
     if ex.baselines:
         stats = fit_item_stats(data.warm_ratings)

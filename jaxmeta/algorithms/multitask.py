@@ -71,7 +71,7 @@ from jaxmeta.algorithms._core import (
     zero_padded_rows,
 )
 from jaxmeta.algorithms._defaults import DEFAULT_LOSS, DEFAULT_OUTER_OPTIMIZER, refuse
-from jaxmeta.algorithms.ridge import DEFAULT_REG, ridge_head
+from jaxmeta.algorithms.ridge import DEFAULT_REG, head_of, ridge_head
 from jaxmeta.losses import LossFn, get_loss, squared_error
 from jaxmeta.models import Model, combine
 
@@ -151,11 +151,7 @@ def multitask(
             raise ValueError(f"multitask: {name}={value!r}; pass a positive, finite ridge, e.g. {DEFAULT_REG}.")
     reg = float(reg)
     adapt_reg = reg if adapt_reg is None else float(adapt_reg)
-    if is_fast is None:
-        if model.is_head is None:
-            raise ValueError("multitask needs a head: build the Model with is_head=<path predicate>, "
-                             "or pass is_fast=.")
-        is_fast = model.is_head
+    is_fast = head_of(model, is_fast, who="multitask")
     inner_model, embed = embed_stage(model, is_fast)
 
     def fit(params, x, y, mask, ridge):

@@ -52,6 +52,15 @@ from jaxmeta.models import Model, combine
 DEFAULT_REG = 1.0
 
 
+def head_of(model: Model, is_fast: Callable | None, *, who: str) -> Callable:
+    """The leaves solved in closed form: ``is_fast`` when given, else the model's head (``model.is_head``)."""
+    if is_fast is not None:
+        return is_fast
+    if model.is_head is None:
+        raise ValueError(f"{who} needs a head: build the Model with is_head=<path predicate>, or pass is_fast=.")
+    return model.is_head
+
+
 def ridge_head(predict: Callable[[jax.Array], jax.Array], w0: jax.Array, y: jax.Array, mask: jax.Array,
                precision: jax.Array | float) -> tuple[jax.Array, jax.Array]:
     """``(w, predict(w0))``: the head ``w`` (flat, ``[head size]``) minimising
@@ -117,10 +126,7 @@ def ridge(
         raise ValueError(f"ridge: loss={loss!r}; ridge regression is least squares: pass loss='mse'.")
     if not init_reg > 0:
         raise ValueError(f"ridge: init_reg={init_reg!r}; pass a positive precision, e.g. {DEFAULT_REG}.")
-    if is_fast is None:
-        if model.is_head is None:
-            raise ValueError("ridge needs a head: build the Model with is_head=<path predicate>, or pass is_fast=.")
-        is_fast = model.is_head
+    is_fast = head_of(model, is_fast, who="ridge")
     inner_model, embed = embed_stage(model, is_fast)
 
     def init_hyper(params):
