@@ -289,6 +289,8 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                              "(the teacher's algorithm on half the hidden widths)")
     parser.add_argument("--distill-alpha", type=float, default=0.5,
                         help="the teacher's weight in the students' query targets (default 0.5)")
+    parser.add_argument("--student-steps", type=int, default=None,
+                        help="with --students: their outer steps (default --steps, the teachers')")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run once per seed into OUT_DIR/seed-N and write summary.md (mean ± sd, pooled "
                              "paired differences)")
@@ -309,7 +311,7 @@ def _reproduce(args: argparse.Namespace, command: str) -> int:
         text_tokens=args.text_tokens, valid_items=args.valid_items, model=args.model, classic=not args.no_classic,
         factors=args.factors, known_min_ratings=args.known_min_ratings, warm_start=args.warm_start,
         heavy_users=args.heavy_users, teacher=args.teacher, students=tuple(args.students),
-        distill_alpha=args.distill_alpha)
+        distill_alpha=args.distill_alpha, student_steps=args.student_steps)
     if args.seeds:
         reproduce_seeds(experiment, args.seeds, args.out_dir, progress=not args.quiet, command=command)
         print((Path(args.out_dir) / "summary.md").read_text())

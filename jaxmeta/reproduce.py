@@ -150,7 +150,8 @@ class Experiment:
     ``students`` (:data:`STUDENTS`) is then trained towards the teacher's
     adapted predictions, its checkpoint chosen on the validation users (query
     targets ``(1 - distill_alpha) * y + distill_alpha * teacher``), and scored
-    like any method, paired against the teacher and ``finetune``.
+    like any method, paired against the teacher and ``finetune``, for up to
+    ``student_steps`` outer steps (default ``steps``).
     """
 
     dataset: str = "ml-1m"
@@ -186,6 +187,7 @@ class Experiment:
     teacher: str = ""
     students: tuple[str, ...] = ()
     distill_alpha: float = 0.5
+    student_steps: int | None = None
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -220,6 +222,11 @@ class Experiment:
         for name in ("steps", "batch_size", "inner_steps", "eval_every", "num_buckets", "eval_batch_size", "factors",
                      "known_min_ratings"):
             positive_int(name, getattr(self, name))
+        if self.student_steps is not None:
+            if not self.students:
+                raise ValueError(f"student_steps={self.student_steps!r} without students: pass students drawn from "
+                                 f"{STUDENTS}, or no student_steps.")
+            positive_int("student_steps", self.student_steps)
 
     def rates(self) -> dict[str, float]:
         """``{algo: inner rate}``."""
@@ -391,14 +398,16 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
                                      regs=(warm.settings["reg"],))
     model = _model(ex, data, warm)
 
-    def train(learner: MetaLearner, desc: str, methods: dict[str, Callable]) -> tuple[Validate, float, float]:
-        """``fit`` with validation of ``methods``: the hook (best states, curves), train seconds, users/s."""
+    def train(learner: MetaLearner, desc: str, methods: dict[str, Callable], steps: int = ex.steps,
+              ) -> tuple[Validate, float, float]:
+        """``fit`` for ``steps`` with validation of ``methods``: the hook (best states, curves), train seconds,
+        users/s."""
         validate = Validate(valid, methods, every=ex.eval_every, keep=True)
-        log = LogMetrics(every=ex.steps)
+        log = LogMetrics(every=steps)
         stream = BatchStream(train_tasks, batch_size=ex.batch_size, num_buckets=ex.num_buckets, seed=ex.seed,
                              resplit=ex.resplit)
         began = time.perf_counter()
-        fit(learner, stream, steps=ex.steps, seed=ex.seed, hooks=[StopOnNaN(ex.eval_every, desc=desc), log, validate],
+        fit(learner, stream, steps=steps, seed=ex.seed, hooks=[StopOnNaN(ex.eval_every, desc=desc), log, validate],
             desc=desc, progress=progress)
         seconds = time.perf_counter() - began - validate.seconds
         for name, per_set in validate.curves.items():
@@ -461,7 +470,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
         else:
             student, _ = make(ex.teacher, _model(ex, data, warm, hidden=tuple(h // 2 for h in HIDDEN)))
         learner = algorithms.distill(student, *teacher, alpha=ex.distill_alpha, warm_start=True)
-        validate, seconds, rate = train(learner, f"{name} (from {ex.teacher})", {name: _predictor(learner)})
+        validate, seconds, rate = train(learner, f"{name} (from {ex.teacher})", {name: _predictor(learner)},
+                                        ex.steps if ex.student_steps is None else ex.student_steps)
         keep(name, validate, lambda v: name, lambda v: {"teacher": ex.teacher, "alpha": ex.distill_alpha})
         score(name, lambda v: (learner, validate.chosen(v, name).state), seconds, rate)
 

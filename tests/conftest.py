@@ -37,6 +37,10 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 VOCAB = (3, 5)
 
+# tests/scripts holds programs that tests run in their own processes (a forced 4-device CPU), not test
+# modules: --doctest-modules would import them into the session, and their settings with them.
+collect_ignore = ["scripts"]
+
 # The real MovieLens files are read in place, never copied (their licence forbids it).
 DATA = Path(os.environ.get("JAXMETA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

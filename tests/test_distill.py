@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from conftest import (
     RUN_SETTINGS,
+    VOCAB,
     assert_batch_equals_loop,
     jaxmeta,
     meta_grad,
@@ -38,7 +39,6 @@ from jaxmeta.tasks import pad_tasks
 
 LR, K, K_TEACHER = 0.3, 2, 3
 ALPHA = 0.3
-VOCAB = (3, 5)  # conftest's ids
 TRACES = []  # one entry each time JAX traces the float32 teacher's model
 
 

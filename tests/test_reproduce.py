@@ -197,6 +197,8 @@ def test_markdown_lists_the_checkpoints_chosen_on_held_out_items():
     ({"teacher": "maml"}, "without students"),
     ({"students": ("tiny",), "teacher": "maml"}, r"students=\('tiny',\): pass a list drawn from"),
     ({"students": ("compressed",), "teacher": "maml", "distill_alpha": 1.5}, "distill_alpha=1.5"),
+    ({"student_steps": 100}, "student_steps=100 without students"),
+    ({"students": ("compressed",), "teacher": "maml", "student_steps": 0}, "student_steps=0"),
 ])
 def test_distillation_settings_are_checked(options, message):
     with pytest.raises(ValueError, match=message):

@@ -105,16 +105,19 @@ def test_item_text_vectors_join_the_features_and_are_cached(tmp_path):
 
 
 def test_multitask_and_students_distilled_from_a_teacher_join_the_table(tmp_path):
-    """Multi-task learning beside MAML, and MAML distilled into an amortised and a half-width student."""
+    """Multi-task learning beside MAML, and MAML distilled into an amortised and a half-width student, the
+    students trained for their own number of steps."""
     experiment = Experiment("ml-100k", str(real("ml-100k")), algos=("maml", "multitask"), steps=100, mf=False,
                             classic=False, teacher="maml", students=("amortised", "compressed", "amortised-small"),
-                            eval_every=50)
+                            eval_every=50, student_steps=150)
     out = reproduce(experiment, tmp_path, progress=False)
     table = out["results"]["user_cold"]
     assert {"maml", "multitask", "amortised", "compressed", "amortised-small", "finetune"} <= set(table)
     assert out["selected"]["amortised"]["teacher"] == "maml" and out["selected"]["compressed"]["alpha"] == 0.5
     assert out["selected"]["multitask"]["adapt_reg"] in (1.0, 3.0, 10.0, 30.0, 100.0)
     assert {f"multitask@{r:g}" for r in (1, 3, 10, 30, 100)} <= set(out["curves"])
+    assert [s for s, _ in out["curves"]["maml"]["users"]] == [50, 100]
+    assert [s for s, _ in out["curves"]["amortised-small"]["users"]] == [50, 100, 150]
     distilled = out["distilled"]
     assert distilled["teacher"] == "maml" and set(distilled["paired"]["user_cold"]) == {"amortised", "compressed",
                                                                                         "amortised-small"}

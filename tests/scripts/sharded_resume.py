@@ -25,7 +25,6 @@ from jaxmeta.distributed import make_mesh, shard_batch, shard_state  # noqa: E40
 from jaxmeta.job import TrainConfig, make_learner  # noqa: E402
 from jaxmeta.train import BatchStream, SaveCheckpoints, fit  # noqa: E402
 
-conftest.VOCAB = (4, 8)  # tables whose rows split over 1, 2 and 4 devices
 CONFIG = TrainConfig(algo="maml", steps=12, batch_size=8, inner_lr=0.3, outer_lr=0.05, num_buckets=2, resplit=True)
 SHARDED = {"replicated": lambda path: False, "rows": lambda path: path[0] == "emb"}
 
@@ -52,6 +51,9 @@ def train(learner, tasks, *, steps: int, devices: list, rows, folder: Path | Non
 
 
 def main(folder: str, stage: str) -> None:
+    # Tables whose rows split over 1, 2 and 4 devices. Set here, never at import: pytest imports this
+    # file to look for doctests, and conftest's VOCAB there is every test's.
+    conftest.VOCAB = (4, 8)
     learner, tasks = make_learner(CONFIG, conftest.tiny_model(staged=True)), conftest.random_tasks(24, seed=2)
     found: dict[str, object] = {"devices": len(jax.devices())}
     if stage == "save":
