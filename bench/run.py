@@ -20,6 +20,7 @@ Usage (from the repository root; ``jaxmeta bench`` takes the same flags anywhere
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -40,6 +41,7 @@ RAGGED_BUCKETS = 8  # compiled support sizes of W2
 RAGGED_POOL = 16  # W2 users per pass, in batches
 # Users per chunk inside the compiled step, by platform: past this the per-user
 # weights and activations of one chunk stop fitting the CPU's caches (see bench/README.md).
+ADAPT_ROUNDS = 5  # adapt: interleaved rounds of each adaptation's timed calls
 DEFAULT_CHUNK = {"cpu": 32, "gpu": 16384, "tpu": 16384}
 
 
@@ -72,7 +74,8 @@ def _compile(fn: Callable, *args) -> tuple[Callable, float]:
     return compiled, time.perf_counter() - start
 
 
-def _median_seconds(call: Callable[[], Any], *, steps: int, warmup: int) -> float:
+def _seconds(call: Callable[[], Any], *, steps: int, warmup: int) -> list[float]:
+    """The seconds of each of ``steps`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         jax.block_until_ready(call())
     times = []
@@ -80,7 +83,11 @@ def _median_seconds(call: Callable[[], Any], *, steps: int, warmup: int) -> floa
         start = time.perf_counter()
         jax.block_until_ready(call())
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def _median_seconds(call: Callable[[], Any], *, steps: int, warmup: int) -> float:
+    return statistics.median(_seconds(call, steps=steps, warmup=warmup))
 
 
 def _stepper(variant: str, chunk_size: int | None, backend: str = "xla"):
@@ -155,20 +162,28 @@ def measure_ragged(batch_size: int, *, chunk_size: int | None = -1, steps: int =
 
 
 def measure_adapt(batch_size: int, *, chunk_size: int | None = -1, steps: int = 10, warmup: int = 2,
-                  seed: int = 0) -> list[dict[str, Any]]:
-    """The ``adapt`` workload at one batch size: a record per adaptation (gradient, amortised, then none, the
-    floor; the same users), and a line of the ratios to gradient."""
+                  rounds: int = ADAPT_ROUNDS, seed: int = 0) -> list[dict[str, Any]]:
+    """The ``adapt`` workload at one batch size: a record per adaptation (gradient, the amortised students,
+    then none, the floor; the same users), and a line of the ratios to gradient.
+
+    Every adaptation is compiled first, then timed in ``rounds`` interleaved rounds (each adaptation's
+    ``steps`` calls in turn, ``warmup`` untimed calls before each round's), so that a change in the
+    machine's speed during the run falls on all of them alike; the figure is the median over all calls."""
     chunk = default_chunk(batch_size) if chunk_size == -1 else chunk_size
     batch = jax.device_put(workloads.batch(np.random.default_rng(seed), batch_size))
-    records = []
+    runs = {}
     for adaptation in workloads.ADAPTATIONS:
         learner = workloads.adapter(adaptation, chunk_size=chunk)
         state = learner.init(jax.random.key(seed))
-        compiled, compile_s = _compile(lambda s, b: learner.predict(s, b), state, batch)
-        seconds = _median_seconds(lambda: compiled(state, batch), steps=steps, warmup=warmup)
-        records.append(_record("adapt", adaptation, batch_size, seconds, compile_s, padded_fraction(batch),
-                               chunk_size=chunk, support=workloads.SUPPORT, backend="xla",
-                               inner_steps=workloads.INNER_STEPS if adaptation == "gradient" else 0))
+        compiled, compile_s = _compile(lambda s, b, learner=learner: learner.predict(s, b), state, batch)
+        runs[adaptation] = (functools.partial(compiled, state, batch), compile_s, [])
+    for _ in range(rounds):
+        for call, _, times in runs.values():
+            times.extend(_seconds(call, steps=steps, warmup=warmup))
+    records = [_record("adapt", adaptation, batch_size, statistics.median(times), compile_s, padded_fraction(batch),
+                       chunk_size=chunk, support=workloads.SUPPORT, backend="xla", rounds=rounds,
+                       inner_steps=workloads.INNER_STEPS if adaptation == "gradient" else 0)
+               for adaptation, (_, compile_s, times) in runs.items()]
     gradient = records[0]
     records.append({"workload": "adapt", "batch": batch_size,
                     **{f"{r['variant']}_over_gradient": round(r["tasks_per_s"] / gradient["tasks_per_s"], 2)

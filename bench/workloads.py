@@ -32,6 +32,7 @@ from jaxmeta import algorithms
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.data.features import FieldSpec
 from jaxmeta.models import Model, melu
+from jaxmeta.reproduce import SMALL_EMBED, SMALL_ENCODER, SMALL_HIDDEN
 from jaxmeta.tasks import TaskBatch
 
 # MeLU's ML-1M fields and their numbers of values (W1).
@@ -83,9 +84,9 @@ def adapter(adaptation: str, *, chunk_size: int | None = None) -> MetaLearner:
         return algorithms.conditioned(model(), inner_optimizer=INNER_LR, inner_steps=0,
                                       outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)
     if adaptation == "amortised-small":  # amortised and compressed: jaxmeta.reproduce's student of that name
-        small = melu([FieldSpec(name, "categorical", size, 1) for name, size in FIELDS], embed_dim=16,
-                     hidden=(16, 16), output_bias=3.0)
-        return algorithms.conditioned(small, inner_optimizer=INNER_LR, inner_steps=0, encoder_width=32, task_dim=16,
+        small = melu([FieldSpec(name, "categorical", size, 1) for name, size in FIELDS], embed_dim=SMALL_EMBED,
+                     hidden=SMALL_HIDDEN, output_bias=3.0)
+        return algorithms.conditioned(small, inner_optimizer=INNER_LR, inner_steps=0, **SMALL_ENCODER,
                                       outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)
     if adaptation == "none":  # the floor of any adaptation: the embeddings and the query pass, nothing else
         return algorithms.no_adaptation(model(), outer_optimizer=optax.adam(OUTER_LR), chunk_size=chunk_size)

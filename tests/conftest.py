@@ -31,6 +31,21 @@ _CACHE_FROM = os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 jax.config.update("jax_compilation_cache_dir", _CACHE or None)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", float(_CACHE_FROM))
 
+
+
+def pytest_configure(config):
+    """The default suite (``-m 'not slow'``) compiles with ``jax_disable_most_optimizations``: most of
+    its time on a fresh checkout is XLA compiling small programs once each, and its checks (references,
+    finite differences, loop equivalence, bitwise resume) compare programs compiled alike. Set in the
+    environment too, so the ``jaxmeta`` processes that tests start compile as the session does and
+    bitwise comparisons with them hold. The slow suite (long runs on real data) compiles as users do. An
+    explicit ``JAX_DISABLE_MOST_OPTIMIZATIONS`` in the environment wins."""
+    if config.getoption("markexpr", "").strip() == "not slow":
+        os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+    flag = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "false").lower() in ("1", "true", "yes", "on")
+    jax.config.update("jax_disable_most_optimizations", flag)
+
+
 # Like equinox's tests, implicit rank promotion is an error. (Strict dtype promotion
 # is not set: optax's own Adam mixes Python floats with its int32 step count.)
 jax.config.update("jax_numpy_rank_promotion", "raise")

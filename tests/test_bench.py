@@ -130,5 +130,6 @@ def test_the_adapt_workload_times_both_in_one_run_and_gives_their_ratio():
     check(floor, "adapt", "none", 3)
     assert ratio["amortised-small_over_gradient"] == round(small["tasks_per_s"] / gradient["tasks_per_s"], 2)
     assert (gradient["inner_steps"], amortised["inner_steps"]) == (workloads.INNER_STEPS, 0)
+    assert {r["rounds"] for r in (gradient, amortised, small, floor)} == {run.ADAPT_ROUNDS}
     assert ratio["amortised_over_gradient"] == round(amortised["tasks_per_s"] / gradient["tasks_per_s"], 2)
     assert ratio["none_over_gradient"] == round(floor["tasks_per_s"] / gradient["tasks_per_s"], 2)
