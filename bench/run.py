@@ -41,8 +41,8 @@ RAGGED_BUCKETS = 8  # compiled support sizes of W2
 RAGGED_POOL = 16  # W2 users per pass, in batches
 # Users per chunk inside the compiled step, by platform: past this the per-user
 # weights and activations of one chunk stop fitting the CPU's caches (see bench/README.md).
-ADAPT_ROUNDS = 5  # adapt: interleaved rounds of each adaptation's timed calls
 DEFAULT_CHUNK = {"cpu": 32, "gpu": 16384, "tpu": 16384}
+ADAPT_ROUNDS = 5  # adapt: interleaved rounds of each adaptation's timed calls
 
 
 def default_chunk(batch_size: int) -> int | None:

@@ -32,18 +32,16 @@ jax.config.update("jax_compilation_cache_dir", _CACHE or None)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", float(_CACHE_FROM))
 
 
-
 def pytest_configure(config):
     """The default suite (``-m 'not slow'``) compiles with ``jax_disable_most_optimizations``: most of
     its time on a fresh checkout is XLA compiling small programs once each, and its checks (references,
     finite differences, loop equivalence, bitwise resume) compare programs compiled alike. Set in the
     environment too, so the ``jaxmeta`` processes that tests start compile as the session does and
     bitwise comparisons with them hold. The slow suite (long runs on real data) compiles as users do. An
-    explicit ``JAX_DISABLE_MOST_OPTIMIZATIONS`` in the environment wins."""
-    if config.getoption("markexpr", "").strip() == "not slow":
-        os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
-    flag = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "false").lower() in ("1", "true", "yes", "on")
-    jax.config.update("jax_disable_most_optimizations", flag)
+    explicit ``JAX_DISABLE_MOST_OPTIMIZATIONS`` in the environment wins (jax read it when imported)."""
+    if config.getoption("markexpr", "").strip() == "not slow" and "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
+        os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 # Like equinox's tests, implicit rank promotion is an error. (Strict dtype promotion
