@@ -66,8 +66,10 @@ MIN_SUPPORT = 8
 """Fewest support rows of a batch."""
 MIN_QUERY = 8
 """Fewest query (candidate) rows of a batch (fewer when ``candidate_chunk`` is smaller)."""
-INFLUENCE_ROWS = 16
-"""Items explained per task and compiled call by :meth:`NewUserRanker.rank`."""
+INFLUENCE_ROWS = 10
+"""Items explained per task and compiled call by :meth:`NewUserRanker.rank`: the service's default ``k``, so
+that a top-10 is explained by one call of exactly its rows (the cost grows with the rows: one backward pass
+through the adaptation each)."""
 RATINGS_COLUMNS = ("user", "item", "rating")
 LINE = "line"
 """The index name of the tables :meth:`Recommender.read_ratings` and :meth:`Recommender.read_user_features`

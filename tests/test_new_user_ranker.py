@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxmeta.serve import NewUserRanker, Recommender
+from jaxmeta.serve import INFLUENCE_ROWS, NewUserRanker, Recommender
 from test_serve import ENCODER, ITEM_TABLE, ITEMS, LEARNERS, MODEL
 
 POPULARITY = {int(i): float(c) for i, c in zip(ITEMS, np.random.default_rng(3).integers(0, 4, len(ITEMS)))}
@@ -32,14 +32,16 @@ def supports(ratings: pd.DataFrame) -> list[tuple[list, list]]:
     return [(g["item"].tolist(), g["rating"].tolist()) for _, g in ratings.groupby("user", sort=False)]
 
 
-def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts):
+# k=6: one explaining call; INFLUENCE_ROWS + 3: two, and new1 (9 rated of 20) has fewer items left than k
+@pytest.mark.parametrize("k", [6, INFLUENCE_ROWS + 3])
+def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts, k):
     learner, state = parts["maml"]
     # two users per batch, the distinct input rows scored 7 at a time (in 3 chunks)
     rec = Recommender(learner, state, ENCODER, ITEMS, popularity=POPULARITY, batch_size=2, candidate_chunk=7)
     ratings = new_users([2, 9, 4])  # support sizes padded to 8, 16 and 8: two batches
-    ranker = NewUserRanker(rec, k=6)
+    ranker = NewUserRanker(rec, k=k)
     got = ranker.rank(supports(ratings), explain=True)
-    top = rec.recommend(ratings, k=6)
+    top = rec.recommend(ratings, k=k)
     table = rec.influence(ratings, top[["user", "item"]])
     for n, ranking in enumerate(got):
         expected = top[top["user"] == f"new{n}"]
