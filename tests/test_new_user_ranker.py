@@ -89,3 +89,20 @@ def test_bad_input(parts):
         ranker.rank([([100], [4.0])], k=6)
     with pytest.raises(ValueError, match=r"k="):
         NewUserRanker(Recommender(learner, state, ENCODER, ITEMS), k=0)
+    with pytest.raises(ValueError, match=r"min_tasks="):
+        NewUserRanker(Recommender(learner, state, ENCODER, ITEMS), min_tasks=0)
+
+
+def test_a_lone_user_is_one_task_slot_and_ranks_as_in_a_padded_call(parts):
+    learner, state = parts["maml"]
+    rec = Recommender(learner, state, ENCODER, ITEMS, popularity=POPULARITY)
+    lone = supports(new_users([5], seed=4))
+    ranker = NewUserRanker(rec)
+    [(items, ratings)] = lone
+    x, y = [{f: a[ranker.positions(items)] for f, a in ranker.inputs.items()}], [np.asarray(ratings, np.float32)]
+    assert {m: [b.num_tasks for _, b in rec._support_batches(x, y, m)] for m in (1, 8)} == {1: [1], 8: [8]}
+    alone, padded = (NewUserRanker(rec, k=6, min_tasks=m).rank(lone, explain=True)[0] for m in (1, 8))
+    assert alone.items.tolist() == padded.items.tolist()
+    np.testing.assert_allclose(alone.scores, padded.scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone.influence, padded.influence, rtol=1e-4, atol=1e-6)
+    assert np.abs(alone.influence).max() > 0
