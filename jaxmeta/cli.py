@@ -33,6 +33,7 @@ from jaxmeta.reproduce import (
     reproduce,
     reproduce_seeds,
 )
+from jaxmeta.reproduce import LOSSES as REPRODUCE_LOSSES
 from jaxmeta.reproduce import MODELS as REPRODUCE_MODELS
 from jaxmeta.reproduce import STUDENTS
 from jaxmeta.train import TrainingInterrupted
@@ -294,6 +295,13 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run once per seed into OUT_DIR/seed-N and write summary.md (mean ± sd, pooled "
                              "paired differences)")
+    parser.add_argument("--keep-heavy", action="store_true",
+                        help="ML-100K: the users with more than 100 ratings, whom RecBole's split drops, train too "
+                             "(the baselines fit their ratings; with --heavy-users the meta-learners too); the "
+                             "validation and test users stay RecBole's")
+    parser.add_argument("--loss", default="mse", choices=REPRODUCE_LOSSES,
+                        help="the meta-learners' training loss (ridge: its query loss; the support fit stays least "
+                             "squares); the baselines are least-squares fits")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -311,7 +319,8 @@ def _reproduce(args: argparse.Namespace, command: str) -> int:
         text_tokens=args.text_tokens, valid_items=args.valid_items, model=args.model, classic=not args.no_classic,
         factors=args.factors, known_min_ratings=args.known_min_ratings, warm_start=args.warm_start,
         heavy_users=args.heavy_users, teacher=args.teacher, students=tuple(args.students),
-        distill_alpha=args.distill_alpha, student_steps=args.student_steps)
+        distill_alpha=args.distill_alpha, student_steps=args.student_steps, loss=args.loss,
+        keep_heavy=args.keep_heavy)
     if args.seeds:
         reproduce_seeds(experiment, args.seeds, args.out_dir, progress=not args.quiet, command=command)
         print((Path(args.out_dir) / "summary.md").read_text())

@@ -21,16 +21,29 @@ def squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.square(predictions - targets)
 
 
+def absolute_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """Elementwise ``|predictions - targets|``: its minimiser is the median, so a model trained on it
+    predicts what MAE, the cold-start papers' metric, rewards (its gradient is the residual's sign)."""
+    return jnp.abs(predictions - targets)
+
+
+def huber(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """Elementwise Huber loss with ``delta=1`` (``optax.losses.huber_loss``): squared error on
+    residuals within one star, absolute error (less a half) beyond."""
+    return optax.losses.huber_loss(predictions, targets, delta=1.0)
+
+
 def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Elementwise binary cross-entropy of ``sigmoid(logits)`` against 0/1 targets (clicks)."""
     return optax.sigmoid_binary_cross_entropy(logits, targets)
 
 
-LOSSES: dict[str, LossFn] = {"mse": squared_error, "bce": binary_cross_entropy}
+LOSSES: dict[str, LossFn] = {"mse": squared_error, "mae": absolute_error, "huber": huber,
+                             "bce": binary_cross_entropy}
 
 
 def get_loss(loss: str | LossFn) -> LossFn:
-    """Resolves a loss name (``"mse"`` or ``"bce"``) or passes a callable through."""
+    """Resolves a loss name (``"mse"``, ``"mae"``, ``"huber"`` or ``"bce"``) or passes a callable through."""
     if callable(loss):
         return loss
     try:

@@ -102,6 +102,9 @@ HIDDEN = (64, 64)  # the hidden widths of MeLU and hybrid MeLU (the ``compressed
 LINEAR_KS = (3,)  # nDCG with the rating as the gain, MeLU's convention ("ndcg_lin@3")
 PAIRED_BASELINES = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
 STUDENTS = ("amortised", "compressed", "amortised-small")
+LOSSES = ("mse", "mae", "huber")
+"""The meta-learners' training losses (``--loss``): squared error, absolute error (MAE's own minimiser,
+the median) and Huber's in between."""
 """The students ``students`` may distil from the ``teacher`` (:func:`jaxmeta.algorithms.distill`):
 ``amortised`` (:func:`jaxmeta.algorithms.amortised` on the same model, warm-started from the teacher: a new user
 costs one forward pass), ``compressed`` (the teacher's algorithm on the model with half its hidden widths,
@@ -128,7 +131,7 @@ class Experiment:
     Data (see :func:`jaxmeta.data.datasets.movielens`): ``dataset``,
     ``data_dir``, ``seed`` (also initialisation and batch order), ``vocab``,
     ``min_count``, ``valid_fraction``, ``item_field``, ``text``,
-    ``text_cache``, ``text_tokens``, ``valid_items``. Training: every trained
+    ``text_cache``, ``text_tokens``, ``valid_items``, ``keep_heavy``. Training: every trained
     model runs up to ``steps`` outer steps (the selected checkpoint may be
     earlier) of ``batch_size`` users, ``inner_steps`` inner SGD steps in
     training and at test time, Adam at ``outer_lr`` after a global-norm clip
@@ -151,7 +154,10 @@ class Experiment:
     adapted predictions, its checkpoint chosen on the validation users (query
     targets ``(1 - distill_alpha) * y + distill_alpha * teacher``), and scored
     like any method, paired against the teacher and ``finetune``, for up to
-    ``student_steps`` outer steps (default ``steps``).
+    ``student_steps`` outer steps (default ``steps``). ``loss``
+    (:data:`LOSSES`): the meta-learners' training loss (``ridge``: the query
+    loss; its support fit is least squares whatever the loss); the baselines
+    are least-squares fits whatever it is.
     """
 
     dataset: str = "ml-1m"
@@ -188,8 +194,18 @@ class Experiment:
     students: tuple[str, ...] = ()
     distill_alpha: float = 0.5
     student_steps: int | None = None
+    loss: str = "mse"
+    keep_heavy: bool = False
 
     def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}: pass one of {LOSSES}.")
+        if self.loss != "mse" and ("multitask" in self.algos or self.students):
+            raise ValueError(f"loss={self.loss!r} with multitask or students: their heads and targets are "
+                             "least-squares fits; pass loss='mse', or drop them.")
+        if self.keep_heavy and self.dataset != "ml-100k":
+            raise ValueError(f"keep_heavy=True with dataset={self.dataset!r}: only ML-100K's split drops its heavy "
+                             "users; pass keep_heavy=False.")
         if self.model not in MODELS:
             raise ValueError(f"model={self.model!r}: pass one of {MODELS}.")
         if self.warm_start not in WARM_STARTS:
@@ -340,7 +356,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     start = time.perf_counter()
     data = datasets.movielens(ex.dataset, ex.data_dir, seed=ex.seed, item_field=ex.item_field, vocab=ex.vocab,
                               min_count=ex.min_count, valid_fraction=ex.valid_fraction, text=ex.text,
-                              text_cache=ex.text_cache, text_tokens=ex.text_tokens, valid_items=ex.valid_items)
+                              text_cache=ex.text_cache, text_tokens=ex.text_tokens, valid_items=ex.valid_items,
+                              keep_heavy=ex.keep_heavy)
     # one shape for every evaluation batch: one compilation per method, not per scenario
     names = list(data.valid) + list(data.scenarios)
     shaped = dict(zip(names, evaluation_batches([*data.valid.values(), *data.scenarios.values()],
@@ -442,7 +459,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
             inner["init_reg"] = warm.user_reg
         if algo in ("conditioned", "amortised") and ex.model == "hybrid":  # its encoder reads the hybrid's rows
             inner["feature_dim"] = _feature_width(on, data.train.support_x[0])
-        return algorithms.META_LEARNERS[algo](on, outer_optimizer=ex.outer_optimizer(), **inner), inner
+        learner = algorithms.META_LEARNERS[algo](on, outer_optimizer=ex.outer_optimizer(), loss=ex.loss, **inner)
+        return learner, inner
 
     teacher = None
     for algo in ex.algos:
@@ -503,7 +521,7 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
 
     out = {"dataset": ex.dataset, "split": data.split, "text": None if ex.text is None else str(ex.text),
            "text_tokens": None if ex.text is None else ex.text_tokens,
-           "model": ex.model, "train_tasks": len(train_tasks), "results": results, "selected": selected,
+           "model": ex.model, "loss": ex.loss, "train_tasks": len(train_tasks), "results": results, "selected": selected,
            "paired": paired(per_user, ex.algos + ex.students, PAIRED_BASELINES),
            "chosen": chosen(per_user, selected, ex.algos + ex.students, {s: data.valid_for(s) for s in data.scenarios},
                             PAIRED_BASELINES),

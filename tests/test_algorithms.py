@@ -226,7 +226,7 @@ def test_binary_cross_entropy_loss_trains_clicks():
         (lambda: algorithms.maml(tiny_model(), chunk_size=0), "chunk_size=0"),
         (lambda: algorithms.anil(Model(lambda k: {}, lambda p, x: x)), "is_head"),
         (lambda: algorithms.imaml(tiny_model(), reg=0.0), "reg=0.0"),
-        (lambda: algorithms.maml(tiny_model(), loss="mae"), "'mae'"),
+        (lambda: algorithms.maml(tiny_model(), loss="l1"), "'l1'"),
     ],
 )
 def test_bad_arguments_raise_with_the_value_and_a_fix(call, match):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmeta.losses import LOSSES, binary_cross_entropy, get_loss, masked_mean, squared_error
+from jaxmeta.losses import (LOSSES, absolute_error, binary_cross_entropy, get_loss, huber, masked_mean,
+                            squared_error)
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -69,11 +70,25 @@ def test_masked_mean_nan_in_padding_leaks_nowhere():
 def test_get_loss_names_callables_and_errors():
     assert get_loss("mse") is squared_error
     assert get_loss("bce") is binary_cross_entropy
-    assert sorted(LOSSES) == ["bce", "mse"]
+    assert get_loss("mae") is absolute_error
+    assert get_loss("huber") is huber
+    assert sorted(LOSSES) == ["bce", "huber", "mae", "mse"]
     custom = lambda p, y: jnp.abs(p - y)  # noqa: E731
     assert get_loss(custom) is custom
-    with pytest.raises(ValueError, match=r"unknown loss 'mae'.*\['bce', 'mse'\]"):
-        get_loss("mae")
+    with pytest.raises(ValueError, match=r"unknown loss 'l1'.*\['bce', 'huber', 'mae', 'mse'\]"):
+        get_loss("l1")
+
+
+def test_absolute_error_and_huber_by_hand():
+    predictions = jnp.array([3.0, 1.0, 4.5, 2.0])
+    targets = jnp.array([5.0, 1.5, 4.0, 2.0])
+    # residuals -2, -0.5, 0.5, 0: |r| = 2, 0.5, 0.5, 0; Huber(1): |r| - 1/2 beyond one star, r^2 / 2 within
+    np.testing.assert_allclose(absolute_error(predictions, targets), [2.0, 0.5, 0.5, 0.0])
+    np.testing.assert_allclose(huber(predictions, targets), [1.5, 0.125, 0.125, 0.0])
+    # the gradient of the absolute error is the residual's sign; Huber's is the residual clipped to one star
+    np.testing.assert_allclose(jax.grad(lambda p: absolute_error(p, targets)[:3].sum())(predictions)[:3],
+                               [-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(jax.grad(lambda p: huber(p, targets).sum())(predictions), [-1.0, -0.5, 0.5, 0.0])
 
 
 def test_nan_target_in_padded_row_does_not_reach_parameter_gradient():

@@ -176,6 +176,34 @@ def test_real_ml1m_held_out_items_never_train_and_leave_the_rest_alone():
         load("ml-100k", folder.parent / "ml-100k", valid_items=0.1)
 
 
+def test_real_ml100k_heavy_users_train_and_leave_the_rest_alone():
+    """``movielens("ml-100k", keep_heavy=True)``: the users with more than 100 ratings join the training
+    ratings and nothing else; the tasks (training, validation, test) are a plain load's, row for row."""
+    from conftest import real
+
+    from jaxmeta.data.datasets import movielens as load
+    from jaxmeta.data.splits import MAX_RATINGS
+
+    folder = real("ml-100k")
+    plain, kept = load("ml-100k", folder, seed=1), load("ml-100k", folder, seed=1, keep_heavy=True)
+    counts = kept.warm_ratings.groupby("user").size()  # RecBole's users have 13-100 ratings: none is added
+    added = kept.warm_ratings[kept.warm_ratings["user"].isin(counts.index[counts > MAX_RATINGS])]
+    assert set(plain.warm_ratings["user"]) == set(counts.index[counts <= MAX_RATINGS])
+    assert len(kept.warm_ratings) == len(plain.warm_ratings) + len(added) and added["user"].nunique() == 361
+    for a, b in [(plain.train, kept.train), (plain.valid["users"], kept.valid["users"]),
+                 (plain.scenarios["user_cold"], kept.scenarios["user_cold"])]:
+        for field in ("support_x", "query_x"):
+            np.testing.assert_array_equal(np.concatenate([x["item_id"] for x in getattr(a, field)]),
+                                          np.concatenate([x["item_id"] for x in getattr(b, field)]))
+        for field in ("support_y", "query_y"):
+            np.testing.assert_array_equal(np.concatenate(getattr(a, field)), np.concatenate(getattr(b, field)))
+    assert "heavy users training" in kept.split and "heavy" not in plain.split
+    with pytest.raises(ValueError, match="keep_heavy=True: ml-1m's split already keeps"):
+        load("ml-1m", folder.parent / "ml-1m", keep_heavy=True)
+    with pytest.raises(ValueError, match="keep_heavy=True with dataset='ml-1m'"):
+        Experiment("ml-1m", algos=("maml",), keep_heavy=True)
+
+
 def test_markdown_lists_the_checkpoints_chosen_on_held_out_items():
     from jaxmeta.report import format_markdown
 
@@ -203,3 +231,13 @@ def test_markdown_lists_the_checkpoints_chosen_on_held_out_items():
 def test_distillation_settings_are_checked(options, message):
     with pytest.raises(ValueError, match=message):
         Experiment("ml-100k", algos=("maml",), **options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"loss": "l1"}, r"loss='l1': pass one of \('mse', 'mae', 'huber'\)"),
+    ({"loss": "mae", "algos": ("ridge", "multitask")}, "loss='mae' with multitask or students"),
+    ({"loss": "huber", "students": ("compressed",), "teacher": "maml"}, "loss='huber' with multitask or students"),
+])
+def test_training_loss_is_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        Experiment("ml-100k", **{"algos": ("maml",), **options})

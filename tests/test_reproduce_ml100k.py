@@ -61,16 +61,18 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert "chosen on validation against every baseline" in markdown
 
 
-@pytest.mark.parametrize("algos, warm", [(("ridge", "metasgd"), "all"), (("conditioned",), "none")])
-def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, algos, warm):
-    """Hybrid MeLU under the new meta-learners, 200 steps, its item rows started from the ALS fit or at random.
-    RecBole's split keeps no user with more than 100 ratings: no ratings outside the tasks, no heavy users."""
+@pytest.mark.parametrize("algos, warm, loss", [(("ridge", "metasgd"), "all", "mse"), (("conditioned",), "none", "mse"),
+                                               (("ridge",), "all", "mae")])
+def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, algos, warm, loss):
+    """Hybrid MeLU under the new meta-learners, 200 steps, its item rows started from the ALS fit or at random,
+    trained on squared or absolute error. RecBole's split keeps no user with more than 100 ratings: no ratings
+    outside the tasks, no heavy users."""
     folder = real("ml-100k")
     experiment = Experiment("ml-100k", str(folder), algos=algos, steps=200, mf=False, item_field=True,
-                            model="hybrid", inner_lr=0.1, warm_start=warm, heavy_users=True)
+                            model="hybrid", inner_lr=0.1, warm_start=warm, heavy_users=True, loss=loss)
     out = reproduce(experiment, tmp_path, progress=False)
     table = out["results"]["user_cold"]
-    assert out["model"] == "hybrid" and out["train_tasks"] == 466
+    assert out["model"] == "hybrid" and out["train_tasks"] == 466 and out["loss"] == loss
     for algo in algos:
         assert table[algo]["rmse"] < table["item_mean"]["rmse"], table
         assert table[algo]["rmse"] < table["no_adaptation"]["rmse"] + 0.02, table

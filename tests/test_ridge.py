@@ -81,6 +81,31 @@ def test_meta_gradient_matches_central_differences():
             np.testing.assert_allclose(got[i], (loss(flat + e) - loss(flat - e)) / (2 * eps), rtol=1e-5, atol=1e-8)
 
 
+def test_the_query_loss_is_chosen_and_the_support_fit_stays_least_squares():
+    """With ``loss="mae"`` the heads are the same ridge solutions; the query loss and its
+    meta-gradient (against central differences) are the absolute error's."""
+    with jax.enable_x64(True):
+        mse = algorithms.ridge(biased_mf(ITEMS, dim=DIM), outer_optimizer=optax.sgd(1.0))
+        mae = algorithms.ridge(biased_mf(ITEMS, dim=DIM), outer_optimizer=optax.sgd(1.0), loss="mae")
+        state = state_of(mse, seed=5, dtype=jnp.float64)
+        users = mf_tasks(4, seed=6, dtype=np.float64)
+        batch = pad_tasks(users, dtype=np.float64)
+        for a, b in zip(jax.tree.leaves(mse.adapt(state, batch)), jax.tree.leaves(mae.adapt(state, batch))):
+            np.testing.assert_array_equal(a, b)
+        predictions = np.asarray(mse.predict(state, batch))
+        errors = [np.abs(predictions[u] - batch.query_y[u])[batch.query_mask[u]].mean() for u in range(4)]
+        np.testing.assert_allclose(mae.evaluate(state, batch)["query_loss_after"], np.mean(errors), rtol=1e-10)
+        grads, _ = meta_grad(mae, state, batch)
+        flat, unravel = ravel_pytree((state.params, state.hyper))
+        loss = jax.jit(lambda v: mae.evaluate(state._replace(params=unravel(v)[0], hyper=unravel(v)[1]),
+                                              batch)["query_loss_after"])
+        got = ravel_pytree(grads)[0]
+        eps = 1e-6
+        for i in range(flat.size):
+            e = jnp.zeros_like(flat).at[i].set(eps)
+            np.testing.assert_allclose(got[i], (loss(flat + e) - loss(flat - e)) / (2 * eps), rtol=1e-5, atol=1e-8)
+
+
 def test_a_batch_equals_a_loop_over_users_and_padding_with_nan_changes_nothing():
     learner = algorithms.ridge(tiny_model(), outer_optimizer=optax.sgd(1.0))
     state = learner.init(jax.random.key(0))

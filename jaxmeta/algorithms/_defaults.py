@@ -12,7 +12,7 @@ defaults for the same things (as optax's ``alias.py`` does), all defined here:
   (``backend``); see :func:`plain_sgd_rate`.
 * ``inner_steps=5`` (:data:`DEFAULT_INNER_STEPS`): inner steps on the support set.
 * ``outer_optimizer=optax.adam(1e-3)`` (:data:`DEFAULT_OUTER_OPTIMIZER`).
-* ``loss="mse"`` (:data:`DEFAULT_LOSS`): ``"mse"``, ``"bce"`` or an elementwise callable.
+* ``loss="mse"`` (:data:`DEFAULT_LOSS`): ``"mse"``, ``"mae"``, ``"huber"``, ``"bce"`` or an elementwise callable.
 * ``chunk_size=None``: users per chunk inside the compiled functions (``None``: all).
 * ``is_fast=None``: the model's fast-weight predicate.
 * ``backend="xla"`` (:data:`DEFAULT_BACKEND`): one of :data:`BACKENDS`.

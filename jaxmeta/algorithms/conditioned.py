@@ -210,7 +210,7 @@ def conditioned(
         modulation alone.
       outer_optimizer: optax transformation of the model's parameters, the
         encoder and the FiLM maps (default ``optax.adam(1e-3)``).
-      loss: ``"mse"``, ``"bce"`` or an elementwise callable.
+      loss: ``"mse"``, ``"mae"``, ``"huber"``, ``"bce"`` or an elementwise callable.
       first_order: drop the second-order terms of the inner loop (the gradient
         still flows through the modulation to the encoder).
       remat: recompute each inner step in the backward pass to bound memory.

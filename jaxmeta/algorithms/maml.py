@@ -241,8 +241,9 @@ def maml(
       inner_steps: inner steps ``K`` on the support set (default 5).
       outer_optimizer: optax transformation of the meta-parameters (default
         ``optax.adam(1e-3)``).
-      loss: ``"mse"`` (ratings, the default), ``"bce"`` (clicks, model outputs
-        logits) or an elementwise callable ``loss(predictions, targets)``.
+      loss: ``"mse"`` (ratings, the default), ``"mae"`` or ``"huber"`` (ratings),
+        ``"bce"`` (clicks, model outputs logits) or an elementwise callable
+        ``loss(predictions, targets)``.
       first_order: drop second-order terms (first-order MAML).
       remat: recompute each inner step in the backward pass to bound memory.
       chunk_size: process the users of a batch this many at a time (default: all).

@@ -46,7 +46,7 @@ from jaxmeta.algorithms._core import (
     zero_padded_rows,
 )
 from jaxmeta.algorithms._defaults import DEFAULT_LOSS, DEFAULT_OUTER_OPTIMIZER, refuse
-from jaxmeta.losses import LossFn, get_loss, squared_error
+from jaxmeta.losses import LossFn, binary_cross_entropy, get_loss
 from jaxmeta.models import Model, combine
 
 DEFAULT_REG = 1.0
@@ -96,13 +96,16 @@ def ridge(
         solved in closed form); each raises a ValueError if set.
       outer_optimizer: optax transformation of ``(params, hyper)``; ``hyper`` is
         the log of the per-coordinate ridge precisions, shape ``[head size]``.
-      loss: ``"mse"`` only (ridge regression is least squares).
+      loss: the query loss the prior and body are meta-learned on: ``"mse"``
+        (the default), ``"mae"``, ``"huber"`` or an elementwise callable of
+        ratings; the support fit itself is always least squares (ridge
+        regression), and the support losses reported are in ``loss``.
       chunk_size: users per chunk inside the compiled functions.
       is_fast: the solved leaves (default ``model.is_head``).
       init_reg: the initial precision of every coordinate (> 0).
 
     Raises:
-      ValueError: an option that does not apply, a loss other than ``"mse"``,
+      ValueError: an option that does not apply, ``loss="bce"`` (a least-squares fit of clicks),
         a model without a head (and no ``is_fast``), or ``init_reg <= 0``.
 
     Example:
@@ -122,8 +125,9 @@ def ridge(
     refuse(who="ridge", why="ridge solves each user's head in closed form (no inner optimizer, steps or kernel)",
            inner_optimizer=inner_optimizer, inner_steps=inner_steps, backend=backend)
     loss_fn = get_loss(loss)
-    if loss_fn is not squared_error:
-        raise ValueError(f"ridge: loss={loss!r}; ridge regression is least squares: pass loss='mse'.")
+    if loss_fn is binary_cross_entropy:
+        raise ValueError(f"ridge: loss={loss!r}; ridge fits the support ratings by least squares, a regression: "
+                         "pass loss='mse', 'mae' or 'huber'.")
     if not init_reg > 0:
         raise ValueError(f"ridge: init_reg={init_reg!r}; pass a positive precision, e.g. {DEFAULT_REG}.")
     is_fast = head_of(model, is_fast, who="ridge")

@@ -183,6 +183,7 @@ def movielens(
     text_tokens: int | None = text_features.DEFAULT_TOKENS,
     valid_items: float = 0.0,
     rating_scale: tuple[float, float] | None = None,
+    keep_heavy: bool = False,
 ) -> Dataset:
     """Reads and splits ``name`` (``"ml-1m"`` or ``"ml-100k"``) from ``data_dir``.
 
@@ -206,7 +207,14 @@ def movielens(
     items (:func:`jaxmeta.data.splits.hold_out_items`). Their ratings leave the
     training users and the vocabularies, and the warm users who rated them become
     the validation set ``"new_items"`` of the item-cold scenarios; 0 (the
-    default) holds out none.
+    default) holds out none. ML-100K only: ``keep_heavy`` adds the users with more
+    than :data:`~jaxmeta.data.splits.MAX_RATINGS` ratings, whom RecBole's split
+    drops (361 users, 74% of the ratings), to the training users: their ratings
+    join ``warm_ratings`` (what the classic baselines fit, and what
+    :func:`jaxmeta.reproduce.heavy_tasks` deals into tasks) and the
+    vocabularies; the validation and test users, and their tasks, are RecBole's
+    as without it. Their histories are too long for a task, so ``train`` (the
+    tasks) is unchanged.
 
     ``text``: a sentence encoder (:func:`jaxmeta.text.load_encoder`: a model
     folder, or the name of a packaged one such as ``"all-MiniLM-L6-v2"``) that
@@ -227,6 +235,9 @@ def movielens(
     given = scale.as_scale(rating_scale)
     if valid_items and name != "ml-1m":
         raise ValueError(f"valid_items={valid_items!r}: {name} has no item-cold scenario; pass 0.")
+    if keep_heavy and name != "ml-100k":
+        raise ValueError(f"keep_heavy=True: {name}'s split already keeps its heavy users among the warm ones; "
+                         "pass keep_heavy=False.")
     folder = _folder(data_dir, name)
     # a third child for the items: the first two, and so the splits without held-out items, stay as they were
     split_rng, query_rng, item_rng = np.random.default_rng(seed).spawn(3)
@@ -253,6 +264,9 @@ def movielens(
         if text is not None:
             items = _with_text(items, items, text, text_cache, text_tokens)
         frames = splits.recbole_user_split(ratings, rng=split_rng)
+        if keep_heavy:  # after the split, so that the validation and test users are RecBole's
+            counts = ratings.groupby("user")["user"].transform("size")
+            frames["train"] = pd.concat([frames["train"], ratings[counts > splits.MAX_RATINGS]], ignore_index=True)
 
         def fit(u, i, max_values=None):
             return FeatureEncoder.fit(
@@ -266,7 +280,7 @@ def movielens(
             )
 
         users, train, scenarios = ml.load_ml100k_users(folder), "train", {"user_cold": "test"}
-        split = "recbole-metarec user split (8:1:1)"
+        split = "recbole-metarec user split (8:1:1)" + (", its dropped heavy users training too" if keep_heavy else "")
     if given is None:
         found = scale.infer_scale(frames[train]["rating"])
     else:
