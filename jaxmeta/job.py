@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import pandas as pd
 import optax
 import yaml
 
@@ -32,7 +33,7 @@ from jaxmeta.checkpoint import CheckpointError, Checkpoints
 from jaxmeta.data import datasets, text_features
 from jaxmeta.data.datasets import Dataset
 from jaxmeta.evaluation import ITEM_KEY
-from jaxmeta.models import Model, biased_mf_by_id, embedding_mlp, melu
+from jaxmeta.models import Model, biased_mf_by_id, embedding_mlp, hybrid_melu, melu
 
 __all__ = (
     "DATA_SOURCES",
@@ -54,8 +55,14 @@ __all__ = (
 
 DATA_SOURCES = datasets.SOURCES
 # The driver's models: {name: (embed_dim, hidden) when the config leaves them unset}. "mlp" reads the
-# built-in data's integer ids; "melu" and "mf" (biased MF on the raw item ids) read featured data.
-MODELS = {"mlp": (8, (32,)), "melu": (32, (64, 64)), "mf": (32, ())}
+# built-in data's integer ids; "melu", "mf" (biased MF on the raw item ids) and "hybrid" (hybrid MeLU:
+# MeLU's features plus item-id vectors and biases, jaxmeta.models.hybrid_melu) read featured data.
+MODELS = {"mlp": (8, (32,)), "melu": (32, (64, 64)), "mf": (32, ()), "hybrid": (32, (64, 64))}
+# Hybrid MeLU in the driver: the width of its user and item vectors, and the fewest training ratings that
+# give an item its own id row (rarer items, and new ones, are scored from their features), as reproduce's.
+HYBRID_FACTORS = 16
+HYBRID_KNOWN_MIN_RATINGS = 10
+ID_MODELS = ("mf", "hybrid")  # the models that read the raw item ids (ITEM_KEY)
 # A row-sharded table's rows are rounded up to a multiple of this (the rows added are never read), so that
 # it splits over any power-of-two number of devices up to it: a run saved on N devices restores on M.
 TABLE_ROWS = 1024
@@ -326,9 +333,10 @@ def load_dataset(config: TrainConfig) -> Dataset:
         options = {"text": config.text or None, "text_tokens": config.text_tokens}
     data = datasets.load(config.data, data_dir=config.data_dir, path=config.path or None, seed=config.data_seed,
                          rating_scale=config.rating_scale, **options)
-    if config.model_name() == "mf" and not np.issubdtype(data.warm_ratings["item"].dtype, np.integer):
-        raise ValueError(f"{config.path or config.data}: model='mf' reads integer item ids, but the item column has "
-                         f"dtype {data.warm_ratings['item'].dtype}; pass integer item ids or model='melu'.")
+    if config.model_name() in ID_MODELS and not pd.api.types.is_integer_dtype(data.warm_ratings["item"]):
+        raise ValueError(f"{config.path or config.data}: model={config.model_name()!r} reads integer item ids, but "
+                         f"the item column has dtype {data.warm_ratings['item'].dtype}; pass integer item ids or "
+                         "model='melu'.")
     return data
 
 
@@ -385,7 +393,9 @@ def row_sharded(config: TrainConfig, tables: Mapping[str, tuple[str, ...]]) -> C
 
 def make_model(config: TrainConfig, data: Dataset) -> Model:
     """The config's model of ``data``, its output bias the mean training rating: the MLP on the
-    synthetic ids, MeLU on the encoder's fields, or biased MF on the raw item ids."""
+    synthetic ids, MeLU on the encoder's fields, biased MF on the raw item ids, or hybrid MeLU
+    (both: :data:`HYBRID_FACTORS` factors, an id row for each item with at least
+    :data:`HYBRID_KNOWN_MIN_RATINGS` training ratings)."""
     embed_dim, hidden = config.model_sizes()
     if data.encoder is None:
         from jaxmeta.data.synthetic import FIELDS
@@ -398,6 +408,14 @@ def make_model(config: TrainConfig, data: Dataset) -> Model:
         return biased_mf_by_id(items, key=ITEM_KEY, dim=embed_dim, global_bias=data.mean_rating, rows=rows)
     spec = [f._replace(size=table_rows(config, f.name, f.size)) if f.kind in TABLE_KINDS else f
             for f in data.encoder.spec]
+    if config.model_name() == "hybrid":
+        counts = data.warm_ratings["item"].value_counts()
+        known = counts.index[counts >= HYBRID_KNOWN_MIN_RATINGS].to_numpy()
+        if not len(known):
+            raise ValueError(f"{config.path or config.data}: no item has {HYBRID_KNOWN_MIN_RATINGS} training "
+                             "ratings, so hybrid MeLU has no item to give an id row; pass model='melu'.")
+        return hybrid_melu(spec, known, item_fields=data.encoder.table_columns("item")[1:], id_key=ITEM_KEY,
+                           factors=HYBRID_FACTORS, global_bias=data.mean_rating, embed_dim=embed_dim, hidden=hidden)
     return melu(spec, embed_dim=embed_dim, hidden=hidden, output_bias=data.mean_rating)
 
 

@@ -371,8 +371,9 @@ class Recommender:
           jaxmeta.checkpoint.CheckpointError: not a run folder, or its
             checkpoint does not fit the data.
         """
-        from jaxmeta.job import (
-            restore_run,  # the job layer builds on the whole library: import it when needed
+        from jaxmeta.job import (  # the job layer builds on the whole library: import it when needed
+            ID_MODELS,
+            restore_run,
         )
 
         restored = restore_run(run_dir, which=checkpoint, data_dir=data_dir)
@@ -380,7 +381,7 @@ class Recommender:
         if data.encoder is None:
             raise ValueError(f"{run_dir}: a run on the {config.data} data has no user and item feature tables to "
                              "encode new ratings; serve a run trained with --data ml-100k, ml-1m or table.")
-        item_key = ITEM_KEY if config.model_name() == "mf" else None  # biased MF reads the raw item ids
+        item_key = ITEM_KEY if config.model_name() in ID_MODELS else None  # biased MF, hybrid MeLU: raw item ids
         popularity = None if data.warm_ratings is None else data.warm_ratings["item"].value_counts()
         titles = _movie_titles(data.name, config.data_dir if data_dir is None else data_dir)
         return cls(restored.learner, restored.state, data.encoder, data.encoder.ids("item"), batch_size=batch_size,

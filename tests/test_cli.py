@@ -83,6 +83,7 @@ def test_help_lists_the_commands(capsys, argv, shown):
         (["--devices", "3"], "devices=3: this process has 1 device(s); pass at most 1."),
         (["--model", "melu"], "model='melu' reads featured data"),
         (["--model", "mf"], "model='mf' reads featured data"),
+        (["--model", "hybrid"], "model='hybrid' reads featured data"),
         (["--model", "svd"], "invalid choice: 'svd'"),
         (["--data", "table", "--path", "r.csv", "--model", "mlp"], "model='mlp' reads the synthetic data's integer ids"),
         (["--data", "table", "--path", "r.csv", "--model", "mf", "--hidden", "8"], "biased MF has no hidden layers"),

@@ -385,6 +385,38 @@ def test_model_flag_trains_serves_and_guards_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
 
 
+def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
+    """``--model hybrid`` (hybrid MeLU: an id row for each item with 10 or more training ratings, the rest
+    scored from features) trains under ``ridge`` and serves through ``recommend``; string ids are refused."""
+    from jaxmeta.job import HYBRID_FACTORS, HYBRID_KNOWN_MIN_RATINGS
+
+    rng = np.random.default_rng(2)
+    rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(150) for i in rng.choice(60, size=int(rng.integers(14, 24)),
+                                                                                         replace=False)]
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    run = tmp_path / "run"
+    trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "hybrid", "--algo", "ridge",
+                      "--embed-dim", "4", "--hidden", "8", "--steps", "4", "--eval-every", "2", "--num-buckets", "1",
+                      "--out", str(run), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    assert load_config(run / "config.yaml")["model"] == "hybrid"
+    restored = restore_run(run)
+    counts = restored.data.warm_ratings["item"].value_counts()
+    known = int((counts >= HYBRID_KNOWN_MIN_RATINGS).sum())
+    assert 0 < known < len(counts) + 1
+    assert restored.state.params["items"]["vectors"].shape == (1 + known, HYBRID_FACTORS)  # the OOV row first
+    (tmp_path / "me.csv").write_text("user,item,rating\nme,3,5\nme,4,1\nme,7,4\n")
+    shown = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"), "-k", "5")
+    assert shown.returncode == 0, shown.stderr
+    items = [r.split()[2] for r in shown.stdout.strip().splitlines()[1:]]
+    assert len(items) == 5 and not {"3", "4", "7"} & set(items)
+    named = tmp_path / "named.csv"
+    named.write_text("user,item,rating\n" + "\n".join(f"{u},m{i},{r}" for u, i, r in rows) + "\n")
+    refused = jaxmeta("train", "--data", "table", "--path", str(named), "--model", "hybrid", "--steps", "2", "--quiet")
+    assert refused.returncode == 2 and "model='hybrid' reads integer item ids" in refused.stderr
+
+
 def test_an_unknown_scenario_names_the_ones_there(tmp_path):
     out = jaxmeta("train", "--steps", "2", "--scenario", "item_cold", "--quiet", cwd=tmp_path)
     assert out.returncode == 2 and "['user_cold']" in out.stderr and "scenario='item_cold'" in out.stderr

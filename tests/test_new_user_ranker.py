@@ -15,9 +15,21 @@ POPULARITY = {int(i): float(c) for i, c in zip(ITEMS, np.random.default_rng(3).i
 
 @pytest.fixture(scope="module")
 def parts():
-    """``{"maml": (learner, state)}``: test_serve's MeLU MAML."""
+    """``{"maml": (learner, state), "ridge": ...}``: test_serve's MeLU MAML, and ridge on hybrid MeLU (what
+    ``jaxmeta train --model hybrid --algo ridge`` serves: raw item ids in the inputs, every item its own row)."""
+    from jaxmeta import algorithms, models
+
     learner = LEARNERS["maml"](MODEL)
-    return {"maml": (learner, learner.init(jax.random.key(0)))}
+    hybrid = models.hybrid_melu(ENCODER.spec, ITEMS[:-2], item_fields=ENCODER.table_columns("item")[1:],
+                                factors=3, embed_dim=4, hidden=(8,), global_bias=3.0)
+    ridge = algorithms.ridge(hybrid)
+    state = ridge.init(jax.random.key(1))
+    state = state._replace(params=jax.tree.map(lambda a: a + 0.1 * np.sin(np.arange(a.size).reshape(a.shape) + 2.0),
+                                               state.params))
+    return {"maml": (learner, learner.init(jax.random.key(0))), "ridge": (ridge, state)}
+
+
+ITEM_KEYS = {"maml": None, "ridge": "item_id"}
 
 
 def new_users(sizes: list[int], seed: int = 0) -> pd.DataFrame:
@@ -34,10 +46,12 @@ def supports(ratings: pd.DataFrame) -> list[tuple[list, list]]:
 
 # k=6: one explaining call; INFLUENCE_ROWS + 3: two, and new1 (9 rated of 20) has fewer items left than k
 @pytest.mark.parametrize("k", [6, INFLUENCE_ROWS + 3])
-def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts, k):
-    learner, state = parts["maml"]
+@pytest.mark.parametrize("name", ["maml", "ridge"])
+def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts, k, name):
+    learner, state = parts[name]
     # two users per batch, the distinct input rows scored 7 at a time (in 3 chunks)
-    rec = Recommender(learner, state, ENCODER, ITEMS, popularity=POPULARITY, batch_size=2, candidate_chunk=7)
+    rec = Recommender(learner, state, ENCODER, ITEMS, popularity=POPULARITY, batch_size=2, candidate_chunk=7,
+                      item_key=ITEM_KEYS[name])
     ratings = new_users([2, 9, 4])  # support sizes padded to 8, 16 and 8: two batches
     ranker = NewUserRanker(rec, k=k)
     got = ranker.rank(supports(ratings), explain=True)
@@ -50,7 +64,9 @@ def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts, k):
         mine = table[table["user"] == f"new{n}"]
         assert ranking.influence.shape == (len(expected), (ratings["user"] == f"new{n}").sum())
         np.testing.assert_allclose(ranking.influence.ravel(), mine["influence"], rtol=1e-4, atol=1e-6)
-        assert np.abs(ranking.influence).max() > 0  # maml's adaptation reads the ratings
+        assert np.abs(ranking.influence).max() > 0  # the adaptation reads the ratings
+    if name == "ridge":  # the raw ids make every item its own input row (items 103 and 105 share features)
+        assert ranker.distinct == len(ITEMS)
 
 
 def test_items_described_alike_share_one_input_row_and_tie_by_popularity(parts):

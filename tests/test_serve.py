@@ -261,6 +261,34 @@ def test_item_key_adds_the_raw_ids(parts):
         Recommender(learner, learner.init(jax.random.key(0)), ENCODER, ITEMS, item_key="genres")
 
 
+
+def test_hybrid_melu_under_ridge_serves_as_evaluation_scores_it():
+    """The driver's ``--model hybrid --algo ridge`` (issue 17's model) through the service's path: raw item
+    ids join the features (``item_key``), known items score from their id rows, the one unknown item from
+    its features, and the scores equal the evaluation path's (tasks with the ids added)."""
+    from jaxmeta.evaluation import ITEM_KEY, with_item_ids
+
+    model = models.hybrid_melu(ENCODER.spec, ITEMS[:-1], item_fields=ENCODER.table_columns("item")[1:],
+                               factors=3, embed_dim=4, hidden=(8,), global_bias=3.0)
+    learner = algorithms.ridge(model)
+    state = learner.init(jax.random.key(0))
+    state = state._replace(params=jax.tree.map(lambda a: a + 0.1 * np.cos(np.arange(a.size).reshape(a.shape) + 1.0),
+                                               state.params))  # item rows and generator away from their zero start
+    rec = Recommender(learner, state, ENCODER, ITEMS, item_key=ITEM_KEY, batch_size=4, candidate_chunk=8)
+    ratings = ratings_of({3: 2, 7: 5, 4: 9})
+    out = rec.score(ratings, ITEMS)
+    parts = []
+    for user in pd.unique(ratings["user"]):
+        parts += [ratings[ratings["user"] == user].assign(query=False),
+                  pd.DataFrame({"user": user, "item": ITEMS, "rating": 0.0, "query": True})]
+    table = pd.concat(parts, ignore_index=True)
+    expected = learner.predict(state, pad_tasks(with_item_ids(splits.build_tasks(table, ENCODER), table)))
+    np.testing.assert_allclose(out["score"].to_numpy().reshape(3, -1), expected, rtol=0, atol=1e-5)
+    # adaptation moves every score, and the same ratings move the known items, not only the unknown one
+    flat = Recommender(algorithms.no_adaptation(model), state, ENCODER, ITEMS, item_key=ITEM_KEY).score(ratings, ITEMS)
+    moved = np.abs(out["score"].to_numpy() - flat["score"].to_numpy()).reshape(3, -1)
+    assert (moved[:, :-1] > 1e-4).all()
+
 # ----------------------------------------------------------------------------- new users and their features
 
 
