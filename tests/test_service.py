@@ -96,6 +96,31 @@ def test_influence_is_the_derivative_of_the_adapted_score_by_central_differences
     np.testing.assert_array_equal(table["rating"], given.loc[list(zip(table["user"], table["rated"]))])
 
 
+def test_influence_under_ridge_on_hybrid_melu_is_the_hat_matrix_by_central_differences():
+    """The explanation of the service's fastest model: for ``ridge`` the score is linear in the ratings
+    (the head is a least-squares solve), so d score / d rating is exact by central differences, and a
+    rating moves a score by that derivative times its change."""
+    hybrid = models.hybrid_melu(ENCODER.spec, ITEMS[:-3], item_fields=ENCODER.table_columns("item")[1:], factors=3,
+                                embed_dim=4, hidden=(8,), global_bias=3.0)
+    learner = algorithms.ridge(hybrid)
+    state = learner.init(jax.random.key(2))
+    state = state._replace(params=jax.tree.map(lambda a: a + 0.2 * np.sin(np.arange(a.size).reshape(a.shape) + 1.0),
+                                               state.params))
+    rec = Recommender(learner, state, ENCODER, ITEMS, item_key="item_id")
+    ratings = ratings_of([(100, 4), (101, 2), (102, 5), (139, 3)])  # 139: no id row, scored from features
+    pairs = pd.DataFrame({"user": ["u", "u"], "item": [110, 138]})
+    table = rec.influence(ratings, pairs)
+    eps = 0.5  # the score is linear in the ratings: a large step is exact
+    for n, (item, rated) in enumerate(zip(table["item"], table["rated"])):
+        row = int(np.flatnonzero(ratings["item"] == rated)[0])
+        up, down = ratings.copy(), ratings.copy()
+        up.loc[row, "rating"] += eps
+        down.loc[row, "rating"] -= eps
+        slope = (rec.score(up, [item])["score"].item() - rec.score(down, [item])["score"].item()) / (2 * eps)
+        np.testing.assert_allclose(table["influence"].iloc[n], slope, rtol=2e-3, atol=2e-4)
+    assert np.abs(table["influence"]).max() > 0.01
+
+
 def test_influence_of_a_learner_that_reads_no_rating_is_zero():
     learner = algorithms.no_adaptation(MODEL)
     rec = Recommender(learner, learner.init(jax.random.key(0)), ENCODER, ITEMS)
