@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-import pandas as pd
 import optax
+import pandas as pd
 import yaml
 
 from jaxmeta import algorithms
@@ -126,10 +126,14 @@ class TrainConfig:
             raise ValueError(f"model={self.model!r}: pass 'auto' or one of {tuple(MODELS)}.")
         if self.model_name() == "mlp" and self.data != "synthetic":
             raise ValueError(f"model='mlp' reads the synthetic data's integer ids, not data={self.data!r}; "
-                             "pass model='melu' or 'mf' (or 'auto').")
+                             "pass model='melu', 'mf' or 'hybrid' (or 'auto').")
         if self.model_name() != "mlp" and self.data == "synthetic":
             raise ValueError(f"model={self.model!r} reads featured data; the synthetic data has only integer ids: "
                              "pass model='mlp' (or 'auto'), or another data source.")
+        if self.model_name() == "hybrid" and self.algo in ("conditioned", "amortised"):
+            raise ValueError(f"algo={self.algo!r} with model='hybrid': its set encoder reads MeLU's dense input, "
+                             "which hybrid MeLU does not declare; pass model='melu', or run jaxmeta reproduce "
+                             "--model hybrid (which sizes the encoder from the data).")
         if self.model_name() == "mf" and self.hidden:
             raise ValueError(f"hidden={self.hidden}: biased MF has no hidden layers; leave hidden unset with model='mf'.")
         for name in ("steps", "batch_size", "inner_steps", "num_buckets", "eval_every",

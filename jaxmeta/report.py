@@ -98,7 +98,8 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
     if results.get("text") and results.get("text_tokens"):
         text += f" (at most {results['text_tokens']} tokens)"
     model = ", hybrid MeLU" if results.get("model") == "hybrid" else ""
-    lines = [f"# {results['dataset']}, {results['split']}{model}{text}", "", "```", command, "```", ""]
+    loss = f", meta-learners trained on {results['loss']}" if results.get("loss", "mse") != "mse" else ""
+    lines = [f"# {results['dataset']}, {results['split']}{model}{text}{loss}", "", "```", command, "```", ""]
     if seconds is not None:
         counts = [f"{train_users} meta-training users"] if train_users else []
         counts += [f"{heavy_tasks} more tasks dealt from the heavy users' histories"] if heavy_tasks else []

@@ -102,9 +102,6 @@ HIDDEN = (64, 64)  # the hidden widths of MeLU and hybrid MeLU (the ``compressed
 LINEAR_KS = (3,)  # nDCG with the rating as the gain, MeLU's convention ("ndcg_lin@3")
 PAIRED_BASELINES = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
 STUDENTS = ("amortised", "compressed", "amortised-small")
-LOSSES = ("mse", "mae", "huber")
-"""The meta-learners' training losses (``--loss``): squared error, absolute error (MAE's own minimiser,
-the median) and Huber's in between."""
 """The students ``students`` may distil from the ``teacher`` (:func:`jaxmeta.algorithms.distill`):
 ``amortised`` (:func:`jaxmeta.algorithms.amortised` on the same model, warm-started from the teacher: a new user
 costs one forward pass), ``compressed`` (the teacher's algorithm on the model with half its hidden widths,
@@ -112,6 +109,9 @@ its matching weights, the embeddings, warm-started from the teacher) and ``amort
 :func:`jaxmeta.algorithms.amortised` on the model with :data:`SMALL_EMBED`-wide embeddings and
 :data:`SMALL_HIDDEN` hidden layers, its encoder :data:`SMALL_ENCODER`; the student of ``jaxmeta bench
 --workload adapt``'s ``amortised-small``)."""
+LOSSES = ("mse", "mae", "huber")
+"""The meta-learners' training losses (``--loss``): squared error, absolute error (MAE's own minimiser,
+the median) and Huber's in between."""
 SMALL_EMBED, SMALL_HIDDEN = 16, (32, 32)  # the embedding width is most of its cost; the hidden widths little
 SMALL_ENCODER = {"encoder_width": 32, "task_dim": 16}
 REFERENCE = {"ml-1m": {"method": "MeLU-5 (paper)", "mae": {"user_cold": 0.7854, "item_cold": 0.9275,
@@ -198,11 +198,9 @@ class Experiment:
     keep_heavy: bool = False
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r}: pass one of {LOSSES}.")
-        if self.loss != "mse" and ("multitask" in self.algos or self.students):
-            raise ValueError(f"loss={self.loss!r} with multitask or students: their heads and targets are "
-                             "least-squares fits; pass loss='mse', or drop them.")
+        if self.heavy_users and self.dataset == "ml-100k" and not self.keep_heavy:
+            raise ValueError("heavy_users=True on ml-100k: RecBole's split drops its users with more than 100 "
+                             "ratings, so there are none to deal into tasks; pass keep_heavy=True as well.")
         if self.keep_heavy and self.dataset != "ml-100k":
             raise ValueError(f"keep_heavy=True with dataset={self.dataset!r}: only ML-100K's split drops its heavy "
                              "users; pass keep_heavy=False.")
@@ -219,6 +217,11 @@ class Experiment:
         if isinstance(self.students, str) or any(s not in STUDENTS for s in self.students):
             raise ValueError(f"students={self.students!r}: pass a list drawn from {STUDENTS}.")
         object.__setattr__(self, "students", tuple(self.students))
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}: pass one of {LOSSES}.")
+        if self.loss != "mse" and ("multitask" in self.algos or self.students):
+            raise ValueError(f"loss={self.loss!r} with multitask or students: their heads and targets are "
+                             "least-squares fits; pass loss='mse', or drop them.")
         if self.students and self.teacher not in self.algos:
             raise ValueError(f"students={self.students!r} with teacher={self.teacher!r}: the teacher must be one of "
                              f"the trained algos {self.algos}; pass e.g. teacher={self.algos[0]!r}.")
@@ -521,7 +524,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
 
     out = {"dataset": ex.dataset, "split": data.split, "text": None if ex.text is None else str(ex.text),
            "text_tokens": None if ex.text is None else ex.text_tokens,
-           "model": ex.model, "loss": ex.loss, "train_tasks": len(train_tasks), "results": results, "selected": selected,
+           "model": ex.model, "loss": ex.loss,
+           "train_tasks": len(train_tasks), "results": results, "selected": selected,
            "paired": paired(per_user, ex.algos + ex.students, PAIRED_BASELINES),
            "chosen": chosen(per_user, selected, ex.algos + ex.students, {s: data.valid_for(s) for s in data.scenarios},
                             PAIRED_BASELINES),

@@ -84,6 +84,8 @@ def test_help_lists_the_commands(capsys, argv, shown):
         (["--model", "melu"], "model='melu' reads featured data"),
         (["--model", "mf"], "model='mf' reads featured data"),
         (["--model", "hybrid"], "model='hybrid' reads featured data"),
+        (["--data", "ml-100k", "--model", "hybrid", "--algo", "conditioned"],
+         "algo='conditioned' with model='hybrid': its set encoder reads MeLU's dense input"),
         (["--model", "svd"], "invalid choice: 'svd'"),
         (["--data", "table", "--path", "r.csv", "--model", "mlp"], "model='mlp' reads the synthetic data's integer ids"),
         (["--data", "table", "--path", "r.csv", "--model", "mf", "--hidden", "8"], "biased MF has no hidden layers"),
@@ -100,6 +102,23 @@ def test_help_lists_the_commands(capsys, argv, shown):
 )
 def test_bad_flags_fail_with_a_message(capsys, args, message):
     assert jaxmeta("train", "--quiet", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "ml-1m", "--keep-heavy"], "keep_heavy=True with dataset='ml-1m'"),
+        (["--dataset", "ml-100k", "--heavy-users"], "heavy_users=True on ml-100k"),
+        (["--algos", "ridge", "multitask", "--loss", "mae"], "loss='mae' with multitask or students"),
+        (["--loss", "l1"], "invalid choice: 'l1'"),
+    ],
+)
+def test_bad_reproduce_flags_fail_with_a_message(capsys, args, message):
+    """The reproduction's flags reach its settings, which refuse them before any data is read."""
+    assert jaxmeta("reproduce", "--quiet", "--data-dir", "/nonexistent", *args) == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err

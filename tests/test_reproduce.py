@@ -217,6 +217,10 @@ def test_markdown_lists_the_checkpoints_chosen_on_held_out_items():
     rows = [line for line in text.splitlines() if line.startswith("| maml") or line.startswith("| no_adaptation")]
     assert rows == ["| maml | 1600 | 0.7605 | 0.1 |", "| maml (new items) | 400 | 0.8086 | 0.1 |",
                     "| no_adaptation | 600 | 0.8251 | – |", "| no_adaptation (new items) | 100 | 0.8342 | – |"]
+    assert text.splitlines()[0] == "# ml-1m, melu"  # squared error, the default, goes unsaid
+    mae = format_markdown({"dataset": "ml-1m", "split": "melu", "results": {}, "selected": selected, "loss": "mae"},
+                          command="cmd")
+    assert mae.splitlines()[0] == "# ml-1m, melu, meta-learners trained on mae"
 
 
 @pytest.mark.parametrize("options, message", [
@@ -237,6 +241,8 @@ def test_distillation_settings_are_checked(options, message):
     ({"loss": "l1"}, r"loss='l1': pass one of \('mse', 'mae', 'huber'\)"),
     ({"loss": "mae", "algos": ("ridge", "multitask")}, "loss='mae' with multitask or students"),
     ({"loss": "huber", "students": ("compressed",), "teacher": "maml"}, "loss='huber' with multitask or students"),
+    ({"loss": "mae", "algos": "multitask"}, r"algos='multitask': pass a list"),  # the type first, then the loss
+    ({"heavy_users": True}, "heavy_users=True on ml-100k: .* pass keep_heavy=True as well"),
 ])
 def test_training_loss_is_checked(options, message):
     with pytest.raises(ValueError, match=message):

@@ -24,8 +24,9 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert out["dataset"] == "ml-100k"
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == out
-    assert set(written) == {"dataset", "split", "text", "text_tokens", "model", "train_tasks", "results", "selected", "paired",
-                            "chosen", "reference", "curves", "grids"}
+    assert set(written) == {"dataset", "split", "text", "text_tokens", "model", "loss", "train_tasks", "results",
+                            "selected", "paired", "chosen", "reference", "curves", "grids"}
+    assert written["loss"] == "mse"
     assert written["text"] is written["text_tokens"] is None
     picks = written["selected"]
     assert set(picks) == {"fomaml", "no_adaptation", "finetune", "bias", "mf_foldin"}
@@ -66,10 +67,10 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
 def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, algos, warm, loss):
     """Hybrid MeLU under the new meta-learners, 200 steps, its item rows started from the ALS fit or at random,
     trained on squared or absolute error. RecBole's split keeps no user with more than 100 ratings: no ratings
-    outside the tasks, no heavy users."""
+    outside the tasks, no heavy users (``heavy_users=True`` asks for ``keep_heavy=True``)."""
     folder = real("ml-100k")
     experiment = Experiment("ml-100k", str(folder), algos=algos, steps=200, mf=False, item_field=True,
-                            model="hybrid", inner_lr=0.1, warm_start=warm, heavy_users=True, loss=loss)
+                            model="hybrid", inner_lr=0.1, warm_start=warm, loss=loss)
     out = reproduce(experiment, tmp_path, progress=False)
     table = out["results"]["user_cold"]
     assert out["model"] == "hybrid" and out["train_tasks"] == 466 and out["loss"] == loss
