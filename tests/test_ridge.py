@@ -65,20 +65,24 @@ def test_each_head_is_the_ridge_solution_and_an_empty_support_keeps_the_prior():
     np.testing.assert_allclose(fast["user"]["bias"][2], state.params["user"]["bias"])
 
 
+def assert_meta_gradient_is_central_differences(learner, state, batch, eps=1e-6):
+    """Every coordinate of the meta-gradient of (params, hyper) against central differences of the query loss."""
+    grads, _ = meta_grad(learner, state, batch)
+    flat, unravel = ravel_pytree((state.params, state.hyper))
+    loss = jax.jit(lambda v: learner.evaluate(state._replace(params=unravel(v)[0], hyper=unravel(v)[1]),
+                                              batch)["query_loss_after"])
+    got = ravel_pytree(grads)[0]
+    for i in range(flat.size):
+        e = jnp.zeros_like(flat).at[i].set(eps)
+        np.testing.assert_allclose(got[i], (loss(flat + e) - loss(flat - e)) / (2 * eps), rtol=1e-5, atol=1e-8)
+
+
 def test_meta_gradient_matches_central_differences():
     with jax.enable_x64(True):
         learner = algorithms.ridge(biased_mf(ITEMS, dim=DIM), outer_optimizer=optax.sgd(1.0))
         state = state_of(learner, seed=3, dtype=jnp.float64)
         batch = pad_tasks(mf_tasks(4, seed=4, dtype=np.float64, empty=(1,)), dtype=np.float64)
-        grads, _ = meta_grad(learner, state, batch)
-        flat, unravel = ravel_pytree((state.params, state.hyper))
-        loss = jax.jit(lambda v: learner.evaluate(state._replace(params=unravel(v)[0], hyper=unravel(v)[1]),
-                                                  batch)["query_loss_after"])
-        got = ravel_pytree(grads)[0]
-        eps = 1e-6
-        for i in range(flat.size):
-            e = jnp.zeros_like(flat).at[i].set(eps)
-            np.testing.assert_allclose(got[i], (loss(flat + e) - loss(flat - e)) / (2 * eps), rtol=1e-5, atol=1e-8)
+        assert_meta_gradient_is_central_differences(learner, state, batch)
 
 
 def test_the_query_loss_is_chosen_and_the_support_fit_stays_least_squares():
@@ -95,15 +99,7 @@ def test_the_query_loss_is_chosen_and_the_support_fit_stays_least_squares():
         predictions = np.asarray(mse.predict(state, batch))
         errors = [np.abs(predictions[u] - batch.query_y[u])[batch.query_mask[u]].mean() for u in range(4)]
         np.testing.assert_allclose(mae.evaluate(state, batch)["query_loss_after"], np.mean(errors), rtol=1e-10)
-        grads, _ = meta_grad(mae, state, batch)
-        flat, unravel = ravel_pytree((state.params, state.hyper))
-        loss = jax.jit(lambda v: mae.evaluate(state._replace(params=unravel(v)[0], hyper=unravel(v)[1]),
-                                              batch)["query_loss_after"])
-        got = ravel_pytree(grads)[0]
-        eps = 1e-6
-        for i in range(flat.size):
-            e = jnp.zeros_like(flat).at[i].set(eps)
-            np.testing.assert_allclose(got[i], (loss(flat + e) - loss(flat - e)) / (2 * eps), rtol=1e-5, atol=1e-8)
+        assert_meta_gradient_is_central_differences(mae, state, batch)
 
 
 def test_a_batch_equals_a_loop_over_users_and_padding_with_nan_changes_nothing():
