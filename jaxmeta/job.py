@@ -58,10 +58,6 @@ DATA_SOURCES = datasets.SOURCES
 # built-in data's integer ids; "melu", "mf" (biased MF on the raw item ids) and "hybrid" (hybrid MeLU:
 # MeLU's features plus item-id vectors and biases, jaxmeta.models.hybrid_melu) read featured data.
 MODELS = {"mlp": (8, (32,)), "melu": (32, (64, 64)), "mf": (32, ()), "hybrid": (32, (64, 64))}
-# Hybrid MeLU in the driver: the width of its user and item vectors, and the fewest training ratings that
-# give an item its own id row (rarer items, and new ones, are scored from their features), as reproduce's.
-HYBRID_FACTORS = 16
-HYBRID_KNOWN_MIN_RATINGS = 10
 ID_MODELS = ("mf", "hybrid")  # the models that read the raw item ids (ITEM_KEY)
 # A row-sharded table's rows are rounded up to a multiple of this (the rows added are never read), so that
 # it splits over any power-of-two number of devices up to it: a run saved on N devices restores on M.
@@ -88,6 +84,8 @@ class TrainConfig:
     model: str = "auto"  # one of MODELS, or "auto": "mlp" for the synthetic data, "melu" for the others
     hidden: tuple[int, ...] | None = None  # hidden widths of the MLP on the embeddings (None: the model's default)
     embed_dim: int | None = None  # embedding width per field; MF's vector width (None: the model's default)
+    factors: int = 16  # hybrid MeLU: the width of its user and item vectors (as jaxmeta reproduce's --factors)
+    known_min_ratings: int = 10  # hybrid MeLU: fewest training ratings for an item's own id row (rarer: features)
     inner_lr: float = 0.03  # plain-SGD rate of the inner loop (Meta-SGD: initial rates)
     outer_lr: float = 3e-3  # Adam rate of the outer step
     clip_norm: float = 1.0  # global-norm clip of the meta-gradient
@@ -130,6 +128,10 @@ class TrainConfig:
         if self.model_name() != "mlp" and self.data == "synthetic":
             raise ValueError(f"model={self.model!r} reads featured data; the synthetic data has only integer ids: "
                              "pass model='mlp' (or 'auto'), or another data source.")
+        if self.model_name() != "hybrid" and (self.factors, self.known_min_ratings) != (16, 10):
+            raise ValueError(f"factors={self.factors}, known_min_ratings={self.known_min_ratings}: only hybrid "
+                             f"MeLU has them, not model={self.model_name()!r}; pass model='hybrid' or leave them "
+                             "unset.")
         if self.model_name() == "hybrid" and self.algo in ("conditioned", "amortised"):
             raise ValueError(f"algo={self.algo!r} with model='hybrid': its set encoder reads MeLU's dense input, "
                              "which hybrid MeLU does not declare; pass model='melu', or run jaxmeta reproduce "
@@ -137,7 +139,7 @@ class TrainConfig:
         if self.model_name() == "mf" and self.hidden:
             raise ValueError(f"hidden={self.hidden}: biased MF has no hidden layers; leave hidden unset with model='mf'.")
         for name in ("steps", "batch_size", "inner_steps", "num_buckets", "eval_every",
-                     "checkpoint_every", "keep_last"):
+                     "checkpoint_every", "keep_last", "factors", "known_min_ratings"):
             positive_int(name, getattr(self, name))
         for name in ("inner_lr", "outer_lr", "clip_norm"):
             if not getattr(self, name) > 0:
@@ -398,8 +400,8 @@ def row_sharded(config: TrainConfig, tables: Mapping[str, tuple[str, ...]]) -> C
 def make_model(config: TrainConfig, data: Dataset) -> Model:
     """The config's model of ``data``, its output bias the mean training rating: the MLP on the
     synthetic ids, MeLU on the encoder's fields, biased MF on the raw item ids, or hybrid MeLU
-    (both: :data:`HYBRID_FACTORS` factors, an id row for each item with at least
-    :data:`HYBRID_KNOWN_MIN_RATINGS` training ratings)."""
+    (``config.factors`` wide vectors, an id row for each item with at least
+    ``config.known_min_ratings`` training ratings)."""
     embed_dim, hidden = config.model_sizes()
     if data.encoder is None:
         from jaxmeta.data.synthetic import FIELDS
@@ -414,12 +416,12 @@ def make_model(config: TrainConfig, data: Dataset) -> Model:
             for f in data.encoder.spec]
     if config.model_name() == "hybrid":
         counts = data.warm_ratings["item"].value_counts()
-        known = counts.index[counts >= HYBRID_KNOWN_MIN_RATINGS].to_numpy()
+        known = counts.index[counts >= config.known_min_ratings].to_numpy()
         if not len(known):
-            raise ValueError(f"{config.path or config.data}: no item has {HYBRID_KNOWN_MIN_RATINGS} training "
+            raise ValueError(f"{config.path or config.data}: no item has {config.known_min_ratings} training "
                              "ratings, so hybrid MeLU has no item to give an id row; pass model='melu'.")
         return hybrid_melu(spec, known, item_fields=data.encoder.table_columns("item")[1:], id_key=ITEM_KEY,
-                           factors=HYBRID_FACTORS, global_bias=data.mean_rating, embed_dim=embed_dim, hidden=hidden)
+                           factors=config.factors, global_bias=data.mean_rating, embed_dim=embed_dim, hidden=hidden)
     return melu(spec, embed_dim=embed_dim, hidden=hidden, output_bias=data.mean_rating)
 
 

@@ -84,6 +84,8 @@ def test_help_lists_the_commands(capsys, argv, shown):
         (["--model", "melu"], "model='melu' reads featured data"),
         (["--model", "mf"], "model='mf' reads featured data"),
         (["--model", "hybrid"], "model='hybrid' reads featured data"),
+        (["--data", "ml-100k", "--factors", "8"], "factors=8, known_min_ratings=10: only hybrid MeLU has them"),
+        (["--data", "ml-100k", "--model", "hybrid", "--factors", "0"], "factors=0"),
         (["--data", "ml-100k", "--model", "hybrid", "--algo", "conditioned"],
          "algo='conditioned' with model='hybrid': its set encoder reads MeLU's dense input"),
         (["--model", "svd"], "invalid choice: 'svd'"),

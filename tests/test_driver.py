@@ -388,8 +388,6 @@ def test_model_flag_trains_serves_and_guards_resume(tmp_path):
 def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
     """``--model hybrid`` (hybrid MeLU: an id row for each item with 10 or more training ratings, the rest
     scored from features) trains under ``ridge`` and serves through ``recommend``; string ids are refused."""
-    from jaxmeta.job import HYBRID_FACTORS, HYBRID_KNOWN_MIN_RATINGS
-
     rng = np.random.default_rng(2)
     rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(150) for i in rng.choice(60, size=int(rng.integers(14, 24)),
                                                                                          replace=False)]
@@ -398,15 +396,16 @@ def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
     path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
     run = tmp_path / "run"
     trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "hybrid", "--algo", "ridge",
-                      "--embed-dim", "4", "--hidden", "8", "--steps", "4", "--eval-every", "2", "--num-buckets", "1",
-                      "--out", str(run), "--quiet")
+                      "--embed-dim", "4", "--hidden", "8", "--factors", "3", "--known-min-ratings", "12", "--steps", "4",
+                      "--eval-every", "2", "--num-buckets", "1", "--out", str(run), "--quiet")
     assert trained.returncode == 0, trained.stderr
-    assert load_config(run / "config.yaml")["model"] == "hybrid"
+    saved = load_config(run / "config.yaml")
+    assert (saved["model"], saved["factors"], saved["known_min_ratings"]) == ("hybrid", 3, 12)
     restored = restore_run(run)
     counts = restored.data.warm_ratings["item"].value_counts()
-    known = int((counts >= HYBRID_KNOWN_MIN_RATINGS).sum())
+    known = int((counts >= 12).sum())
     assert 0 < known < len(counts)  # the rare warm items have no id row: their features score them
-    assert restored.state.params["items"]["vectors"].shape == (1 + known, HYBRID_FACTORS)  # the OOV row first
+    assert restored.state.params["items"]["vectors"].shape == (1 + known, 3)  # the OOV row first
     (tmp_path / "me.csv").write_text("user,item,rating\nme,3,5\nme,4,1\nme,7,4\n")
     shown = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"), "-k", "5")
     assert shown.returncode == 0, shown.stderr
