@@ -128,7 +128,8 @@ class TrainConfig:
         if self.model_name() != "mlp" and self.data == "synthetic":
             raise ValueError(f"model={self.model!r} reads featured data; the synthetic data has only integer ids: "
                              "pass model='mlp' (or 'auto'), or another data source.")
-        if self.model_name() != "hybrid" and (self.factors, self.known_min_ratings) != (16, 10):
+        if self.model_name() != "hybrid" and (self.factors, self.known_min_ratings) != (
+                TrainConfig.factors, TrainConfig.known_min_ratings):
             raise ValueError(f"factors={self.factors}, known_min_ratings={self.known_min_ratings}: only hybrid "
                              f"MeLU has them, not model={self.model_name()!r}; pass model='hybrid' or leave them "
                              "unset.")
@@ -312,14 +313,16 @@ def check_resumable(saved: Mapping[str, Any], config: TrainConfig, folder: Path)
     setting that changes the steps already taken (anything but :data:`RESUMABLE_CHANGES`)."""
 
     def resolved(fields: Mapping[str, Any]) -> dict[str, Any]:
-        """The fields with the model and its sizes resolved (an unset size is the model's default)."""
+        """Every field, with the model and its sizes resolved (an unset size is the model's default; a field
+        a run's file predates is its default) and the tuples as the file's lists."""
         try:
             settled = config_from_fields(fields)
         except (TypeError, ValueError):
             return dict(fields)
         embed_dim, hidden = settled.model_sizes()
-        return {**fields, "model": settled.model_name(), "embed_dim": embed_dim, "hidden": list(hidden),
-                "shard_tables": list(settled.shard_tables)}
+        scale = None if settled.rating_scale is None else list(settled.rating_scale)
+        return {**dataclasses.asdict(settled), "model": settled.model_name(), "embed_dim": embed_dim,
+                "hidden": list(hidden), "shard_tables": list(settled.shard_tables), "rating_scale": scale}
 
     now, before = resolved(dataclasses.asdict(config)), resolved(saved)
     for key, value in before.items():

@@ -386,8 +386,10 @@ def test_model_flag_trains_serves_and_guards_resume(tmp_path):
 
 
 def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
-    """``--model hybrid`` (hybrid MeLU: an id row for each item with 10 or more training ratings, the rest
-    scored from features) trains under ``ridge`` and serves through ``recommend``; string ids are refused."""
+    """``--model hybrid`` (hybrid MeLU: an id row for each item with ``--known-min-ratings`` or more training
+    ratings, the rest scored from features) trains under ``ridge`` and serves through ``recommend``; its sizes
+    are saved, and a resume that changes them is refused, also for a run whose file predates them; string
+    ids are refused."""
     rng = np.random.default_rng(2)
     rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(150) for i in rng.choice(60, size=int(rng.integers(14, 24)),
                                                                                          replace=False)]
@@ -396,25 +398,53 @@ def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
     path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
     run = tmp_path / "run"
     trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "hybrid", "--algo", "ridge",
-                      "--embed-dim", "4", "--hidden", "8", "--factors", "3", "--known-min-ratings", "12", "--steps", "4",
+                      "--embed-dim", "4", "--hidden", "8", "--factors", "3", "--known-min-ratings", "30", "--steps", "4",
                       "--eval-every", "2", "--num-buckets", "1", "--out", str(run), "--quiet")
     assert trained.returncode == 0, trained.stderr
     saved = load_config(run / "config.yaml")
-    assert (saved["model"], saved["factors"], saved["known_min_ratings"]) == ("hybrid", 3, 12)
+    assert (saved["model"], saved["factors"], saved["known_min_ratings"]) == ("hybrid", 3, 30)
     restored = restore_run(run)
     counts = restored.data.warm_ratings["item"].value_counts()
-    known = int((counts >= 12).sum())
-    assert 0 < known < len(counts)  # the rare warm items have no id row: their features score them
+    known = int((counts >= 30).sum())
+    assert 0 < known < int((counts >= 10).sum()) < len(counts)  # 30, not the default 10, chose the id rows
     assert restored.state.params["items"]["vectors"].shape == (1 + known, 3)  # the OOV row first
     (tmp_path / "me.csv").write_text("user,item,rating\nme,3,5\nme,4,1\nme,7,4\n")
     shown = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "me.csv"), "-k", "5")
     assert shown.returncode == 0, shown.stderr
     items = [r.split()[2] for r in shown.stdout.strip().splitlines()[1:]]
     assert len(items) == 5 and not {"3", "4", "7"} & set(items)
+    resumed = jaxmeta("train", "--out", str(run), "--resume", "--steps", "6", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    changed = jaxmeta("train", "--out", str(run), "--resume", "--steps", "8", "--factors", "8", "--quiet")
+    assert changed.returncode == 2 and "--resume with factors=8, but the run was made with factors=3" in changed.stderr
+    # a file from before the fields: they read as the values of that time (16, 10), and the run is left alone
+    old = "".join(line for line in (run / "config.yaml").read_text().splitlines(keepends=True)
+                  if not line.startswith(("factors:", "known_min_ratings:")))
+    (run / "config.yaml").write_text(old)
+    changed = jaxmeta("train", "--out", str(run), "--resume", "--steps", "8", "--factors", "3", "--quiet")
+    assert changed.returncode == 2 and "--resume with factors=3, but the run was made with factors=16" in changed.stderr
+    assert (run / "config.yaml").read_text() == old
     named = tmp_path / "named.csv"
     named.write_text("user,item,rating\n" + "\n".join(f"{u},m{i},{r}" for u, i, r in rows) + "\n")
     refused = jaxmeta("train", "--data", "table", "--path", str(named), "--model", "hybrid", "--steps", "2", "--quiet")
     assert refused.returncode == 2 and "model='hybrid' reads integer item ids" in refused.stderr
+
+
+def test_a_run_with_a_rating_scale_resumes(tmp_path):
+    """config.yaml keeps the scale as a list; the resume check compares it with the flags' tuple as equal."""
+    rng = np.random.default_rng(3)
+    rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(120) for i in rng.choice(50, size=16, replace=False)]
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    common = ("train", "--data", "table", "--path", str(path), "--rating-scale", "1", "5", "--embed-dim", "4",
+              "--hidden", "8", "--eval-every", "2", "--num-buckets", "1", "--out", str(tmp_path / "run"), "--quiet")
+    first = jaxmeta(*common, "--steps", "2")
+    assert first.returncode == 0, first.stderr
+    resumed = jaxmeta(*common, "--steps", "4", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    other = jaxmeta(*common[:5], "--rating-scale", "0", "5", *common[8:], "--steps", "6", "--resume")
+    assert other.returncode == 2 and "rating_scale=[0.0, 5.0], but the run was made with rating_scale=[1.0, 5.0]" \
+        in other.stderr
 
 
 def test_an_unknown_scenario_names_the_ones_there(tmp_path):
