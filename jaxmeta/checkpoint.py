@@ -45,9 +45,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -74,6 +76,34 @@ class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the run that restores it."""
 
 
+def _quiet_closed_loop() -> None:
+    """Drops one message of a failed restore: tensorstore's reads still in flight finish on its own
+    threads after orbax's event loop has closed, and each callback's ``RuntimeError: Event loop is
+    closed`` reaches ``sys.unraisablehook`` (no object, a tensorstore thread), which prints it, often
+    before the one-line error. Installed before a restore reads (a failing read prints while the others
+    run); it drops that error from threads other than the main one, and nothing else."""
+    if not getattr(sys.unraisablehook, "_jaxmeta_drops_closed_loop", False):
+        hook = sys.unraisablehook
+
+        def quiet(unraisable) -> None:
+            if not (unraisable.object is None and unraisable.exc_type is RuntimeError
+                    and str(unraisable.exc_value) == "Event loop is closed"
+                    and threading.current_thread() is not threading.main_thread()):
+                hook(unraisable)
+
+        quiet._jaxmeta_drops_closed_loop = True
+        quiet._jaxmeta_drops_orbax_reads = getattr(hook, "_jaxmeta_drops_orbax_reads", False)  # one of each
+        sys.unraisablehook = quiet
+
+
+class _UnretrievedOrbaxReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records of orbax's reads (a failed restore's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+
+
 def _drop_failed_reads() -> None:
     """Collects the reads orbax left behind when a restore failed, quietly.
 
@@ -95,7 +125,10 @@ def _drop_failed_reads() -> None:
                 hook(unraisable)
 
         quiet._jaxmeta_drops_orbax_reads = True
+        quiet._jaxmeta_drops_closed_loop = getattr(hook, "_jaxmeta_drops_closed_loop", False)  # one of each
         sys.unraisablehook = quiet
+        # the reads that became asyncio Tasks instead: their unretrieved exceptions are logged at exit
+        logging.getLogger("asyncio").addFilter(_UnretrievedOrbaxReads())
     gc.collect()
 
 
@@ -381,6 +414,7 @@ class Checkpoints:
                 "resume with the config it was saved with, or start a new run in another folder.")
         # restored as saved, so that the digest checks the saved bytes; cast to ``like`` after
         abstract = [w.update(dtype=saved[name][1]) for name, w in zip(names, wanted)]
+        _quiet_closed_loop()  # before the read: a failing one prints while the others still run
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
                 jax.tree.unflatten(jax.tree.structure(like), abstract))))
