@@ -76,26 +76,6 @@ class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the run that restores it."""
 
 
-def _quiet_closed_loop() -> None:
-    """Drops one message of a failed restore: tensorstore's reads still in flight finish on its own
-    threads after orbax's event loop has closed, and each callback's ``RuntimeError: Event loop is
-    closed`` reaches ``sys.unraisablehook`` (no object, a tensorstore thread), which prints it, often
-    before the one-line error. Installed before a restore reads (a failing read prints while the others
-    run); it drops that error from threads other than the main one, and nothing else."""
-    if not getattr(sys.unraisablehook, "_jaxmeta_drops_closed_loop", False):
-        hook = sys.unraisablehook
-
-        def quiet(unraisable) -> None:
-            if not (unraisable.object is None and unraisable.exc_type is RuntimeError
-                    and str(unraisable.exc_value) == "Event loop is closed"
-                    and threading.current_thread() is not threading.main_thread()):
-                hook(unraisable)
-
-        quiet._jaxmeta_drops_closed_loop = True
-        quiet._jaxmeta_drops_orbax_reads = getattr(hook, "_jaxmeta_drops_orbax_reads", False)  # one of each
-        sys.unraisablehook = quiet
-
-
 class _UnretrievedOrbaxReads(logging.Filter):
     """Drops asyncio's "Task exception was never retrieved" records of orbax's reads (a failed restore's)."""
 
@@ -104,31 +84,50 @@ class _UnretrievedOrbaxReads(logging.Filter):
         return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
 
 
-def _drop_failed_reads() -> None:
-    """Collects the reads orbax left behind when a restore failed, quietly.
+_UNRETRIEVED = _UnretrievedOrbaxReads()  # one instance: logging adds a filter once
 
-    A failed restore leaves orbax's other array reads as coroutines that were never
-    awaited; collected later (at the latest, at exit), each prints its exception and a
-    traceback through ``sys.unraisablehook``: hundreds of lines after the one-line
-    error. From the first failed restore on, the hook drops those of orbax's coroutines
-    alone (a read still in flight now may be collected only at exit, so the filter
-    stays), and what can be collected now is.
+
+def _is_leftover_read(unraisable) -> bool:
+    """Whether ``sys.unraisablehook`` got what a failed restore leaves behind: one of orbax's array reads,
+    a coroutine never awaited; or, from a thread other than the main one, tensorstore's callback of a
+    read that finished after orbax's event loop closed (``RuntimeError: Event loop is closed``, no object)."""
+    obj = unraisable.object
+    if inspect.iscoroutine(obj):
+        return "orbax" in getattr(getattr(obj, "cr_code", None), "co_filename", "")
+    return (obj is None and getattr(unraisable, "exc_type", None) is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and threading.current_thread() is not threading.main_thread())
+
+
+def _quiet_failed_reads() -> None:
+    """Silences what a failed restore leaves behind, and nothing else.
+
+    A failed restore leaves orbax's other array reads running: as coroutines never
+    awaited (collected later, at the latest at exit), as tensorstore callbacks that find
+    orbax's event loop closed, and as asyncio Tasks whose exceptions nobody retrieves.
+    Each prints its exception and a traceback (through ``sys.unraisablehook``, or
+    asyncio's logger at exit): up to hundreds of lines around the one-line error. One
+    hook (:func:`_is_leftover_read`) and one logging filter drop those alone. Installed
+    before a restore reads, since a failing read prints while the others still run;
+    installing it again changes nothing.
     """
-    import gc
-
-    if not getattr(sys.unraisablehook, "_jaxmeta_drops_orbax_reads", False):
+    if not getattr(sys.unraisablehook, "_jaxmeta_drops_failed_reads", False):
         hook = sys.unraisablehook
 
         def quiet(unraisable) -> None:
-            code = getattr(unraisable.object, "cr_code", None)
-            if not (inspect.iscoroutine(unraisable.object) and "orbax" in getattr(code, "co_filename", "")):
+            if not _is_leftover_read(unraisable):
                 hook(unraisable)
 
-        quiet._jaxmeta_drops_orbax_reads = True
-        quiet._jaxmeta_drops_closed_loop = getattr(hook, "_jaxmeta_drops_closed_loop", False)  # one of each
+        quiet._jaxmeta_drops_failed_reads = True
         sys.unraisablehook = quiet
-        # the reads that became asyncio Tasks instead: their unretrieved exceptions are logged at exit
-        logging.getLogger("asyncio").addFilter(_UnretrievedOrbaxReads())
+    logging.getLogger("asyncio").addFilter(_UNRETRIEVED)
+
+
+def _drop_failed_reads() -> None:
+    """After a failed restore: :func:`_quiet_failed_reads`, and the reads that can be collected now are."""
+    import gc
+
+    _quiet_failed_reads()
     gc.collect()
 
 
@@ -414,7 +413,7 @@ class Checkpoints:
                 "resume with the config it was saved with, or start a new run in another folder.")
         # restored as saved, so that the digest checks the saved bytes; cast to ``like`` after
         abstract = [w.update(dtype=saved[name][1]) for name, w in zip(names, wanted)]
-        _quiet_closed_loop()  # before the read: a failing one prints while the others still run
+        _quiet_failed_reads()  # before the read: a failing one prints while the others still run
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
                 jax.tree.unflatten(jax.tree.structure(like), abstract))))

@@ -418,8 +418,7 @@ def make_model(config: TrainConfig, data: Dataset) -> Model:
     spec = [f._replace(size=table_rows(config, f.name, f.size)) if f.kind in TABLE_KINDS else f
             for f in data.encoder.spec]
     if config.model_name() == "hybrid":
-        counts = data.warm_ratings["item"].value_counts()
-        known = counts.index[counts >= config.known_min_ratings].to_numpy()
+        known = datasets.frequent_items(data, config.known_min_ratings)
         if not len(known):
             raise ValueError(f"{config.path or config.data}: no item has {config.known_min_ratings} training "
                              "ratings, so hybrid MeLU has no item to give an id row; pass model='melu'.")

@@ -320,8 +320,7 @@ def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None, hidden: t
     widths of the network's hidden layers; ``embed_dim``: the width of each field's embedding."""
     if ex.model == "melu":
         return melu(data.encoder.spec, output_bias=data.mean_rating, hidden=hidden, embed_dim=embed_dim)
-    counts = data.warm_ratings["item"].value_counts()
-    known = counts.index[counts >= ex.known_min_ratings].to_numpy()
+    known = datasets.frequent_items(data, ex.known_min_ratings)
     item_init, factors, mean = None, ex.factors, data.mean_rating
     if mf is not None:
         fit = mf.model

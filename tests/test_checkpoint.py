@@ -255,8 +255,8 @@ def test_a_failed_restores_late_reads_are_dropped_and_nothing_else(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append((u.exc_type, str(u.exc_value))))
-    checkpoint._quiet_closed_loop()
-    checkpoint._quiet_closed_loop()  # idempotent: one filter
+    checkpoint._quiet_failed_reads()
+    checkpoint._quiet_failed_reads()  # idempotent: one filter
     closed = types.SimpleNamespace(object=None, exc_type=RuntimeError, exc_value=RuntimeError("Event loop is closed"))
     other = types.SimpleNamespace(object=None, exc_type=RuntimeError, exc_value=RuntimeError("something else"))
     worker = threading.Thread(target=lambda: [sys.unraisablehook(closed), sys.unraisablehook(other)])

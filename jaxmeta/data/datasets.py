@@ -61,7 +61,8 @@ VALID_FRACTION = 0.1
 ITEM_SCENARIOS = ("item_cold", "user_item_cold")
 """The scenarios scored with the checkpoints chosen on held-out items, when a dataset has them."""
 
-__all__ = ("ITEM_SCENARIOS", "MOVIELENS", "SOURCES", "Dataset", "load", "movielens", "synthetic", "table")
+__all__ = ("ITEM_SCENARIOS", "MOVIELENS", "SOURCES", "Dataset", "frequent_items", "load", "movielens", "synthetic",
+           "table")
 
 
 class Dataset(NamedTuple):
@@ -167,6 +168,13 @@ def _assemble(name: str, split: str, tasks: dict[str, RaggedTasks], train: str, 
     return Dataset(name, split, tasks[train], valid, {s: tasks[p] for s, p in scenarios.items() if p in tasks},
                    encoder, warm[["user", "item", "rating"]].reset_index(drop=True),
                    float(warm["rating"].mean()), (), rating_scale)
+
+
+def frequent_items(data: Dataset, min_ratings: int) -> np.ndarray:
+    """The items with at least ``min_ratings`` training ratings (``data.warm_ratings``): those that
+    get an id row of their own in :func:`jaxmeta.models.hybrid_melu`."""
+    counts = data.warm_ratings["item"].value_counts()
+    return counts.index[counts >= min_ratings].to_numpy()
 
 
 def movielens(
