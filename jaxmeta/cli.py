@@ -36,6 +36,7 @@ from jaxmeta.reproduce import (
 from jaxmeta.reproduce import LOSSES as REPRODUCE_LOSSES
 from jaxmeta.reproduce import MODELS as REPRODUCE_MODELS
 from jaxmeta.reproduce import STUDENTS
+from jaxmeta.models import hybrid
 from jaxmeta.train import TrainingInterrupted
 
 DEFAULTS = TrainConfig()
@@ -168,9 +169,19 @@ def _parser() -> argparse.ArgumentParser:
                                description="Writes learning_curves.png, adaptation.png and scenarios.png "
                                            "(from metrics.jsonl, adaptation.json and eval.json). Evaluation "
                                            "files missing or older than the run's latest checkpoint are "
-                                           "made again first (jaxmeta eval), unless --no-eval.")
-    plot.add_argument("--run", required=True, help="the --out folder of jaxmeta train")
-    plot.add_argument("--out", help="where to write the PNGs (default: RUN/plots)")
+                                           "made again first (jaxmeta eval), unless --no-eval. With --results: "
+                                           "the validation curves of jaxmeta reproduce folders, one line per "
+                                           "folder and method, one panel per seed.")
+    source = plot.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="the --out folder of jaxmeta train")
+    source.add_argument("--results", nargs="+", metavar="DIR",
+                        help="--out-dir folders of jaxmeta reproduce (results.json, or seed-N/results.json)")
+    plot.add_argument("--labels", nargs="+", help="with --results: one label per folder (default: its name)")
+    plot.add_argument("--methods", nargs="+", help="with --results: the trained methods drawn (default: all)")
+    plot.add_argument("--set", default="users", choices=("users", "new_items"),
+                      help="with --results: the validation set (default users)")
+    plot.add_argument("--out", help="where to write the PNGs (default: RUN/plots); with --results, the PNG file "
+                                    "(default: the first folder's validation-SET.png)")
     plot.add_argument("--data-dir", help=data_dir)
     plot.add_argument("--no-eval", action="store_true",
                       help="never evaluate: skip the figures whose evaluation files are missing or stale")
@@ -283,6 +294,11 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warm-start", default="none", choices=("others", "all", "none"),
                         help="hybrid: start the item rows from ALS on the non-task users' ratings, on all "
                              "training ratings, or at random")
+    parser.add_argument("--freeze-items", action="store_true",
+                        help="hybrid with --warm-start: hold the item rows at the ALS fit's values (every other "
+                             "parameter meta-learned)")
+    parser.add_argument("--without", nargs="+", default=[], choices=hybrid.PARTS, metavar="PART",
+                        help=f"hybrid: leave these terms out, for ablations ({', '.join(hybrid.PARTS)})")
     parser.add_argument("--heavy-users", action="store_true",
                         help="meta-train on the training users with more than 100 ratings too, each history dealt "
                              "into tasks of at most 100")
@@ -322,7 +338,7 @@ def _reproduce(args: argparse.Namespace, command: str) -> int:
         factors=args.factors, known_min_ratings=args.known_min_ratings, warm_start=args.warm_start,
         heavy_users=args.heavy_users, teacher=args.teacher, students=tuple(args.students),
         distill_alpha=args.distill_alpha, student_steps=args.student_steps, loss=args.loss,
-        keep_heavy=args.keep_heavy)
+        keep_heavy=args.keep_heavy, freeze_items=args.freeze_items, without=tuple(args.without))
     if args.seeds:
         reproduce_seeds(experiment, args.seeds, args.out_dir, progress=not args.quiet, command=command)
         print((Path(args.out_dir) / "summary.md").read_text())
@@ -414,6 +430,13 @@ def _plot(args: argparse.Namespace) -> int:
     from jaxmeta.plots import ADAPTATION_FILE, EVAL_FILE, OUTPUTS, write_plots
     from jaxmeta.runs import evaluate_run, stale_evaluation
 
+    if args.results:
+        return _plot_results(args)
+    for name in ("labels", "methods"):
+        if getattr(args, name):
+            raise _Usage(f"--{name} goes with --results (the validation curves of jaxmeta reproduce folders); "
+                         "drop it, or pass --results DIR.")
+
     run = Path(args.run)
     stale = stale_evaluation(run)
     skip: tuple[str, ...] = ()
@@ -431,6 +454,27 @@ def _plot(args: argparse.Namespace) -> int:
     if skip:
         print(f"jaxmeta plot: skipped {', '.join(OUTPUTS[f] for f in skip)} ({stale}; run jaxmeta eval --run "
               f"{run}, or plot without --no-eval)", file=sys.stderr)
+    return 0
+
+
+def _plot_results(args: argparse.Namespace) -> int:
+    from jaxmeta.plots import DPI, read_results, validation_curves
+
+    labels = args.labels or [Path(d).name if len(args.results) > 1 else "" for d in args.results]
+    if len(labels) != len(args.results):
+        raise _Usage(f"--labels: {len(labels)} label(s) for {len(args.results)} folder(s); pass one per folder.")
+    panels: dict[str, dict[str, Any]] = {}
+    try:
+        for folder, label in zip(args.results, labels):
+            for panel, results in read_results(folder).items():
+                panels.setdefault(panel, {})[label] = results
+        figure = validation_curves(panels, set_name=args.set, methods=args.methods)
+    except (FileNotFoundError, ImportError, TypeError, ValueError) as error:
+        raise _Usage(str(error)) from error
+    out = Path(args.out) if args.out else Path(args.results[0]) / f"validation-{args.set}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=DPI)
+    print(out)
     return 0
 
 

@@ -14,6 +14,8 @@ each gives one figure:
   or null}}}``.
 
 :func:`write_plots` reads whichever of them exist and writes one PNG for each.
+:func:`validation_curves` draws the model selection of ``jaxmeta reproduce`` folders
+(``results.json``, read by :func:`read_results`): validation MAE against steps.
 
 Every function here is pure: it builds a :class:`matplotlib.figure.Figure`
 directly, never through ``pyplot``, so no GUI backend, no global figure
@@ -56,8 +58,10 @@ __all__ = (
     "adaptation_curve",
     "learning_curves",
     "read_metrics",
+    "read_results",
     "scenario_bars",
     "stream_curves",
+    "validation_curves",
     "write_plots",
 )
 
@@ -119,6 +123,25 @@ def _load_json(path: Path) -> Any:
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def read_results(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The ``results.json`` of a ``jaxmeta reproduce`` folder, by panel: ``{"": results}`` for one run,
+    ``{"seed N": results, ...}`` for a folder of ``--seeds`` runs (``seed-N/results.json``), seeds in order.
+
+    Raises:
+      FileNotFoundError: the folder holds neither (the message names it).
+      ValueError: a file is not valid JSON.
+    """
+    folder = Path(folder)
+    if (folder / "results.json").is_file():
+        return {"": _load_json(folder / "results.json")}
+    seeds = sorted((int(p.parent.name.removeprefix("seed-")), p) for p in folder.glob("seed-*/results.json")
+                   if p.parent.name.removeprefix("seed-").isdigit())
+    if not seeds:
+        raise FileNotFoundError(f"read_results: {folder} holds no results.json and no seed-N/results.json: pass "
+                                "the --out-dir folder of jaxmeta reproduce.")
+    return {f"seed {seed}": _load_json(path) for seed, path in seeds}
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
@@ -430,6 +453,85 @@ def stream_curves(stream: Mapping[str, Any], metrics: Sequence[str] = ("mae", "r
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=_LEGEND_SIZE, title="method (mode)",
                title_fontsize=_LEGEND_SIZE)
+    return fig
+
+
+def validation_curves(panels: Mapping[str, Mapping[str, Mapping[str, Any]]], *, set_name: str = "users",
+                      methods: Sequence[str] | None = None) -> Figure:
+    """Validation MAE against outer steps for ``jaxmeta reproduce`` runs, the classic baselines as levels.
+
+    In each panel, one line per trained method of each run, at the setting model
+    selection chose (``finetune`` at its chosen rate: the curve through its
+    chosen checkpoint), with a star at that checkpoint; and one dashed level per
+    method without steps (``bias``, ``mf_foldin``: chosen on a grid, not trained by
+    steps), from the panel's first run. The evidence that a scenario was or was
+    not won on validation, and where training stopped helping.
+
+    Args:
+      panels: ``{panel title: {run label: results}}``, each ``results`` the
+        contents of a ``results.json`` written by :func:`jaxmeta.reproduce.reproduce`;
+        one panel per entry, side by side. A run label of ``""`` names lines by
+        method alone.
+      set_name: the validation set: ``"users"``, or ``"new_items"`` for a run with
+        ``--valid-items``.
+      methods: the trained methods drawn (default every one with a curve); the
+        levels are drawn whatever it is.
+
+    Returns:
+      The figure, one axes per panel.
+
+    Raises:
+      ValueError: no panels, or a panel in which no run has a curve on ``set_name``
+        (the message names the sets and methods there are).
+      TypeError: a run is not a results dict.
+      ImportError: matplotlib is not installed.
+    """
+    if not panels:
+        raise ValueError("validation_curves: no panels; pass {title: {label: results}}.")
+    drawn: dict[str, list[tuple[str, list, tuple | None]]] = {}
+    levels: dict[str, dict[str, float]] = {}
+    for title, runs in panels.items():
+        lines = drawn.setdefault(title, [])
+        for label, results in runs.items():
+            if not isinstance(results, Mapping) or "curves" not in results or "selected" not in results:
+                raise TypeError(f"validation_curves: run {label!r} of panel {title!r} is not the contents of a "
+                                "results.json written by jaxmeta reproduce (no 'curves' and 'selected').")
+            for method, pick in results["selected"].items():
+                pick = pick if set_name == "users" else pick.get(set_name)
+                if not isinstance(pick, Mapping) or not _finite(pick.get("valid_mae")):
+                    continue
+                if pick.get("step") is None:
+                    if title not in levels or method not in levels[title]:
+                        levels.setdefault(title, {})[method] = float(pick["valid_mae"])
+                    continue
+                if methods is not None and method not in methods:
+                    continue
+                for name, per_set in results["curves"].items():
+                    points = per_set.get(set_name) or []
+                    if (name == method or name.startswith(f"{method}@")) and any(
+                            int(step) == pick["step"] and abs(mae - pick["valid_mae"]) < 1e-4 for step, mae in points):
+                        line = label if label and methods is not None and len(methods) == 1 else (
+                            f"{label}: {name}" if label else name)
+                        lines.append((line, points, (pick["step"], pick["valid_mae"])))
+                        break
+        if not lines:
+            found = sorted({s for results in runs.values() for per_set in results["curves"].values() for s in per_set})
+            raise ValueError(f"validation_curves: panel {title!r} has no curve on set_name={set_name!r} for methods="
+                             f"{methods!r}; its runs have curves on {found} for "
+                             f"{sorted({m for r in runs.values() for m in r['curves']})}.")
+    Figure, _ = _matplotlib()
+    fig = Figure(figsize=(5.6 * len(panels) + 1.6, 4.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, lines) in zip(axes, drawn.items()):
+        for i, (label, points, chosen) in enumerate(lines):
+            _line(ax, [int(p[0]) for p in points], [_float(p[1]) for p in points], label, color=f"C{i % 10}")
+            ax.plot(*chosen, marker="*", markersize=12, color=f"C{i % 10}", linestyle="none")
+        for j, (method, value) in enumerate(levels.get(title, {}).items()):
+            ax.axhline(value, color="0.2", linestyle=("--", ":", "-.")[j % 3], linewidth=1.2,
+                       label=f"{method} ({value:.4f})")
+        _style(ax, title=title or f"validation ({set_name})", xlabel="outer step",
+               ylabel="validation MAE (lower is better)")
+        ax.legend(fontsize=_LEGEND_SIZE)
     return fig
 
 

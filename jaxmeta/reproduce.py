@@ -51,8 +51,11 @@ or ``"hybrid"``; ``chosen``: in each scenario the meta-learner with the lowest
 validation MAE, against every baseline, :func:`jaxmeta.report.chosen`)
 (``train_seconds``: wall time of the outer steps, compilation and batching
 included, validation excluded; ``users_per_s``: real training users over it;
-``null`` where a value does not apply), and ``results.md``, the same as Markdown
-tables under the command that made them (:mod:`jaxmeta.report`). ``finetune``
+``null`` where a value does not apply), ``results.md``, the same as Markdown
+tables under the command that made them (:mod:`jaxmeta.report`), and, with matplotlib
+installed, ``validation-users.png`` (``validation-new_items.png`` with held-out
+items): each trained method's validation MAE against steps, the classic baselines as
+levels (:func:`jaxmeta.plots.validation_curves`). ``finetune``
 shares the trained global model, and so its timing, with ``no_adaptation``.
 
 References:
@@ -82,7 +85,7 @@ from jaxmeta.data import datasets, splits
 from jaxmeta.data.datasets import Dataset
 from jaxmeta.evaluation import (DEFAULT_KS, baseline_metrics, evaluation_batches, fit_item_stats, per_user_metrics,
                                 predict_tasks, query_metrics, with_item_ids)
-from jaxmeta.models import Model, biased_mf_by_id, hybrid_melu, melu
+from jaxmeta.models import Model, biased_mf_by_id, hybrid, hybrid_melu, melu
 from jaxmeta.report import chosen, format_markdown, format_summary, paired, summarise
 from jaxmeta.tasks import RaggedTasks, TaskBatch
 from jaxmeta.train import BatchStream, LogMetrics, StopOnNaN, Validate, fit
@@ -144,8 +147,11 @@ class Experiment:
     ``mf``: biased MF; ``classic``: ``bias`` and ``mf_foldin``. ``model``:
     ``"melu"`` or ``"hybrid"``; for the hybrid, ``factors`` (its vector width
     when not warm-started), ``known_min_ratings`` (fewest training ratings for
-    an item to get an id row; rarer items train the feature generator) and
-    ``warm_start`` (:data:`WARM_STARTS`). ``heavy_users``: the training users
+    an item to get an id row; rarer items train the feature generator),
+    ``warm_start`` (:data:`WARM_STARTS`) and ``freeze_items`` (with a warm
+    start: the item rows stay at the ALS fit's values, every other parameter is
+    meta-learned; see :func:`jaxmeta.algorithms.frozen`); ``without``: terms
+    left out of it, for ablations (:data:`jaxmeta.models.hybrid.PARTS`). ``heavy_users``: the training users
     with more than :data:`~jaxmeta.data.splits.MAX_RATINGS` ratings, whom
     MeLU's task filter drops, meta-train too, each history dealt at random into
     tasks of at most that many ratings (:func:`heavy_tasks`). Distillation:
@@ -196,8 +202,20 @@ class Experiment:
     student_steps: int | None = None
     loss: str = "mse"
     keep_heavy: bool = False
+    freeze_items: bool = False
+    without: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if isinstance(self.without, str) or any(p not in hybrid.PARTS for p in self.without):
+            raise ValueError(f"without={self.without!r}: pass a list drawn from {hybrid.PARTS}.")
+        object.__setattr__(self, "without", tuple(self.without))
+        if self.without and self.model != "hybrid":
+            raise ValueError(f"without={self.without!r} with model={self.model!r}: only hybrid MeLU's terms can be "
+                             "left out; pass model='hybrid', or no without.")
+        if self.freeze_items and (self.model != "hybrid" or self.warm_start == "none"):
+            raise ValueError(f"freeze_items=True with model={self.model!r}, warm_start={self.warm_start!r}: only "
+                             "hybrid MeLU's item rows started from ALS can be held; pass model='hybrid' and "
+                             "warm_start='all' or 'others', or freeze_items=False.")
         if self.heavy_users and self.dataset == "ml-100k" and not self.keep_heavy:
             raise ValueError("heavy_users=True on ml-100k: RecBole's split drops its users with more than 100 "
                              "ratings, so there are none to deal into tasks; pass keep_heavy=True as well.")
@@ -255,6 +273,13 @@ class Experiment:
 
     def outer_optimizer(self) -> optax.GradientTransformation:
         return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(self.outer_lr))
+
+    def model_optimizer(self) -> optax.GradientTransformation:
+        """The outer optimizer of the MeLU models (every method but ``mf``): hybrid MeLU's item rows held with
+        ``freeze_items``."""
+        if self.freeze_items:
+            return algorithms.frozen(self.outer_optimizer(), lambda path: path[0] == "items")
+        return self.outer_optimizer()
 
 
 def _row(metrics: Mapping[str, float | None], seconds: float | None = None, users_per_s: float | None = None):
@@ -327,7 +352,8 @@ def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None, hidden: t
         factors, mean = fit.item_factors.shape[1], fit.mean
         item_init = (fit.items, fit.item_factors, fit.item_bias)
     return hybrid_melu(data.encoder.spec, known, item_fields=data.encoder.table_columns("item")[1:],
-                       factors=factors, global_bias=mean, item_init=item_init, hidden=hidden, embed_dim=embed_dim)
+                       factors=factors, global_bias=mean, item_init=item_init, hidden=hidden, embed_dim=embed_dim,
+                       without=ex.without)
 
 
 def _named(method: str, setting: float) -> str:
@@ -461,7 +487,7 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
             inner["init_reg"] = warm.user_reg
         if algo in ("conditioned", "amortised") and ex.model == "hybrid":  # its encoder reads the hybrid's rows
             inner["feature_dim"] = _feature_width(on, data.train.support_x[0])
-        learner = algorithms.META_LEARNERS[algo](on, outer_optimizer=ex.outer_optimizer(), loss=ex.loss, **inner)
+        learner = algorithms.META_LEARNERS[algo](on, outer_optimizer=ex.model_optimizer(), loss=ex.loss, **inner)
         return learner, inner
 
     teacher = None
@@ -486,7 +512,7 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
         elif name == "amortised-small":
             small = _model(ex, data, warm, hidden=SMALL_HIDDEN, embed_dim=SMALL_EMBED)
             options = {"feature_dim": _feature_width(small, data.train.support_x[0])} if ex.model == "hybrid" else {}
-            student = algorithms.amortised(small, outer_optimizer=ex.outer_optimizer(), **SMALL_ENCODER, **options)
+            student = algorithms.amortised(small, outer_optimizer=ex.model_optimizer(), **SMALL_ENCODER, **options)
         else:
             student, _ = make(ex.teacher, _model(ex, data, warm, hidden=tuple(h // 2 for h in HIDDEN)))
         learner = algorithms.distill(student, *teacher, alpha=ex.distill_alpha, warm_start=True)
@@ -500,7 +526,7 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
                 for lr in ex.finetune_lrs}
 
     if ex.baselines:
-        glob = algorithms.no_adaptation(model, outer_optimizer=ex.outer_optimizer())
+        glob = algorithms.no_adaptation(model, outer_optimizer=ex.model_optimizer())
         tuners = finetuners(model)
         methods = {"no_adaptation": _predictor(glob),
                    **{_named("finetune", lr): _predictor(t) for lr, t in tuners.items()}}
@@ -570,6 +596,25 @@ def _write(out: dict[str, Any], path: Path, data: Dataset, command: str, seconds
         out, command=command, seconds=seconds, users={s: len(t) for s, t in data.scenarios.items()},
         train_users=len(data.train), valid_users=len(data.valid["users"]),
         item_users=None if items is None else len(items), heavy_tasks=out["train_tasks"] - len(data.train)))
+    _write_validation_plots(out, path)
+
+
+VALIDATION_SETS = {"users": "the validation users", "new_items": "the held-out items"}
+"""The validation sets, named in the titles of ``validation-{set}.png``."""
+
+
+def _write_validation_plots(out: Mapping[str, Any], path: Path) -> None:
+    """``validation-users.png`` (and ``validation-new_items.png``): every trained method's validation MAE against
+    steps, the classic baselines as levels (:func:`jaxmeta.plots.validation_curves`); nothing without matplotlib."""
+    try:
+        from jaxmeta.plots import DPI, validation_curves
+
+        for name, title in VALIDATION_SETS.items():
+            if any(per_set.get(name) for per_set in out["curves"].values()):
+                figure = validation_curves({f"validation MAE on {title}": {"": out}}, set_name=name)
+                figure.savefig(path / f"validation-{name}.png", dpi=DPI)
+    except ImportError:  # matplotlib is an extra (pip install 'jaxmeta[plot]')
+        return
 
 
 if __name__ == "__main__":  # python -m jaxmeta.reproduce: the same as jaxmeta reproduce

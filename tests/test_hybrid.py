@@ -44,8 +44,8 @@ def rows(n, rng, ids=(10, 20, 30, 99, 5)):
             "genre": genre.astype(np.int32), "item_id": rng.choice(np.array(ids), n).astype(np.int32)}
 
 
-def np_forward(params, x):
-    """The prediction written with NumPy and a loop over rows."""
+def np_forward(params, x, without=()):
+    """The prediction written with NumPy and a loop over rows (``without``: the terms left out)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     emb = p["embeddings"]
     table = {10: 1, 20: 2, 30: 3}
@@ -58,10 +58,12 @@ def np_forward(params, x):
             h = np.maximum(h @ layer["w"] + layer["b"], 0.0)
         mlp = (h @ p["layers"][-1]["w"] + p["layers"][-1]["b"])[0]
         gen = g @ p["generator"]["w"] + p["generator"]["b"]
-        row = table.get(int(x["item_id"][r]))
+        gen = 0.0 * gen if "generator" in without else gen
+        row = None if "ids" in without else table.get(int(x["item_id"][r]))
         q = gen[:K] + (p["items"]["vectors"][row] if row else 0.0)
         b = gen[K] + (p["items"]["biases"][row] if row else 0.0)
-        out.append(p["global_bias"] + p["user"]["bias"] + b + q @ p["user"]["vector"] + mlp)
+        out.append(p["global_bias"] + p["user"]["bias"] + b + (0.0 if "vector" in without else q @ p["user"]["vector"])
+                   + (0.0 if "mlp" in without else mlp))
     return np.array(out)
 
 
@@ -71,6 +73,20 @@ def test_forward_matches_numpy_for_known_and_new_items():
     x = rows(9, np.random.default_rng(0))
     np.testing.assert_allclose(model.apply(params, x), np_forward(params, x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(jax.jit(model.apply)(params, x), np_forward(params, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("without", [("ids",), ("generator",), ("mlp",), ("vector",), ("ids", "mlp")])
+def test_each_ablation_leaves_out_its_term_and_nothing_else(without):
+    model = build(without=without)
+    params = perturbed(model.init(jax.random.key(0)))
+    x = rows(9, np.random.default_rng(0))
+    np.testing.assert_allclose(model.apply(params, x), np_forward(params, x, without), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np_forward(params, x, without), np_forward(params, x), atol=1e-3)  # the term counted
+    grads = jax.grad(lambda p: model.apply(p, x).sum())(params)
+    left_out = {"ids": grads["items"], "generator": grads["generator"], "mlp": grads["layers"],
+                "vector": grads["user"]["vector"]}
+    for part in without:
+        assert all(not np.any(g) for g in jax.tree.leaves(left_out[part])), part
 
 
 def test_at_start_the_mlp_and_generator_are_zero_and_new_items_get_mu_plus_the_user():
@@ -95,6 +111,8 @@ def test_warm_start_puts_each_item_on_its_row():
     ({"item_fields": ("color",)}, "item_fields"),
     ({"fast": "all"}, "fast"),
     ({"factors": 0}, "positive widths"),
+    ({"without": ("bias",)}, r"without=\('bias',\); pass a list drawn from"),
+    ({"without": "mlp"}, "without='mlp'"),
 ])
 def test_bad_configurations_raise(kwargs, match):
     base = {"item_fields": ITEM_FIELDS, "factors": K}
@@ -173,3 +191,28 @@ def test_nan_and_garbage_in_padded_rows_change_nothing():
         np.testing.assert_array_equal(a, b)
     real = np.asarray(clean.query_mask)
     np.testing.assert_array_equal(np.asarray(maml.predict(state, clean))[real], np.asarray(maml.predict(state, dirty))[real])
+
+
+def test_item_rows_started_from_a_fit_can_be_held_while_the_rest_meta_learns():
+    """``algorithms.frozen`` under ``ridge``: the warm-started item rows come out of training bit for bit as they
+    went in (Adam's update of a zero gradient is zero), every other kind of parameter moves."""
+    ids, rng = np.array([10, 20, 30]), np.random.default_rng(8)
+    model = build(item_init=(ids, rng.normal(size=(3, K)), rng.normal(size=3)))
+    opt = algorithms.frozen(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.05)),
+                            lambda path: path[0] == "items")
+    ridge = algorithms.ridge(model, outer_optimizer=opt)
+    start = ridge.init(jax.random.key(0))
+    state = start
+    batch = pad_tasks(tasks(6, seed=9))
+    for _ in range(3):
+        state, _ = ridge.step(state, batch)
+    for name in ("vectors", "biases"):
+        np.testing.assert_array_equal(state.params["items"][name], start.params["items"][name])
+    for name in ("generator", "layers", "embeddings", "user", "global_bias"):
+        moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params[name]),
+                                                         jax.tree.leaves(start.params[name]))]
+        assert any(moved), name
+    assert not np.array_equal(state.hyper, start.hyper)
+    free = algorithms.ridge(model, outer_optimizer=optax.adam(0.05))
+    moved, _ = free.step(free.init(jax.random.key(0)), batch)
+    assert not np.array_equal(moved.params["items"]["vectors"], start.params["items"]["vectors"])

@@ -296,3 +296,111 @@ def test_write_plots_passes_the_metric_on(tmp_path):
     with pytest.raises(ValueError, match=r"metric 'ndcg@10'"):
         plots.write_plots(run_dir, metric="ndcg@10")
     assert_png(plots.write_plots(run_dir, metric="ndcg@3")[0])
+
+
+# ----------------------------------------------------------------------------- validation_curves (jaxmeta reproduce)
+
+
+def reproduced(shift=0.0):
+    """A results.json of jaxmeta reproduce, cut to what the validation curves read: finetune chose rate 0.03 at
+    step 200 (held-out items: rate 0.1 at step 100), ridge step 300; bias and mf_foldin are grid choices."""
+    curve = lambda values: [[100 * (i + 1), v + shift] for i, v in enumerate(values)]  # noqa: E731
+    return {
+        "curves": {
+            "ridge": {"users": curve([0.74, 0.73, 0.72, 0.75]), "new_items": curve([0.80, 0.79, 0.81, 0.82])},
+            "finetune@0.03": {"users": curve([0.76, 0.745, 0.75, 0.76]), "new_items": curve([0.83, 0.84, 0.84, 0.85])},
+            "finetune@0.1": {"users": curve([0.77, 0.76, 0.76, 0.77]), "new_items": curve([0.82, 0.83, 0.83, 0.84])},
+        },
+        "selected": {
+            "bias": {"step": None, "valid_mae": 0.75, "new_items": {"step": None, "valid_mae": 0.84}},
+            "mf_foldin": {"step": None, "valid_mae": 0.73, "new_items": {"step": None, "valid_mae": 0.84}},
+            "ridge": {"step": 300, "valid_mae": 0.72 + shift, "new_items": {"step": 200, "valid_mae": 0.79 + shift}},
+            "finetune": {"step": 200, "valid_mae": 0.745 + shift, "finetune_lr": 0.03,
+                         "new_items": {"step": 100, "valid_mae": 0.82 + shift, "finetune_lr": 0.1}},
+        },
+    }
+
+
+def lines_of(ax):
+    """``{label: (x, y)}`` of the drawn lines with a label (the stars are unlabelled)."""
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
+
+
+@pytest.mark.parametrize("set_name, finetune, star", [("users", "finetune@0.03", (200, 0.745)),
+                                                       ("new_items", "finetune@0.1", (100, 0.82))])
+def test_validation_curves_draw_each_chosen_setting_its_checkpoint_and_the_baselines_as_levels(set_name, finetune,
+                                                                                               star):
+    fig = plots.validation_curves({"": {"": reproduced()}}, set_name=set_name)
+    (ax,) = fig.axes
+    assert_labelled(ax)
+    drawn = lines_of(ax)
+    assert set(drawn) == {"ridge", finetune, "bias (0.7500)" if set_name == "users" else "bias (0.8400)",
+                          "mf_foldin (0.7300)" if set_name == "users" else "mf_foldin (0.8400)"}
+    assert drawn["ridge"][0] == [100, 200, 300, 400]
+    np.testing.assert_allclose(drawn[finetune][1], [p[1] for p in reproduced()["curves"][finetune][set_name]])
+    stars = [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines() if line.get_marker() == "*"]
+    assert ([star[0]], [star[1]]) in [(x, [round(v, 4) for v in y]) for x, y in stars]
+    level = [line for line in ax.get_lines() if line.get_label().startswith("mf_foldin")][0]
+    assert list(level.get_ydata()) == ([0.73, 0.73] if set_name == "users" else [0.84, 0.84])
+
+
+def test_validation_curves_compare_runs_side_by_side_by_label():
+    panels = {f"seed {s}": {"full": reproduced(), "without ids": reproduced(shift=0.01)} for s in (0, 1)}
+    fig = plots.validation_curves(panels, methods=["ridge"])
+    assert [ax.get_title() for ax in fig.axes] == ["seed 0", "seed 1"]
+    for ax in fig.axes:
+        drawn = lines_of(ax)
+        assert {"full", "without ids"} <= set(drawn) and not any(k.startswith("finetune") for k in drawn)
+        np.testing.assert_allclose(np.array(drawn["without ids"][1]) - np.array(drawn["full"][1]), 0.01)
+
+
+def test_validation_curves_reject_what_they_cannot_draw():
+    with pytest.raises(ValueError, match="no panels"):
+        plots.validation_curves({})
+    with pytest.raises(TypeError, match="not the contents of a results.json"):
+        plots.validation_curves({"": {"": {"results": {}}}})
+    with pytest.raises(ValueError, match=r"no curve on set_name='new_items' for methods=\['maml'\]; its runs have "
+                                         r"curves on \['new_items', 'users'\]"):
+        plots.validation_curves({"": {"": reproduced()}}, set_name="new_items", methods=["maml"])
+
+
+def test_read_results_one_run_or_a_folder_of_seeds(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "results.json").write_text(json.dumps(reproduced()))
+    assert plots.read_results(tmp_path / "one") == {"": reproduced()}
+    for seed in (10, 2):
+        (tmp_path / "seeds" / f"seed-{seed}").mkdir(parents=True)
+        (tmp_path / "seeds" / f"seed-{seed}" / "results.json").write_text(json.dumps(reproduced(seed / 100)))
+    assert list(plots.read_results(tmp_path / "seeds")) == ["seed 2", "seed 10"]
+    with pytest.raises(FileNotFoundError, match="holds no results.json and no seed-N/results.json"):
+        plots.read_results(tmp_path)
+
+
+def test_jaxmeta_plot_results_writes_the_comparison(tmp_path):
+    from conftest import jaxmeta
+
+    for name, shift in (("full", 0.0), ("no-ids", 0.01)):
+        (tmp_path / name / "seed-0").mkdir(parents=True)
+        (tmp_path / name / "seed-0" / "results.json").write_text(json.dumps(reproduced(shift)))
+    out = tmp_path / "figs" / "ablation.png"
+    ran = jaxmeta("plot", "--results", tmp_path / "full", tmp_path / "no-ids", "--labels", "full", "without ids",
+                  "--methods", "ridge", "--out", out)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == str(out) and out.read_bytes().startswith(PNG_SIGNATURE)
+    bad = jaxmeta("plot", "--results", tmp_path / "full", "--labels", "a", "b")
+    assert bad.returncode == 2 and "2 label(s) for 1 folder(s)" in bad.stderr
+    default = jaxmeta("plot", "--results", tmp_path / "full", "--set", "new_items")
+    assert default.returncode == 0 and (tmp_path / "full" / "validation-new_items.png").is_file()
+
+
+def test_reproduce_writes_a_validation_figure_per_set_it_has(tmp_path):
+    from jaxmeta.reproduce import _write_validation_plots
+
+    users_only = reproduced()
+    for per_set in users_only["curves"].values():
+        del per_set["new_items"]
+    _write_validation_plots(users_only, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["validation-users.png"]
+    _write_validation_plots(reproduced(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["validation-new_items.png", "validation-users.png"]

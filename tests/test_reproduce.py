@@ -243,6 +243,10 @@ def test_distillation_settings_are_checked(options, message):
     ({"loss": "huber", "students": ("compressed",), "teacher": "maml"}, "loss='huber' with multitask or students"),
     ({"loss": "mae", "algos": "multitask"}, r"algos='multitask': pass a list"),  # the type first, then the loss
     ({"heavy_users": True}, "heavy_users=True on ml-100k: .* pass keep_heavy=True as well"),
+    ({"freeze_items": True}, "freeze_items=True with model='melu', warm_start='none'"),
+    ({"freeze_items": True, "model": "hybrid"}, "warm_start='none': only hybrid MeLU's item rows started from ALS"),
+    ({"without": ("mlp",)}, r"without=\('mlp',\) with model='melu'"),
+    ({"without": ("text",), "model": "hybrid"}, r"without=\('text',\): pass a list drawn from"),
 ])
 def test_training_loss_is_checked(options, message):
     with pytest.raises(ValueError, match=message):

@@ -62,15 +62,17 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert "chosen on validation against every baseline" in markdown
 
 
-@pytest.mark.parametrize("algos, warm, loss", [(("ridge", "metasgd"), "all", "mse"), (("conditioned",), "none", "mse"),
-                                               (("ridge",), "all", "mae")])
-def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, algos, warm, loss):
-    """Hybrid MeLU under the new meta-learners, 200 steps, its item rows started from the ALS fit or at random,
-    trained on squared or absolute error. RecBole's split keeps no user with more than 100 ratings: no ratings
-    outside the tasks, no heavy users (``heavy_users=True`` asks for ``keep_heavy=True``)."""
+@pytest.mark.parametrize("algos, warm, loss, freeze", [
+    (("ridge", "metasgd"), "all", "mse", False), (("conditioned",), "none", "mse", False),
+    (("ridge",), "all", "mae", False), (("ridge",), "all", "mse", True)])
+def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, algos, warm, loss, freeze):
+    """Hybrid MeLU under the new meta-learners, 200 steps, its item rows started from the ALS fit (and held there,
+    with ``freeze``) or at random, trained on squared or absolute error. RecBole's split keeps no user with more
+    than 100 ratings: no ratings outside the tasks, no heavy users (``heavy_users=True`` asks for
+    ``keep_heavy=True``)."""
     folder = real("ml-100k")
     experiment = Experiment("ml-100k", str(folder), algos=algos, steps=200, mf=False, item_field=True,
-                            model="hybrid", inner_lr=0.1, warm_start=warm, loss=loss)
+                            model="hybrid", inner_lr=0.1, warm_start=warm, loss=loss, freeze_items=freeze)
     out = reproduce(experiment, tmp_path, progress=False)
     table = out["results"]["user_cold"]
     assert out["model"] == "hybrid" and out["train_tasks"] == 466 and out["loss"] == loss

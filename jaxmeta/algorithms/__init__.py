@@ -9,6 +9,7 @@ raises a ValueError naming it.
 
 from jaxmeta.algorithms._core import MetaLearner as MetaLearner
 from jaxmeta.algorithms._core import MetaState as MetaState
+from jaxmeta.algorithms._core import frozen as frozen  # an outer optimizer that holds some parameters still
 from jaxmeta.algorithms._core import build as build  # the engine, for new algorithms (examples/custom_algorithm.py)
 from jaxmeta.algorithms._core import query_loss as query_loss
 from jaxmeta.algorithms._core import split_fast as split_fast

@@ -139,6 +139,30 @@ def split_fast(params: Params, is_fast: Callable) -> tuple[Params, Params]:
     return partition(params, mask_where(params, is_fast))
 
 
+def frozen(outer_optimizer: optax.GradientTransformation, is_frozen: Callable) -> optax.GradientTransformation:
+    """``outer_optimizer`` with the model parameters at the paths ``is_frozen`` held where they start.
+
+    Their meta-gradients are zeroed before ``outer_optimizer`` sees them (so they
+    neither move nor count in a clip by global norm); the rest of ``(params, hyper)``
+    is updated as before. For parameters set from a classic fit (hybrid MeLU's item
+    rows from ALS) that meta-training should build on, not move.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> opt = frozen(optax.sgd(1.0), lambda path: path[0] == "items")
+      >>> meta = ({"items": jnp.ones(2), "user": jnp.ones(2)}, None)
+      >>> updates, _ = opt.update(meta, opt.init(meta), meta)  # gradients equal to the parameters
+      >>> params = optax.apply_updates(meta[0], updates[0])
+      >>> params["items"].tolist(), params["user"].tolist()
+      ([1.0, 1.0], [0.0, 0.0])
+    """
+    def mask(meta):
+        params, hyper = meta
+        return mask_where(params, is_frozen), jax.tree.map(lambda _: False, hyper)
+
+    return optax.chain(optax.masked(optax.set_to_zero(), mask), outer_optimizer)
+
+
 def fast_shapes(model: Model, is_fast: Callable) -> Params:
     """The shapes of the fast part of ``model``'s parameters (``None`` at slow leaves)."""
     return split_fast(model.param_shapes(), is_fast)[0]

@@ -52,6 +52,9 @@ from jaxmeta.models.melu import apply_layers, check_fields, check_inputs, embed_
 
 ITEM_KEY = "item_id"
 FAST = ("user", "user+mlp")
+PARTS = ("ids", "generator", "mlp", "vector")
+"""The terms :func:`hybrid_melu` can be built ``without`` (ablations): the item-id rows ``E[i]``, ``B[i]``; the
+feature generator ``G``, ``g``; the network ``mlp``; the user vector ``p_u`` (with it, ``<p_u, q_i>``)."""
 
 
 def hybrid_melu(
@@ -68,6 +71,7 @@ def hybrid_melu(
     factor_scale: float = 0.01,
     fast: str = "user+mlp",
     item_init: tuple[Any, Any, Any] | None = None,
+    without: Sequence[str] = (),
 ) -> Model:
     """Builds hybrid MeLU (see the module docstring for the prediction).
 
@@ -95,6 +99,13 @@ def hybrid_melu(
       item_init: optional ``(ids, vectors [n, factors], biases [n])`` to start ``E``
         and ``B`` from; ids outside ``known_items`` are ignored, known items without
         a row start at zero.
+      without: terms of the prediction left out, drawn from :data:`PARTS`, for
+        ablations: ``"ids"`` (every item scored as a new one, from ``G`` and ``g``),
+        ``"generator"`` (no vector or bias from the features: a new item gets
+        ``mu + b_u + mlp``), ``"mlp"``, ``"vector"`` (no ``<p_u, q_i>``: the user
+        adapts a bias, and the network with ``fast="user+mlp"``). The parameters keep
+        their shapes (checkpoints and optimizers are unchanged); a left-out term's
+        parameters get zero gradients and never move.
 
     Raises:
       ValueError: bad fields, no known items, an unknown item field, a bad
@@ -126,6 +137,7 @@ def hybrid_melu(
     if embed_dim < 1 or factors < 1 or any(int(h) < 1 for h in hidden):
         raise ValueError(f"hybrid_melu: embed_dim={embed_dim}, factors={factors}, hidden={tuple(hidden)}; "
                          "pass positive widths.")
+    without = frozenset(_check_parts(without))
     items = np.unique(np.asarray(known_items).astype(np.int64))
     if items.size == 0:
         raise ValueError("hybrid_melu: known_items is empty; pass the ids of the items with training ratings.")
@@ -166,18 +178,25 @@ def hybrid_melu(
         ids = ids.astype(jnp.int32)
         pos = jnp.clip(jnp.searchsorted(table, ids), 0, items.size - 1)
         known = table[pos] == ids
+        known = known & ("ids" not in without)
         row = jnp.where(known, pos + 1, 0)
         emb = params["embeddings"]
         h = embed_fields(emb, fields, x)
         generated = embed_fields(emb, item_specs, x) @ params["generator"]["w"] + params["generator"]["b"][None, :]
+        if "generator" in without:
+            generated = jnp.zeros_like(generated)
         q = jnp.where(known[:, None], params["items"]["vectors"][row], 0.0) + generated[:, :factors]
         b = jnp.where(known, params["items"]["biases"][row], 0.0) + generated[:, factors]
         return {"h": h, "q": q, "b": b}
 
     def apply_embedded(params, e) -> jax.Array:
         user = params["user"]
-        mlp = apply_layers(params["layers"], e["h"])[:, 0]
-        return params["global_bias"] + user["bias"] + e["b"] + e["q"] @ user["vector"] + mlp
+        score = params["global_bias"] + user["bias"] + e["b"]
+        if "vector" not in without:
+            score = score + e["q"] @ user["vector"]
+        if "mlp" not in without:
+            score = score + apply_layers(params["layers"], e["h"])[:, 0]
+        return score
 
     slow_stage = ("embeddings", "items", "generator")
     is_user = lambda path: path[0] == "user"
@@ -188,6 +207,12 @@ def hybrid_melu(
         is_head=is_user,
         stage=Stage(embed, apply_embedded, is_embedding=lambda path: path[0] in slow_stage),
     )
+
+
+def _check_parts(without: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(without, str) or any(part not in PARTS for part in without):
+        raise ValueError(f"hybrid_melu: without={without!r}; pass a list drawn from {PARTS}.")
+    return tuple(without)
 
 
 def _item_rows(items: np.ndarray, item_init, factors: int) -> tuple[np.ndarray, np.ndarray] | None:
