@@ -178,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="--out-dir folders of jaxmeta reproduce (results.json, or seed-N/results.json)")
     plot.add_argument("--labels", nargs="+", help="with --results: one label per folder (default: its name)")
     plot.add_argument("--methods", nargs="+", help="with --results: the trained methods drawn (default: all)")
-    plot.add_argument("--set", default="users", choices=("users", "new_items"),
+    plot.add_argument("--set", default=_PLOT_DEFAULTS["set"], choices=("users", "new_items"),
                       help="with --results: the validation set (default users)")
     plot.add_argument("--out", help="where to write the PNGs (default: RUN/plots); with --results, the PNG file "
                                     "(default: the first folder's validation-SET.png)")
@@ -426,14 +426,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+_PLOT_DEFAULTS = {"labels": None, "methods": None, "set": "users"}
+
+
 def _plot(args: argparse.Namespace) -> int:
     from jaxmeta.plots import ADAPTATION_FILE, EVAL_FILE, OUTPUTS, write_plots
     from jaxmeta.runs import evaluate_run, stale_evaluation
 
     if args.results:
         return _plot_results(args)
-    for name in ("labels", "methods"):
-        if getattr(args, name):
+    for name in ("labels", "methods", "set"):
+        if getattr(args, name) not in (None, _PLOT_DEFAULTS[name]):
             raise _Usage(f"--{name} goes with --results (the validation curves of jaxmeta reproduce folders); "
                          "drop it, or pass --results DIR.")
 
@@ -460,6 +463,12 @@ def _plot(args: argparse.Namespace) -> int:
 def _plot_results(args: argparse.Namespace) -> int:
     from jaxmeta.plots import DPI, read_results, validation_curves
 
+    for flag, given in (("--no-eval", args.no_eval), ("--data-dir", args.data_dir)):
+        if given:
+            raise _Usage(f"{flag} goes with --run (a training run's figures); drop it with --results.")
+    if len(args.results) > 1 and not args.out:
+        raise _Usage(f"--results with {len(args.results)} folders: pass --out FILE.png for the comparison (no "
+                     "folder's own validation figure is overwritten).")
     labels = args.labels or [Path(d).name if len(args.results) > 1 else "" for d in args.results]
     if len(labels) != len(args.results):
         raise _Usage(f"--labels: {len(labels)} label(s) for {len(args.results)} folder(s); pass one per folder.")

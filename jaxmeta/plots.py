@@ -72,6 +72,7 @@ _TICK_SIZE = 10
 _LEGEND_SIZE = 9
 _MSE_LABEL = "MSE (rating²)"
 _MAX_MARKERS = 40  # above this many points, markers only clutter a line
+_TUNED = ("finetune_lr", "adapt_reg")  # a setting chosen with the checkpoint: the curve is "method@setting"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -461,8 +462,9 @@ def validation_curves(panels: Mapping[str, Mapping[str, Mapping[str, Any]]], *, 
     """Validation MAE against outer steps for ``jaxmeta reproduce`` runs, the classic baselines as levels.
 
     In each panel, one line per trained method of each run, at the setting model
-    selection chose (``finetune`` at its chosen rate: the curve through its
-    chosen checkpoint), with a star at that checkpoint; and one dashed level per
+    selection chose (``finetune`` at its chosen rate, ``multitask`` at its chosen
+    ridge: the curve ``"finetune@0.03"``), with a star at that checkpoint (a
+    missing value, a check whose predictions were not finite, is a gap); and one dashed level per
     method without steps (``bias``, ``mf_foldin``: chosen on a grid, not trained by
     steps), from the panel's first run. The evidence that a scenario was or was
     not won on validation, and where training stopped helping.
@@ -506,14 +508,13 @@ def validation_curves(panels: Mapping[str, Mapping[str, Mapping[str, Any]]], *, 
                     continue
                 if methods is not None and method not in methods:
                     continue
-                for name, per_set in results["curves"].items():
-                    points = per_set.get(set_name) or []
-                    if (name == method or name.startswith(f"{method}@")) and any(
-                            int(step) == pick["step"] and abs(mae - pick["valid_mae"]) < 1e-4 for step, mae in points):
-                        line = label if label and methods is not None and len(methods) == 1 else (
-                            f"{label}: {name}" if label else name)
-                        lines.append((line, points, (pick["step"], pick["valid_mae"])))
-                        break
+                setting = [pick[key] for key in _TUNED if key in pick]
+                name = f"{method}@{setting[0]:g}" if setting else method
+                points = (results["curves"].get(name) or {}).get(set_name)
+                if points:
+                    line = label if label and methods is not None and len(methods) == 1 else (
+                        f"{label}: {name}" if label else name)
+                    lines.append((line, points, (pick["step"], pick["valid_mae"])))
         if not lines:
             found = sorted({s for results in runs.values() for per_set in results["curves"].values() for s in per_set})
             raise ValueError(f"validation_curves: panel {title!r} has no curve on set_name={set_name!r} for methods="

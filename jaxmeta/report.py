@@ -98,6 +98,10 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
     if results.get("text") and results.get("text_tokens"):
         text += f" (at most {results['text_tokens']} tokens)"
     model = ", hybrid MeLU" if results.get("model") == "hybrid" else ""
+    if results.get("model") == "hybrid" and results.get("warm_start", "none") != "none":
+        model += f", item rows from ALS ({results['warm_start']}{', held' if results.get('freeze_items') else ''})"
+    if results.get("without"):
+        model += f" without {', '.join(results['without'])}"
     loss = f", meta-learners trained on {results['loss']}" if results.get("loss", "mse") != "mse" else ""
     lines = [f"# {results['dataset']}, {results['split']}{model}{text}{loss}", "", "```", command, "```", ""]
     if seconds is not None:

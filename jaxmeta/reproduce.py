@@ -70,6 +70,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -216,6 +217,9 @@ class Experiment:
             raise ValueError(f"freeze_items=True with model={self.model!r}, warm_start={self.warm_start!r}: only "
                              "hybrid MeLU's item rows started from ALS can be held; pass model='hybrid' and "
                              "warm_start='all' or 'others', or freeze_items=False.")
+        if self.freeze_items and "ids" in self.without:
+            raise ValueError(f"freeze_items=True with without={self.without!r}: the model reads no item rows to "
+                             "hold; drop one of them.")
         if self.heavy_users and self.dataset == "ml-100k" and not self.keep_heavy:
             raise ValueError("heavy_users=True on ml-100k: RecBole's split drops its users with more than 100 "
                              "ratings, so there are none to deal into tasks; pass keep_heavy=True as well.")
@@ -549,7 +553,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
 
     out = {"dataset": ex.dataset, "split": data.split, "text": None if ex.text is None else str(ex.text),
            "text_tokens": None if ex.text is None else ex.text_tokens,
-           "model": ex.model, "loss": ex.loss,
+           "model": ex.model, "loss": ex.loss, "warm_start": ex.warm_start, "freeze_items": ex.freeze_items,
+           "without": list(ex.without),
            "train_tasks": len(train_tasks), "results": results, "selected": selected,
            "paired": paired(per_user, ex.algos + ex.students, PAIRED_BASELINES),
            "chosen": chosen(per_user, selected, ex.algos + ex.students, {s: data.valid_for(s) for s in data.scenarios},
@@ -615,6 +620,9 @@ def _write_validation_plots(out: Mapping[str, Any], path: Path) -> None:
                 figure.savefig(path / f"validation-{name}.png", dpi=DPI)
     except ImportError:  # matplotlib is an extra (pip install 'jaxmeta[plot]')
         return
+    except Exception as error:  # noqa: BLE001 - a figure never fails a finished run (its tables are written)
+        warnings.warn(f"{path}: the validation figure was not drawn ({type(error).__name__}: {error}); the tables "
+                      "are written. Draw it with jaxmeta plot --results.", stacklevel=2)
 
 
 if __name__ == "__main__":  # python -m jaxmeta.reproduce: the same as jaxmeta reproduce

@@ -213,6 +213,10 @@ def test_item_rows_started_from_a_fit_can_be_held_while_the_rest_meta_learns():
                                                          jax.tree.leaves(start.params[name]))]
         assert any(moved), name
     assert not np.array_equal(state.hyper, start.hyper)
+    decayed = algorithms.frozen(optax.adamw(0.1, weight_decay=0.1), lambda path: path[0] == "items")
+    held = algorithms.ridge(model, outer_optimizer=decayed)
+    after, _ = held.step(held.init(jax.random.key(0)), batch)  # weight decay moves no held row either
+    np.testing.assert_array_equal(after.params["items"]["vectors"], start.params["items"]["vectors"])
     free = algorithms.ridge(model, outer_optimizer=optax.adam(0.05))
     moved, _ = free.step(free.init(jax.random.key(0)), batch)
     assert not np.array_equal(moved.params["items"]["vectors"], start.params["items"]["vectors"])

@@ -355,6 +355,19 @@ def test_validation_curves_compare_runs_side_by_side_by_label():
         np.testing.assert_allclose(np.array(drawn["without ids"][1]) - np.array(drawn["full"][1]), 0.01)
 
 
+def test_validation_curves_draw_the_chosen_setting_by_name_and_gaps_for_missing_values():
+    results = reproduced()
+    # another rate with the same value at the chosen step, ahead in the dict, and a diverged one (None: a gap)
+    results["curves"] = {"finetune@0.01": {"users": [[100, None], [200, 0.745], [300, None], [400, 0.9]]},
+                         "finetune@1": {"users": [[100, None]] * 4}, **results["curves"]}
+    (ax,) = plots.validation_curves({"": {"": results}}, methods=["finetune"]).axes
+    drawn = lines_of(ax)
+    assert [k for k in drawn if k.startswith("finetune")] == ["finetune@0.03"]
+    results["curves"]["finetune@0.03"]["users"][0][1] = None
+    (ax,) = plots.validation_curves({"": {"": results}}, methods=["finetune"]).axes
+    assert np.isnan(lines_of(ax)["finetune@0.03"][1][0])
+
+
 def test_validation_curves_reject_what_they_cannot_draw():
     with pytest.raises(ValueError, match="no panels"):
         plots.validation_curves({})
@@ -390,6 +403,12 @@ def test_jaxmeta_plot_results_writes_the_comparison(tmp_path):
     assert ran.stdout.strip() == str(out) and out.read_bytes().startswith(PNG_SIGNATURE)
     bad = jaxmeta("plot", "--results", tmp_path / "full", "--labels", "a", "b")
     assert bad.returncode == 2 and "2 label(s) for 1 folder(s)" in bad.stderr
+    several = jaxmeta("plot", "--results", tmp_path / "full", tmp_path / "no-ids")
+    assert several.returncode == 2 and "pass --out FILE.png" in several.stderr
+    for flags, message in ((["--run", tmp_path, "--set", "new_items"], "--set goes with --results"),
+                           (["--results", tmp_path / "full", "--no-eval"], "--no-eval goes with --run")):
+        ran = jaxmeta("plot", *flags)
+        assert ran.returncode == 2 and message in ran.stderr, ran.stderr
     default = jaxmeta("plot", "--results", tmp_path / "full", "--set", "new_items")
     assert default.returncode == 0 and (tmp_path / "full" / "validation-new_items.png").is_file()
 
@@ -404,3 +423,8 @@ def test_reproduce_writes_a_validation_figure_per_set_it_has(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["validation-users.png"]
     _write_validation_plots(reproduced(), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["validation-new_items.png", "validation-users.png"]
+    broken = reproduced()
+    broken["selected"]["ridge"]["valid_mae"] = "?"  # drawn as nothing: no curve left on the panel, a warning
+    del broken["selected"]["finetune"]
+    with pytest.warns(UserWarning, match="the validation figure was not drawn"):
+        _write_validation_plots(broken, tmp_path / "broken")

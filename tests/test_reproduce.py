@@ -246,8 +246,29 @@ def test_distillation_settings_are_checked(options, message):
     ({"freeze_items": True}, "freeze_items=True with model='melu', warm_start='none'"),
     ({"freeze_items": True, "model": "hybrid"}, "warm_start='none': only hybrid MeLU's item rows started from ALS"),
     ({"without": ("mlp",)}, r"without=\('mlp',\) with model='melu'"),
+    ({"without": ("ids",), "model": "hybrid", "warm_start": "all", "freeze_items": True}, "reads no item rows to hold"),
     ({"without": ("text",), "model": "hybrid"}, r"without=\('text',\): pass a list drawn from"),
 ])
 def test_training_loss_is_checked(options, message):
     with pytest.raises(ValueError, match=message):
         Experiment("ml-100k", **{"algos": ("maml",), **options})
+
+
+def test_held_item_rows_reach_the_optimizer_and_the_tables():
+    """``freeze_items``: the outer optimizer of every MeLU-model learner holds ``params["items"]``; the settings go
+    into results.json's heading in results.md."""
+    import jax.numpy as jnp
+
+    from jaxmeta.report import format_markdown
+
+    ex = Experiment("ml-100k", algos=("ridge",), model="hybrid", warm_start="all", freeze_items=True)
+    meta = ({"items": {"vectors": jnp.ones(3)}, "user": {"bias": jnp.ones(())}}, jnp.ones(2))
+    opt = ex.model_optimizer()
+    updates, _ = opt.update(meta, opt.init(meta), meta)
+    assert not np.any(updates[0]["items"]["vectors"]) and np.all(updates[0]["user"]["bias"] < 0)
+    moved, _ = ex.outer_optimizer().update(meta, ex.outer_optimizer().init(meta), meta)
+    assert np.all(moved[0]["items"]["vectors"] < 0)
+    heading = format_markdown({"dataset": "ml-100k", "split": "recbole", "results": {}, "model": "hybrid",
+                               "warm_start": "all", "freeze_items": True, "without": ["mlp"]},
+                              command="cmd").splitlines()[0]
+    assert heading == "# ml-100k, recbole, hybrid MeLU, item rows from ALS (all, held) without mlp"

@@ -143,8 +143,9 @@ def frozen(outer_optimizer: optax.GradientTransformation, is_frozen: Callable) -
     """``outer_optimizer`` with the model parameters at the paths ``is_frozen`` held where they start.
 
     Their meta-gradients are zeroed before ``outer_optimizer`` sees them (so they
-    neither move nor count in a clip by global norm); the rest of ``(params, hyper)``
-    is updated as before. For parameters set from a classic fit (hybrid MeLU's item
+    count in no clip by global norm or moment), and their updates after it (so no
+    decoupled weight decay moves them either); the rest of ``(params, hyper)`` is
+    updated as before. For parameters set from a classic fit (hybrid MeLU's item
     rows from ALS) that meta-training should build on, not move.
 
     Example:
@@ -160,7 +161,8 @@ def frozen(outer_optimizer: optax.GradientTransformation, is_frozen: Callable) -
         params, hyper = meta
         return mask_where(params, is_frozen), jax.tree.map(lambda _: False, hyper)
 
-    return optax.chain(optax.masked(optax.set_to_zero(), mask), outer_optimizer)
+    return optax.chain(optax.masked(optax.set_to_zero(), mask), outer_optimizer,
+                       optax.masked(optax.set_to_zero(), mask))
 
 
 def fast_shapes(model: Model, is_fast: Callable) -> Params:
