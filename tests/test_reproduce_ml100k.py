@@ -24,9 +24,18 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert out["dataset"] == "ml-100k"
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == out
-    assert set(written) == {"dataset", "split", "text", "text_tokens", "model", "loss", "train_tasks", "results",
-                            "selected", "paired", "chosen", "reference", "curves", "grids"}
-    assert written["loss"] == "mse"
+    assert set(written) == {"dataset", "split", "text", "text_tokens", "model", "loss", "warm_start", "freeze_items",
+                            "without", "train_tasks", "results", "selected", "paired", "chosen", "reference", "curves",
+                            "grids"}
+    assert written["loss"] == "mse" and (written["warm_start"], written["freeze_items"], written["without"]) == (
+        "none", False, [])
+    try:
+        import matplotlib  # noqa: F401  (an extra: the figure is drawn only with it)
+    except ImportError:
+        pass
+    else:
+        assert (tmp_path / "validation-users.png").read_bytes().startswith(b"\x89PNG")
+        assert not (tmp_path / "validation-new_items.png").exists()
     assert written["text"] is written["text_tokens"] is None
     picks = written["selected"]
     assert set(picks) == {"fomaml", "no_adaptation", "finetune", "bias", "mf_foldin"}
