@@ -242,13 +242,41 @@ def test_replay_incremental_equals_a_loop_of_per_user_updates():
 
 
 def test_learners_without_an_incremental_mode_are_reported_in_readapt_only():
-    learner = algorithms.ridge(tiny_model())
+    learner = algorithms.maml(tiny_model())
     state = learner.init(jax.random.key(0))
-    why = stream.NOT_INCREMENTAL["ridge"]
-    method = stream.learner_method("ridge", learner, state, incremental=False, note=why)
-    assert method.resume is None and "closed form" in method.note
+    why = stream.NOT_INCREMENTAL["conditioned"]
+    method = stream.learner_method("conditioned", learner, state, incremental=False, note=why)
+    assert method.resume is None and "set encoder" in method.note
     out = stream.replay([method], random_line(3), ns=(1, 2), horizon=2, repeats=1)
     assert [(r["n"], r["mode"]) for r in out["rows"]] == [(1, "readapt"), (2, "readapt")]
+    assert "ridge" not in stream.NOT_INCREMENTAL
+
+
+def test_ridge_incremental_carries_the_solve_and_equals_readapt():
+    """``ridge_method``: readapt is the algorithm's own solve (predictions equal ``learner.predict``); the
+    sums of ratings [0, 2) plus those of [2, 5) give the head of ratings [0, 5); through replay the
+    incremental rows equal the readapt rows (users drop out between the ns)."""
+    learner = algorithms.ridge(tiny_model())
+    state = learner.init(jax.random.key(5))
+    state = state._replace(hyper=state.hyper + jax.random.normal(jax.random.key(6), state.hyper.shape))
+    method = stream.ridge_method("ridge", learner, state)
+    line = random_line(5, seed=7, lengths=(9,))
+    rows = np.arange(5)
+    whole = pad_tasks(stream.window(line, rows, 0, 5, 2))
+    gram, rhs, head = method.adapt(whole)
+    np.testing.assert_allclose(method.predict((gram, rhs, head), whole), learner.predict(state, whole),
+                               rtol=1e-5, atol=1e-5)
+    first = method.adapt(pad_tasks(stream.window(line, rows, 0, 2, 0), query_size=1))
+    resumed = method.resume(first, pad_tasks(stream.window(line, rows, 2, 5, 0), query_size=1))
+    for carried, direct in zip(resumed, (gram, rhs, head)):
+        np.testing.assert_allclose(carried, direct, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(first[2], head, atol=1e-3)  # the new ratings moved the head
+    out = stream.replay([method], random_line(6, seed=6), ns=(1, 3), horizon=2, repeats=1)
+    by = {(r["n"], r["mode"]): r for r in out["rows"]}
+    assert set(by) == {(1, "readapt"), (1, "incremental"), (3, "readapt"), (3, "incremental")}
+    for metric in ("mae", "rmse", "ndcg@3"):
+        np.testing.assert_allclose(by[(3, "incremental")][metric], by[(3, "readapt")][metric], rtol=1e-5)
+    assert "same_as" not in by[(3, "incremental")] and by[(3, "incremental")]["vs_readapt"]["mae"][2] == 3
 
 
 # ----------------------------------------------------------------------------- the bias baseline by hand

@@ -61,6 +61,24 @@ def head_of(model: Model, is_fast: Callable | None, *, who: str) -> Callable:
     return model.is_head
 
 
+def ridge_sums(predict: Callable[[jax.Array], jax.Array], w0: jax.Array, y: jax.Array,
+               mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(J^T J, J^T (y - predict(w0)), predict(w0))`` over the rows on ``mask``: the sufficient
+    statistics of :func:`ridge_head`'s solve, with ``J`` the Jacobian of ``predict`` at ``w0``. Rows
+    off ``mask`` enter neither. For ``predict`` affine in ``w`` they are sums over rows, so the
+    statistics of a user's ratings are those of their parts added (an exact incremental update)."""
+    before = predict(w0)
+    jac = jnp.where(mask[:, None], jax.jacfwd(predict)(w0), 0)
+    residual = jnp.where(mask, y - before, 0)
+    return jac.T @ jac, jac.T @ residual, before
+
+
+def ridge_solve(w0: jax.Array, gram: jax.Array, rhs: jax.Array, precision: jax.Array | float) -> jax.Array:
+    """The head ``w0 + (gram + diag(precision))^{-1} rhs`` from :func:`ridge_sums`' statistics."""
+    ridge = jnp.diag(jnp.broadcast_to(jnp.asarray(precision, w0.dtype), w0.shape))
+    return w0 + jnp.linalg.solve(gram + ridge, rhs)
+
+
 def ridge_head(predict: Callable[[jax.Array], jax.Array], w0: jax.Array, y: jax.Array, mask: jax.Array,
                precision: jax.Array | float) -> tuple[jax.Array, jax.Array]:
     """``(w, predict(w0))``: the head ``w`` (flat, ``[head size]``) minimising
@@ -68,11 +86,8 @@ def ridge_head(predict: Callable[[jax.Array], jax.Array], w0: jax.Array, y: jax.
     (one damped Gauss-Newton step from ``w0`` otherwise); ``precision`` is one number or one per
     coordinate. Rows off ``mask`` enter neither the Jacobian nor the residuals; with none left,
     ``w`` is ``w0``."""
-    before = predict(w0)
-    jac = jnp.where(mask[:, None], jax.jacfwd(predict)(w0), 0)
-    residual = jnp.where(mask, y - before, 0)
-    gram = jac.T @ jac + jnp.diag(jnp.broadcast_to(jnp.asarray(precision, w0.dtype), w0.shape))
-    return w0 + jnp.linalg.solve(gram, jac.T @ residual), before
+    gram, rhs, before = ridge_sums(predict, w0, y, mask)
+    return ridge_solve(w0, gram, rhs, precision), before
 
 
 def ridge(
