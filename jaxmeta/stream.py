@@ -282,7 +282,7 @@ class Method(NamedTuple):
       resume: ``resume(state, batch) -> state``: each user's state continued
         on the new support rows; ``None`` when the method has no incremental mode.
       predict: ``predict(state, batch) -> float [tasks, query]``: the query rows' predictions.
-      note: what else a reader needs to know (why there is no incremental mode).
+      note: what else a reader needs to know (why there is no incremental mode, or what it is).
     """
 
     name: str
@@ -360,8 +360,10 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
     ``(J^T J, J^T r, head)``: ``adapt`` computes it from all the ratings seen (readapt),
     ``resume`` adds the new ratings' sums to the carried ones and solves again
     (incremental), each in one compiled call over the users, the solve included in what
-    is timed. The two modes then agree up to float rounding, and an incremental update
-    costs the same at any number of ratings seen.
+    is timed. Both take the Jacobian at the prior ``w0``, so the two modes agree up to
+    float rounding for any head (for a head the model is affine in, readapt is also the
+    exact ridge solution), and an incremental update costs the same at any number of
+    ratings seen.
 
     Args:
       name: as reported.
@@ -371,12 +373,17 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
     fast, _ = partition(state.params, mask_where(state.params, learner.is_fast))
     w0, unravel = ravel_pytree(fast)
     precision = jnp.exp(state.hyper)
-    one_user = lambda tree: jax.tree.map(lambda a: a[None], tree)  # noqa: E731
+
+    def one_user(tree: Any) -> Any:
+        return jax.tree.map(lambda a: a[None], tree)
 
     def sums(batch: TaskBatch) -> tuple[jax.Array, jax.Array]:
         def one(x, y, mask):
             x = zero_padded_rows(x, mask)
-            apply = lambda w: learner.apply_adapted(state, one_user(unravel(w)), one_user(x))[0]  # noqa: E731
+
+            def apply(w):
+                return learner.apply_adapted(state, one_user(unravel(w)), one_user(x))[0]
+
             gram, rhs, _ = ridge_sums(apply, w0, y, mask)
             return gram, rhs
 
@@ -791,8 +798,8 @@ def stream_eval(runs: Sequence[str | os.PathLike], *, ns: Sequence[int] = DEFAUL
                 "drift_days": drift_days, "drift_min_history": drift_min_history, "drift_pool": len(pool.users),
                 "repeats": repeats, "which": which, "order": "timestamp, ties by item id",
                 "timing": "ms_per_user: median over repeats of the one call that updates every user at that n "
-                          "(batch already on the device; meta-learners: the adaptation call; bias: fold-in and "
-                          "prediction, numpy), divided by the users"}
+                          "(batch already on the device; meta-learners: the adaptation call, ridge: its sums and "
+                          "solve; bias: fold-in and prediction, numpy), divided by the users"}
     return json_ready({"settings": settings, "machine": _machine(), "methods": described, "stream": stream,
                        "drift": drifted, "seconds": time.perf_counter() - start})
 
