@@ -25,7 +25,9 @@ both:
 ``item_init`` warm-starts ``E`` and ``B`` from a classic fit (for example the ALS
 factors of :func:`jaxmeta.classic.fit_mf`, which read every training rating):
 meta-learning then learns the residual over that baseline, and the user's
-initialisation and adaptation on top of it.
+initialisation and adaptation on top of it (with the rows held there, when the outer
+optimizer is :func:`jaxmeta.algorithms.frozen` on ``"items"``). ``without`` leaves
+terms out of the prediction (:data:`PARTS`), for ablations.
 
 References:
   Lee et al., "MeLU: Meta-Learned User Preference Estimator for Cold-Start
