@@ -26,6 +26,7 @@ from jaxmeta.data import datasets
 from jaxmeta.data.datasets import MOVIELENS
 from jaxmeta.distributed import ENV, initialize
 from jaxmeta.job import DATA_SOURCES, MODELS, TrainConfig
+from jaxmeta.models import hybrid
 from jaxmeta.reproduce import (
     DEFAULT_ALGOS,
     DEFAULT_FINETUNE_LRS,
@@ -36,7 +37,6 @@ from jaxmeta.reproduce import (
 from jaxmeta.reproduce import LOSSES as REPRODUCE_LOSSES
 from jaxmeta.reproduce import MODELS as REPRODUCE_MODELS
 from jaxmeta.reproduce import STUDENTS
-from jaxmeta.models import hybrid
 from jaxmeta.train import TrainingInterrupted
 
 DEFAULTS = TrainConfig()

@@ -76,17 +76,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jax.flatten_util import ravel_pytree
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from jaxmeta import classic, metrics
 from jaxmeta._checks import columns, json_ready, positive_int
-from jaxmeta.algorithms import CLOSED_FORM, MetaLearner, MetaState
+from jaxmeta.algorithms import CLOSED_FORM, MetaLearner, MetaState, split_fast
 from jaxmeta.algorithms._core import zero_padded_rows
 from jaxmeta.algorithms.ridge import ridge_solve, ridge_sums
 from jaxmeta.evaluation import (
@@ -96,7 +95,7 @@ from jaxmeta.evaluation import (
     paired_difference,
     per_user_metrics,
 )
-from jaxmeta.models import combine, mask_where, partition
+from jaxmeta.models import combine
 from jaxmeta.tasks import RaggedTasks, TaskBatch, pad_tasks
 
 __all__ = (
@@ -321,7 +320,7 @@ def resume_adapt(learner: MetaLearner) -> Callable[[MetaState, Any, TaskBatch], 
 
     @jax.jit
     def resume(state: MetaState, fast: Any, batch: TaskBatch) -> Any:
-        slow = partition(state.params, mask_where(state.params, learner.is_fast))[1]
+        slow = split_fast(state.params, learner.is_fast)[1]
 
         def one(user_fast, task):
             own = state._replace(params=combine(user_fast, slow))
@@ -370,8 +369,7 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
       learner: a ``ridge`` meta-learner (its ``hyper`` the log of the per-coordinate precisions).
       state: its meta-trained state.
     """
-    fast, _ = partition(state.params, mask_where(state.params, learner.is_fast))
-    w0, unravel = ravel_pytree(fast)
+    w0, unravel = ravel_pytree(split_fast(state.params, learner.is_fast)[0])
     precision = jnp.exp(state.hyper)
 
     def one_user(tree: Any) -> Any:
@@ -765,15 +763,14 @@ def stream_eval(runs: Sequence[str | os.PathLike], *, ns: Sequence[int] = DEFAUL
     for run, meta in zip(runs, restored):
         name = meta.config.algo if meta.config.algo not in described else f"{meta.config.algo} ({Path(run).name})"
         why = NOT_INCREMENTAL.get(meta.config.algo, "")
-        if meta.config.algo == "ridge":
-            methods.append(ridge_method(name, meta.learner, meta.state))
-        else:
-            methods.append(learner_method(name, meta.learner, meta.state, incremental=not why, note=why))
+        method = (ridge_method(name, meta.learner, meta.state) if meta.config.algo == "ridge" else
+                  learner_method(name, meta.learner, meta.state, incremental=not why, note=why))
+        methods.append(method)
         inner = {} if meta.config.algo in CLOSED_FORM else {"inner_lr": meta.config.inner_lr,
                                                              "inner_steps": meta.config.inner_steps}
         described[name] = {"run": str(Path(run).absolute()), "algo": meta.config.algo, "step": meta.step, **inner,
-                           "modes": list(modes) if not why else ["readapt"], **({"note": why} if why else {}),
-                           **({"note": RIDGE_NOTE} if meta.config.algo == "ridge" else {})}
+                           "modes": list(modes) if method.resume else ["readapt"],
+                           **({"note": method.note} if method.note else {})}
     base = restore_run(runs[0], which=which, name="baseline", data=data, data_dir=data_dir)
     glob, _ = baseline_learners(config, first.model)
     methods.append(learner_method("finetune", base.learner, base.state))

@@ -179,8 +179,7 @@ def hybrid_melu(
                             "ids [rows].")
         ids = ids.astype(jnp.int32)
         pos = jnp.clip(jnp.searchsorted(table, ids), 0, items.size - 1)
-        known = table[pos] == ids
-        known = known & ("ids" not in without)
+        known = (table[pos] == ids) & ("ids" not in without)
         row = jnp.where(known, pos + 1, 0)
         emb = params["embeddings"]
         h = embed_fields(emb, fields, x)
