@@ -110,6 +110,7 @@ class TrainConfig:
     teacher: str = ""  # a run folder whose best checkpoint is the teacher to distil (jaxmeta.algorithms.distill)
     distill_alpha: float = 0.5  # with a teacher: its weight in the query targets, in [0, 1]
     distill_warm_start: bool = False  # with a teacher: start the model's parameters from the teacher's where they match
+    implicit_prior: bool = False  # ridge: each user's prior mean moved by which items they rated (ridge(implicit=True))
 
     def __post_init__(self):
         _check_types(self)
@@ -178,6 +179,9 @@ class TrainConfig:
             raise ValueError(f"distill_alpha={self.distill_alpha}, distill_warm_start={self.distill_warm_start}: "
                              "they set how a teacher is distilled; pass teacher=<a run folder> (--teacher RUN) too, "
                              "or leave them unset.")
+        if self.implicit_prior and self.algo != "ridge":
+            raise ValueError(f"implicit_prior=True with algo={self.algo!r}: only ridge's prior reads the items rated; "
+                             "pass algo='ridge', or leave implicit_prior unset.")
         if self.rating_scale is not None:
             scale = _numbers("rating_scale", self.rating_scale, float, "two numbers LOW HIGH, e.g. 1 5")
             if len(scale) != 2 or not all(np.isfinite(scale)) or not scale[0] < scale[1]:
@@ -449,6 +453,8 @@ def make_learner(config: TrainConfig, model: Model, teacher: Restored | None = N
         del options["inner_optimizer"], options["inner_steps"]
     elif config.backend != "xla":
         options["backend"] = config.backend
+    if config.implicit_prior:
+        options["implicit"] = True
     learner = algorithms.META_LEARNERS[config.algo](model, **options)
     if teacher is None:
         return learner

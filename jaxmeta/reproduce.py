@@ -164,7 +164,9 @@ class Experiment:
     ``student_steps`` outer steps (default ``steps``). ``loss``
     (:data:`LOSSES`): the meta-learners' training loss (``ridge``: the query
     loss; its support fit is least squares whatever the loss); the baselines
-    are least-squares fits whatever it is.
+    are least-squares fits whatever it is. ``implicit_prior``: ``ridge``'s prior
+    mean moved by which items each user rated and how many
+    (``algorithms.ridge(implicit=True)``).
     """
 
     dataset: str = "ml-1m"
@@ -205,6 +207,7 @@ class Experiment:
     keep_heavy: bool = False
     freeze_items: bool = False
     without: tuple[str, ...] = ()
+    implicit_prior: bool = False
 
     def __post_init__(self):
         if isinstance(self.without, str) or any(p not in hybrid.PARTS for p in self.without):
@@ -236,6 +239,9 @@ class Experiment:
         if isinstance(self.algos, str) or any(a not in algorithms.META_LEARNERS for a in self.algos):
             raise ValueError(f"algos={self.algos!r}: pass a list drawn from {sorted(algorithms.META_LEARNERS)}.")
         object.__setattr__(self, "algos", tuple(self.algos))
+        if self.implicit_prior and "ridge" not in self.algos:
+            raise ValueError(f"implicit_prior=True with algos={tuple(self.algos)!r}: only ridge's prior reads the "
+                             "items rated; add 'ridge' to algos, or implicit_prior=False.")
         if isinstance(self.students, str) or any(s not in STUDENTS for s in self.students):
             raise ValueError(f"students={self.students!r}: pass a list drawn from {STUDENTS}.")
         object.__setattr__(self, "students", tuple(self.students))
@@ -489,6 +495,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
         inner = {} if algo in CLOSED_FORM else {"inner_optimizer": rates[algo], "inner_steps": ex.inner_steps}
         if algo == "ridge" and warm is not None:  # the fold-in's chosen precision, the item rows from its factors
             inner["init_reg"] = warm.user_reg
+        if algo == "ridge" and ex.implicit_prior:
+            inner["implicit"] = True
         if algo in ("conditioned", "amortised") and ex.model == "hybrid":  # its encoder reads the hybrid's rows
             inner["feature_dim"] = _feature_width(on, data.train.support_x[0])
         learner = algorithms.META_LEARNERS[algo](on, outer_optimizer=ex.model_optimizer(), loss=ex.loss, **inner)
@@ -554,7 +562,7 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     out = {"dataset": ex.dataset, "split": data.split, "text": None if ex.text is None else str(ex.text),
            "text_tokens": None if ex.text is None else ex.text_tokens,
            "model": ex.model, "loss": ex.loss, "warm_start": ex.warm_start, "freeze_items": ex.freeze_items,
-           "without": list(ex.without),
+           "without": list(ex.without), "implicit_prior": ex.implicit_prior,
            "train_tasks": len(train_tasks), "results": results, "selected": selected,
            "paired": paired(per_user, ex.algos + ex.students, PAIRED_BASELINES),
            "chosen": chosen(per_user, selected, ex.algos + ex.students, {s: data.valid_for(s) for s in data.scenarios},

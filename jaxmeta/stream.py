@@ -87,7 +87,7 @@ from jaxmeta import classic, metrics
 from jaxmeta._checks import columns, json_ready, positive_int
 from jaxmeta.algorithms import CLOSED_FORM, MetaLearner, MetaState, split_fast
 from jaxmeta.algorithms._core import zero_padded_rows
-from jaxmeta.algorithms.ridge import ridge_solve, ridge_sums
+from jaxmeta.algorithms.ridge import ridge_sums_and_rows, solve_with_prior
 from jaxmeta.evaluation import (
     DEFAULT_KS,
     ITEM_KEY,
@@ -145,7 +145,7 @@ NOT_INCREMENTAL = {
                  "there is no optimisation state to continue",
 }
 """Meta-learners without an incremental mode, and why (``ridge`` has an exact one: :func:`ridge_method`)."""
-RIDGE_NOTE = ("incremental: the solve's sufficient statistics (J^T J, J^T r) carried per user and the new "
+RIDGE_NOTE = ("incremental: the solve's sufficient statistics (J^T J, J^T r, J's row sum, count) carried per user and the new "
               "ratings' added, then one solve; equal to readapt up to float rounding, at a cost that does not grow "
               "with the ratings seen")
 USER_SETS = ("test", "unseen")
@@ -353,10 +353,11 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
 
     ``ridge`` solves each user's head in closed form around the meta-learned prior
     (:func:`jaxmeta.algorithms.ridge.ridge_head`); the solve depends on the user's
-    ratings only through two sums over them, ``J^T J`` and ``J^T (y - f(w0))``
-    (:func:`~jaxmeta.algorithms.ridge.ridge_sums`; exact sums for a head the model is
+    ratings only through sums over them, ``J^T J``, ``J^T (y - f(w0))``, and, for the
+    prior of ``implicit=True``, ``J``'s rows and their count
+    (:func:`~jaxmeta.algorithms.ridge.ridge_sums_and_rows`; exact sums for a head the model is
     affine in, as hybrid MeLU's user vector and bias and MF's). The state of a user is
-    ``(J^T J, J^T r, head)``: ``adapt`` computes it from all the ratings seen (readapt),
+    ``(J^T J, J^T r, sum of J's rows, count, head)``: ``adapt`` computes it from all the ratings seen (readapt),
     ``resume`` adds the new ratings' sums to the carried ones and solves again
     (incremental), each in one compiled call over the users, the solve included in what
     is timed. Both take the Jacobian at the prior ``w0``, so the two modes agree up to
@@ -366,34 +367,33 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
 
     Args:
       name: as reported.
-      learner: a ``ridge`` meta-learner (its ``hyper`` the log of the per-coordinate precisions).
+      learner: a ``ridge`` meta-learner.
       state: its meta-trained state.
     """
     w0, unravel = ravel_pytree(split_fast(state.params, learner.is_fast)[0])
-    precision = jnp.exp(state.hyper)
 
     def one_user(tree: Any) -> Any:
         return jax.tree.map(lambda a: a[None], tree)
 
-    def sums(batch: TaskBatch) -> tuple[jax.Array, jax.Array]:
+    def sums(batch: TaskBatch) -> tuple[jax.Array, ...]:
         def one(x, y, mask):
             x = zero_padded_rows(x, mask)
 
             def apply(w):
                 return learner.apply_adapted(state, one_user(unravel(w)), one_user(x))[0]
 
-            gram, rhs, _ = ridge_sums(apply, w0, y, mask)
-            return gram, rhs
+            gram, rhs, _, jac_sum = ridge_sums_and_rows(apply, w0, y, mask)
+            return gram, rhs, jac_sum, jnp.sum(mask, dtype=w0.dtype)
 
         return jax.vmap(one)(batch.support_x, batch.support_y, batch.support_mask)
 
-    def solved(gram: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return gram, rhs, jax.vmap(lambda g, r: ridge_solve(w0, g, r, precision))(gram, rhs)
+    def solved(*stats: jax.Array) -> tuple[jax.Array, ...]:
+        return *stats, jax.vmap(lambda *s: solve_with_prior(w0, state.hyper, *s))(*stats)
 
     adapt = jax.jit(lambda batch: solved(*sums(batch)))
-    resume = jax.jit(lambda carried, batch: solved(*jax.tree.map(jnp.add, carried[:2], sums(batch))))
+    resume = jax.jit(lambda carried, batch: solved(*jax.tree.map(jnp.add, carried[:-1], sums(batch))))
     return Method(name, adapt=adapt, resume=resume,
-                  predict=lambda user, batch: learner.apply_adapted(state, jax.vmap(unravel)(user[2]), batch.query_x),
+                  predict=lambda user, batch: learner.apply_adapted(state, jax.vmap(unravel)(user[-1]), batch.query_x),
                   note=RIDGE_NOTE)
 
 

@@ -248,6 +248,7 @@ def test_distillation_settings_are_checked(options, message):
     ({"without": ("mlp",)}, r"without=\('mlp',\) with model='melu'"),
     ({"without": ("ids",), "model": "hybrid", "warm_start": "all", "freeze_items": True}, "reads no item rows to hold"),
     ({"without": ("text",), "model": "hybrid"}, r"without=\('text',\): pass a list drawn from"),
+    ({"implicit_prior": True}, r"implicit_prior=True with algos=\('maml',\): only ridge's prior"),
 ])
 def test_training_loss_is_checked(options, message):
     with pytest.raises(ValueError, match=message):
@@ -272,3 +273,6 @@ def test_held_item_rows_reach_the_optimizer_and_the_tables():
                                "warm_start": "all", "freeze_items": True, "without": ["mlp"]},
                               command="cmd").splitlines()[0]
     assert heading == "# ml-100k, recbole, hybrid MeLU, item rows from ALS (all, held) without mlp"
+    implicit = format_markdown({"dataset": "ml-1m", "split": "melu", "results": {}, "model": "hybrid",
+                                "implicit_prior": True}, command="cmd").splitlines()[0]
+    assert implicit == "# ml-1m, melu, hybrid MeLU, ridge's prior from the items rated"

@@ -36,18 +36,22 @@ def state_of(learner, seed=0, dtype=jnp.float32):
     leaves, treedef = jax.tree.flatten(state.params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     params = treedef.unflatten([(a + 0.5 * jax.random.normal(k, a.shape)).astype(dtype) for a, k in zip(leaves, keys)])
-    hyper = jnp.asarray(np.random.default_rng(seed).normal(0, 0.5, state.hyper.shape), dtype)
+    rng = np.random.default_rng(seed)
+    hyper = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.5, a.shape), dtype), state.hyper)
     return state._replace(params=params, hyper=hyper, opt_state=optax.sgd(1.0).init((params, hyper)))
 
 
-def numpy_head(params, log_reg, items, y):
-    """The user's (vector, bias) by the normal equations, written out for biased MF."""
+def numpy_head(params, log_reg, items, y, implicit=None):
+    """The user's (vector, bias) by the normal equations, written out for biased MF; with ``implicit`` (``A``)
+    around the prior ``w0 + A [mean design row; log(1 + n)]``."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     known = (items >= 1) & (items <= ITEMS)
     q = np.where(known[:, None], p["items"]["vectors"][np.where(known, items, 0)], 0.0)
     b = np.where(known, p["items"]["biases"][np.where(known, items, 0)], 0.0)
     w0 = np.concatenate([[p["user"]["bias"]], p["user"]["vector"]])  # ravel order: bias, then vector
     design = np.concatenate([np.ones((len(items), 1)), q], axis=1)
+    if implicit is not None and len(items):
+        w0 = w0 + np.asarray(implicit, np.float64) @ np.concatenate([design.mean(axis=0), [np.log(1 + len(items))]])
     residual = y - (p["global_bias"] + b + design @ w0)
     w = w0 + np.linalg.solve(design.T @ design + np.diag(np.exp(np.asarray(log_reg, np.float64))), design.T @ residual)
     return w[1:], w[0]
@@ -63,6 +67,29 @@ def test_each_head_is_the_ridge_solution_and_an_empty_support_keeps_the_prior():
         np.testing.assert_allclose(fast["user"]["vector"][u], vector, rtol=2e-4, atol=2e-5)
         np.testing.assert_allclose(fast["user"]["bias"][u], bias, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(fast["user"]["bias"][2], state.params["user"]["bias"])
+
+
+def test_the_implicit_prior_moves_each_head_to_the_ridge_solution_around_it_and_starts_at_the_fixed_prior():
+    """``implicit=True``: each head against the NumPy solve around ``w0 + A z``; with ``A`` zero (as
+    initialised) the heads are the fixed prior's; an empty support keeps ``w0``."""
+    fixed = algorithms.ridge(biased_mf(ITEMS, dim=DIM))
+    learner = algorithms.ridge(biased_mf(ITEMS, dim=DIM), implicit=True)
+    start = learner.init(jax.random.key(0))
+    assert start.hyper["implicit"].shape == (DIM + 1, DIM + 2) and not np.any(start.hyper["implicit"])
+    state = state_of(learner)
+    users = mf_tasks(5, seed=1, empty=(2,))
+    batch = pad_tasks(users, num_tasks=6)
+    fast = learner.adapt(state, batch)
+    for u in range(5):
+        vector, bias = numpy_head(state.params, state.hyper["log_reg"], users.support_x[u]["item"],
+                                  users.support_y[u], implicit=state.hyper["implicit"])
+        np.testing.assert_allclose(fast["user"]["vector"][u], vector, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(fast["user"]["bias"][u], bias, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(fast["user"]["bias"][2], state.params["user"]["bias"])
+    zero = state._replace(hyper={**state.hyper, "implicit": jnp.zeros_like(state.hyper["implicit"])})
+    as_fixed = state._replace(hyper=state.hyper["log_reg"])
+    for a, b in zip(jax.tree.leaves(learner.adapt(zero, batch)), jax.tree.leaves(fixed.adapt(as_fixed, batch))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 def assert_meta_gradient_is_central_differences(learner, state, batch, eps=1e-6):
@@ -85,6 +112,14 @@ def test_meta_gradient_matches_central_differences():
         assert_meta_gradient_is_central_differences(learner, state, batch)
 
 
+def test_the_implicit_priors_meta_gradient_matches_central_differences():
+    with jax.enable_x64(True):
+        learner = algorithms.ridge(biased_mf(ITEMS, dim=DIM), outer_optimizer=optax.sgd(1.0), implicit=True)
+        state = state_of(learner, seed=7, dtype=jnp.float64)
+        batch = pad_tasks(mf_tasks(4, seed=8, dtype=np.float64, empty=(1,)), dtype=np.float64)
+        assert_meta_gradient_is_central_differences(learner, state, batch)
+
+
 def test_the_query_loss_is_chosen_and_the_support_fit_stays_least_squares():
     """With ``loss="mae"`` the heads are the same ridge solutions; the query loss and its
     meta-gradient (against central differences) are the absolute error's."""
@@ -102,9 +137,10 @@ def test_the_query_loss_is_chosen_and_the_support_fit_stays_least_squares():
         assert_meta_gradient_is_central_differences(mae, state, batch)
 
 
-def test_a_batch_equals_a_loop_over_users_and_padding_with_nan_changes_nothing():
-    learner = algorithms.ridge(tiny_model(), outer_optimizer=optax.sgd(1.0))
-    state = learner.init(jax.random.key(0))
+@pytest.mark.parametrize("implicit", [False, True])
+def test_a_batch_equals_a_loop_over_users_and_padding_with_nan_changes_nothing(implicit):
+    learner = algorithms.ridge(tiny_model(), outer_optimizer=optax.sgd(1.0), implicit=implicit)
+    state = state_of(learner) if implicit else learner.init(jax.random.key(0))
     users = random_tasks(5, seed=2)
     batch = pad_tasks(users, num_tasks=7)
     grads = assert_batch_equals_loop(learner, state, users, batch)
@@ -122,3 +158,19 @@ def test_a_batch_equals_a_loop_over_users_and_padding_with_nan_changes_nothing()
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         algorithms.ridge(biased_mf(ITEMS, dim=DIM), **kwargs)
+
+
+def test_a_training_job_builds_the_implicit_prior_and_refuses_it_for_other_algorithms():
+    """``jaxmeta train --implicit-prior`` (``TrainConfig.implicit_prior``) builds ``ridge(implicit=True)``; any other
+    algorithm is refused with the value named."""
+    from jaxmeta.cli import _parser, _settings
+    from jaxmeta.job import TrainConfig, make_learner
+
+    args = _parser().parse_args(["train", "--algo", "ridge", "--implicit-prior"])
+    config = TrainConfig(**_settings(args))
+    assert config.implicit_prior
+    state = make_learner(config, biased_mf(ITEMS, dim=DIM)).init(jax.random.key(0))
+    assert set(state.hyper) == {"log_reg", "implicit"}
+    assert not TrainConfig(**_settings(_parser().parse_args(["train", "--algo", "ridge"]))).implicit_prior
+    with pytest.raises(ValueError, match="implicit_prior=True with algo='maml'"):
+        TrainConfig(algo="maml", implicit_prior=True)

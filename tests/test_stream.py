@@ -252,25 +252,28 @@ def test_learners_without_an_incremental_mode_are_reported_in_readapt_only():
     assert "ridge" not in stream.NOT_INCREMENTAL
 
 
-def test_ridge_incremental_carries_the_solve_and_equals_readapt():
+@pytest.mark.parametrize("implicit", [False, True])
+def test_ridge_incremental_carries_the_solve_and_equals_readapt(implicit):
     """``ridge_method``: readapt is the algorithm's own solve (predictions equal ``learner.predict``); the
     sums of ratings [0, 2) plus those of [2, 5) give the head of ratings [0, 5); through replay the
-    incremental rows equal the readapt rows (users drop out between the ns)."""
-    learner = algorithms.ridge(tiny_model())
+    incremental rows equal the readapt rows (users drop out between the ns). With ``implicit=True`` the
+    prior moves with the items rated, from sums carried too."""
+    learner = algorithms.ridge(tiny_model(), implicit=implicit)
     state = learner.init(jax.random.key(5))
-    state = state._replace(hyper=state.hyper + jax.random.normal(jax.random.key(6), state.hyper.shape))
+    keys = iter(jax.random.split(jax.random.key(6), 2))
+    state = state._replace(hyper=jax.tree.map(lambda a: a + jax.random.normal(next(keys), a.shape), state.hyper))
     method = stream.ridge_method("ridge", learner, state)
     line = random_line(5, seed=7, lengths=(9,))
     rows = np.arange(5)
     whole = pad_tasks(stream.window(line, rows, 0, 5, 2))
-    gram, rhs, head = method.adapt(whole)
-    np.testing.assert_allclose(method.predict((gram, rhs, head), whole), learner.predict(state, whole),
-                               rtol=1e-5, atol=1e-5)
+    direct = method.adapt(whole)
+    assert len(direct) == 5  # J^T J, J^T r, J's row sum, count, head
+    np.testing.assert_allclose(method.predict(direct, whole), learner.predict(state, whole), rtol=1e-5, atol=1e-5)
     first = method.adapt(pad_tasks(stream.window(line, rows, 0, 2, 0), query_size=1))
     resumed = method.resume(first, pad_tasks(stream.window(line, rows, 2, 5, 0), query_size=1))
-    for carried, direct in zip(resumed, (gram, rhs, head)):
-        np.testing.assert_allclose(carried, direct, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(first[2], head, atol=1e-3)  # the new ratings moved the head
+    for carried, whole_sums in zip(resumed, direct):
+        np.testing.assert_allclose(carried, whole_sums, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(first[-1], direct[-1], atol=1e-3)  # the new ratings moved the head
     out = stream.replay([method], random_line(6, seed=6), ns=(1, 3), horizon=2, repeats=1)
     by = {(r["n"], r["mode"]): r for r in out["rows"]}
     assert set(by) == {(1, "readapt"), (1, "incremental"), (3, "readapt"), (3, "incremental")}

@@ -16,6 +16,14 @@ No inner learning rate or step count: the inner problem is solved, not
 approximated. For a head that is not affine the same formula is one damped
 Gauss-Newton step from ``w0``.
 
+With ``implicit=True`` the prior mean is the user's own: ``w0 + A z`` with
+``z = [mean of J's rows over the support; log(1 + n)]`` and ``A`` meta-learned
+(zero at start, so training starts from the fixed prior). For biased MF and hybrid
+MeLU a row of ``J`` is ``[1, q_i]``, so ``z`` is the mean vector of the items the
+user rated and how many: *which* items they chose, not only how they rated them
+(the implicit feedback of SVD++, tied to the item vectors). ``z`` is a sum over the
+ratings too, so the incremental update stays exact.
+
 A user without support rows keeps ``w0``; padded rows enter neither ``J`` nor the
 residuals (they are zeroed before the model and masked after it).
 
@@ -26,11 +34,14 @@ References:
   Optimization" (MetaOptNet), CVPR 2019.
   Koren, Bell, Volinsky, "Matrix Factorization Techniques for Recommender
   Systems", IEEE Computer 2009 (folding in a new user).
+  Koren, "Factorization Meets the Neighborhood: a Multifaceted Collaborative
+  Filtering Model" (SVD++), KDD 2008 (implicit feedback).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,10 +78,43 @@ def ridge_sums(predict: Callable[[jax.Array], jax.Array], w0: jax.Array, y: jax.
     statistics of :func:`ridge_head`'s solve, with ``J`` the Jacobian of ``predict`` at ``w0``. Rows
     off ``mask`` enter neither. For ``predict`` affine in ``w`` they are sums over rows, so the
     statistics of a user's ratings are those of their parts added (an exact incremental update)."""
+    gram, rhs, before, _ = ridge_sums_and_rows(predict, w0, y, mask)
+    return gram, rhs, before
+
+
+def ridge_sums_and_rows(predict: Callable[[jax.Array], jax.Array], w0: jax.Array, y: jax.Array,
+                        mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`ridge_sums`' three and ``J``'s rows summed over ``mask`` (what :func:`implicit_features` reads)."""
     before = predict(w0)
     jac = jnp.where(mask[:, None], jax.jacfwd(predict)(w0), 0)
     residual = jnp.where(mask, y - before, 0)
-    return jac.T @ jac, jac.T @ residual, before
+    return jac.T @ jac, jac.T @ residual, before, jnp.sum(jac, axis=0)
+
+
+def implicit_features(jac_sum: jax.Array, count: jax.Array) -> jax.Array:
+    """``z = [jac_sum / count; log(1 + count)]`` (``[head size + 1]``; zero for a user without ratings): what
+    ``implicit=True`` moves a user's prior mean by, ``w0 + A z``, from the sum of ``J``'s rows over their
+    ``count`` ratings."""
+    count = jnp.asarray(count, jac_sum.dtype)
+    return jnp.concatenate([jac_sum / jnp.maximum(count, 1), jnp.log1p(count)[None]])
+
+
+def precision_of(hyper: Any) -> jax.Array:
+    """The per-coordinate ridge precisions held in a ``ridge`` learner's ``MetaState.hyper``."""
+    return jnp.exp(hyper["log_reg"] if isinstance(hyper, Mapping) else hyper)
+
+
+def solve_with_prior(w0: jax.Array, hyper: Any, gram: jax.Array, rhs: jax.Array, jac_sum: jax.Array,
+                     count: jax.Array) -> jax.Array:
+    """A ``ridge`` learner's head from the sums of a user's ratings (:func:`ridge_sums` at ``w0``, ``J``'s rows
+    summed, their count): around ``w0``, or, with ``implicit=True`` (``hyper["implicit"]``, ``A``), around
+    ``w0 + A z`` (:func:`implicit_features`), the right-hand side moved to that prior (exact for an affine
+    head: ``J^T (y - f(w0) - J d) = rhs - J^T J d``)."""
+    prior = w0
+    if isinstance(hyper, Mapping) and "implicit" in hyper:
+        prior = w0 + hyper["implicit"] @ implicit_features(jac_sum, count)
+        rhs = rhs - gram @ (prior - w0)
+    return ridge_solve(prior, gram, rhs, precision_of(hyper))
 
 
 def ridge_solve(w0: jax.Array, gram: jax.Array, rhs: jax.Array, precision: jax.Array | float) -> jax.Array:
@@ -101,6 +145,7 @@ def ridge(
     is_fast: Callable | None = None,
     backend: None = None,
     init_reg: float = DEFAULT_REG,
+    implicit: bool = False,
 ) -> MetaLearner:
     """Each user's head by ridge regression on the support set, the prior and the body meta-learned.
 
@@ -110,7 +155,8 @@ def ridge(
       inner_optimizer, inner_steps, backend: do not apply (the inner problem is
         solved in closed form); each raises a ValueError if set.
       outer_optimizer: optax transformation of ``(params, hyper)``; ``hyper`` is
-        the log of the per-coordinate ridge precisions, shape ``[head size]``.
+        the log of the per-coordinate ridge precisions, shape ``[head size]`` (with
+        ``implicit=True``, a dict; see ``implicit``).
       loss: the query loss the prior and body are meta-learned on: ``"mse"``
         (the default), ``"mae"``, ``"huber"`` or an elementwise callable of
         ratings; the support fit itself is always least squares (ridge
@@ -118,6 +164,9 @@ def ridge(
       chunk_size: users per chunk inside the compiled functions.
       is_fast: the solved leaves (default ``model.is_head``).
       init_reg: the initial precision of every coordinate (> 0).
+      implicit: each user's prior mean moved by which items they rated and how many,
+        ``w0 + A z`` (module docstring); ``hyper`` is then ``{"log_reg": [head size],
+        "implicit": A [head size, head size + 1]}``, ``A`` zero at start.
 
     Raises:
       ValueError: an option that does not apply, ``loss="bce"`` (a least-squares fit of clicks),
@@ -150,18 +199,27 @@ def ridge(
 
     def init_hyper(params):
         flat, _ = ravel_pytree(split_fast(params, is_fast)[0])
-        return jnp.full(flat.shape, jnp.log(init_reg), flat.dtype)
+        log_reg = jnp.full(flat.shape, jnp.log(init_reg), flat.dtype)
+        if not implicit:
+            return log_reg
+        return {"log_reg": log_reg, "implicit": jnp.zeros((flat.size, flat.size + 1), flat.dtype)}
 
     def solve(meta, task):
         """``(fast, slow, embedded task, support losses before and after)``."""
-        params, log_reg = meta
+        params, hyper = meta
         fast, slow = split_fast(params, is_fast)
         task = embed(slow, task)
         w0, unravel = ravel_pytree(fast)
         mask = task.support_mask
         x = zero_padded_rows(task.support_x, mask)
-        predict = lambda w: inner_model.apply(combine(unravel(w), slow), x)  # noqa: E731
-        w, before = ridge_head(predict, w0, task.support_y, mask, jnp.exp(log_reg))
+
+        def predict(w):
+            return inner_model.apply(combine(unravel(w), slow), x)
+
+        gram, rhs, before, jac_sum = ridge_sums_and_rows(predict, w0, task.support_y, mask)
+        w = solve_with_prior(w0, hyper, gram, rhs, jac_sum, jnp.sum(mask))
+        if implicit:  # the support before adaptation: the user's own prior
+            before = predict(w0 + hyper["implicit"] @ implicit_features(jac_sum, jnp.sum(mask)))
         losses = jnp.stack([masked_loss(loss_fn, before, task.support_y, mask),
                             masked_loss(loss_fn, predict(w), task.support_y, mask)])
         return unravel(w), slow, task, losses
