@@ -87,7 +87,7 @@ from jaxmeta import classic, metrics
 from jaxmeta._checks import columns, json_ready, positive_int
 from jaxmeta.algorithms import CLOSED_FORM, MetaLearner, MetaState, split_fast
 from jaxmeta.algorithms._core import zero_padded_rows
-from jaxmeta.algorithms.ridge import ridge_sums_and_rows, solve_with_prior
+from jaxmeta.algorithms.ridge import null_jacobian, null_row, ridge_sums_and_rows, solve_with_prior
 from jaxmeta.evaluation import (
     DEFAULT_KS,
     ITEM_KEY,
@@ -352,7 +352,7 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
     """A ``ridge`` meta-learner as a :class:`Method` whose incremental mode is exact.
 
     ``ridge`` solves each user's head in closed form around the meta-learned prior
-    (:func:`jaxmeta.algorithms.ridge.ridge_head`); the solve depends on the user's
+    (:func:`jaxmeta.algorithms.ridge.solve_with_prior`); the solve depends on the user's
     ratings only through sums over them, ``J^T J``, ``J^T (y - f(w0))``, and, for the
     prior of ``implicit=True``, ``J``'s rows and their count
     (:func:`~jaxmeta.algorithms.ridge.ridge_sums_and_rows`; exact sums for a head the model is
@@ -387,11 +387,13 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
 
         return jax.vmap(one)(batch.support_x, batch.support_y, batch.support_mask)
 
-    def solved(*stats: jax.Array) -> tuple[jax.Array, ...]:
-        return *stats, jax.vmap(lambda *s: solve_with_prior(w0, state.hyper, *s))(*stats)
+    def solved(batch: TaskBatch, *stats: jax.Array) -> tuple[jax.Array, ...]:
+        null = one_user(null_row(jax.tree.map(lambda a: a[0], batch.support_x)))
+        reference = null_jacobian(lambda w: learner.apply_adapted(state, one_user(unravel(w)), null)[0], w0)
+        return *stats, jax.vmap(lambda *s: solve_with_prior(w0, state.hyper, *s, reference))(*stats)
 
-    adapt = jax.jit(lambda batch: solved(*sums(batch)))
-    resume = jax.jit(lambda carried, batch: solved(*jax.tree.map(jnp.add, carried[:-1], sums(batch))))
+    adapt = jax.jit(lambda batch: solved(batch, *sums(batch)))
+    resume = jax.jit(lambda carried, batch: solved(batch, *jax.tree.map(jnp.add, carried[:-1], sums(batch))))
     return Method(name, adapt=adapt, resume=resume,
                   predict=lambda user, batch: learner.apply_adapted(state, jax.vmap(unravel)(user[-1]), batch.query_x),
                   note=RIDGE_NOTE)
@@ -768,6 +770,8 @@ def stream_eval(runs: Sequence[str | os.PathLike], *, ns: Sequence[int] = DEFAUL
         methods.append(method)
         inner = {} if meta.config.algo in CLOSED_FORM else {"inner_lr": meta.config.inner_lr,
                                                              "inner_steps": meta.config.inner_steps}
+        if meta.config.implicit_prior:
+            inner["implicit_prior"] = True
         described[name] = {"run": str(Path(run).absolute()), "algo": meta.config.algo, "step": meta.step, **inner,
                            "modes": list(modes) if method.resume else ["readapt"],
                            **({"note": method.note} if method.note else {})}

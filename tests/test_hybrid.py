@@ -220,3 +220,26 @@ def test_item_rows_started_from_a_fit_can_be_held_while_the_rest_meta_learns():
     free = algorithms.ridge(model, outer_optimizer=optax.adam(0.05))
     moved, _ = free.step(free.init(jax.random.key(0)), batch)
     assert not np.array_equal(moved.params["items"]["vectors"], start.params["items"]["vectors"])
+
+
+def test_ridge_with_the_implicit_prior_on_the_staged_model():
+    """``ridge(implicit=True)`` on hybrid MeLU, whose inner model reads embedded rows: a batch equals a per-user
+    loop; the null input's row is taken in the embedded space by the learner and on raw rows by the stream's
+    ``ridge_method``, and the two give the same heads; NaN and garbage ids in padded rows change nothing."""
+    from jaxmeta import stream
+
+    ridge = algorithms.ridge(build(), outer_optimizer=optax.sgd(1.0), implicit=True)
+    state = ridge.init(jax.random.key(0))
+    hyper = {**state.hyper, "implicit": 0.3 * jax.random.normal(jax.random.key(1), state.hyper["implicit"].shape)}
+    state = state._replace(params=perturbed(state.params, seed=8, scale=0.1), hyper=hyper,
+                           opt_state=optax.sgd(1.0).init((state.params, hyper)))
+    users = tasks(5, seed=9)
+    batch = pad_tasks(users, support_size=8, num_tasks=6)
+    assert_batch_equals_loop(ridge, state, users, batch)
+    heads = jax.vmap(lambda f: ravel_pytree(f)[0])(ridge.adapt(state, batch))
+    np.testing.assert_allclose(stream.ridge_method("ridge", ridge, state).adapt(batch)[-1], heads,
+                               rtol=1e-5, atol=1e-5)
+    dirty = batch._replace(support_y=np.where(batch.support_mask, batch.support_y, np.nan),
+                           support_x={**batch.support_x,
+                                      "item_id": np.where(batch.support_mask, batch.support_x["item_id"], 123456)})
+    np.testing.assert_array_equal(jax.vmap(lambda f: ravel_pytree(f)[0])(ridge.adapt(state, dirty)), heads)

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import real
 
+from jaxmeta import algorithms
 from jaxmeta.reproduce import METRICS, Experiment, reproduce
 
 pytestmark = pytest.mark.slow  # real-data runs of minutes: pytest -m slow
@@ -74,7 +75,7 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
 @pytest.mark.parametrize("algos, warm, loss, freeze, implicit", [
     (("ridge", "metasgd"), "all", "mse", False, False), (("conditioned",), "none", "mse", False, False),
     (("ridge",), "all", "mae", False, True), (("ridge",), "all", "mse", True, False)])
-def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, algos, warm, loss, freeze, implicit):
+def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, monkeypatch, algos, warm, loss, freeze, implicit):
     """Hybrid MeLU under the new meta-learners, 200 steps, its item rows started from the ALS fit (and held there,
     with ``freeze``) or at random, trained on squared or absolute error; ``implicit``: ridge's prior from the items
     rated. RecBole's split keeps no user with more than 100 ratings: no ratings outside the tasks, no heavy users
@@ -83,7 +84,11 @@ def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, algos, warm, loss, 
     experiment = Experiment("ml-100k", str(folder), algos=algos, steps=200, mf=False, item_field=True,
                             model="hybrid", inner_lr=0.1, warm_start=warm, loss=loss, freeze_items=freeze,
                             implicit_prior=implicit)
+    built = []
+    ridge = algorithms.META_LEARNERS["ridge"]
+    monkeypatch.setitem(algorithms.META_LEARNERS, "ridge", lambda *a, **k: built.append(k) or ridge(*a, **k))
     out = reproduce(experiment, tmp_path, progress=False)
+    assert [k.get("implicit", False) for k in built] == [implicit] * ("ridge" in algos)
     table = out["results"]["user_cold"]
     assert out["model"] == "hybrid" and out["train_tasks"] == 466 and out["loss"] == loss
     assert out["implicit_prior"] is implicit

@@ -50,8 +50,10 @@ def numpy_head(params, log_reg, items, y, implicit=None):
     b = np.where(known, p["items"]["biases"][np.where(known, items, 0)], 0.0)
     w0 = np.concatenate([[p["user"]["bias"]], p["user"]["vector"]])  # ravel order: bias, then vector
     design = np.concatenate([np.ones((len(items), 1)), q], axis=1)
-    if implicit is not None and len(items):
-        w0 = w0 + np.asarray(implicit, np.float64) @ np.concatenate([design.mean(axis=0), [np.log(1 + len(items))]])
+    if implicit is not None and len(items):  # the null input, item 0, is unknown: its design row is [1, 0, ...]
+        null = np.eye(DIM + 1)[0]
+        z = np.concatenate([design.mean(axis=0) - null, [np.log(1 + len(items))]])
+        w0 = w0 + np.asarray(implicit, np.float64) @ z
     residual = y - (p["global_bias"] + b + design @ w0)
     w = w0 + np.linalg.solve(design.T @ design + np.diag(np.exp(np.asarray(log_reg, np.float64))), design.T @ residual)
     return w[1:], w[0]
@@ -71,9 +73,10 @@ def test_each_head_is_the_ridge_solution_and_an_empty_support_keeps_the_prior():
 
 def test_the_implicit_prior_moves_each_head_to_the_ridge_solution_around_it_and_starts_at_the_fixed_prior():
     """``implicit=True``: each head against the NumPy solve around ``w0 + A z``; with ``A`` zero (as
-    initialised) the heads are the fixed prior's; an empty support keeps ``w0``."""
+    initialised) the heads are the fixed prior's; an empty support keeps ``w0``; the bias's column of ``J``,
+    constant, is left out of ``z``: ``A``'s column for it gets no meta-gradient (it would only duplicate ``w0``)."""
     fixed = algorithms.ridge(biased_mf(ITEMS, dim=DIM))
-    learner = algorithms.ridge(biased_mf(ITEMS, dim=DIM), implicit=True)
+    learner = algorithms.ridge(biased_mf(ITEMS, dim=DIM), outer_optimizer=optax.sgd(1.0), implicit=True)
     start = learner.init(jax.random.key(0))
     assert start.hyper["implicit"].shape == (DIM + 1, DIM + 2) and not np.any(start.hyper["implicit"])
     state = state_of(learner)
@@ -90,6 +93,8 @@ def test_the_implicit_prior_moves_each_head_to_the_ridge_solution_around_it_and_
     as_fixed = state._replace(hyper=state.hyper["log_reg"])
     for a, b in zip(jax.tree.leaves(learner.adapt(zero, batch)), jax.tree.leaves(fixed.adapt(as_fixed, batch))):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    grads, _ = meta_grad(learner, state, batch)
+    assert not np.any(grads[1]["implicit"][:, 0]) and np.all(np.abs(grads[1]["implicit"][:, 1:]) > 0)
 
 
 def assert_meta_gradient_is_central_differences(learner, state, batch, eps=1e-6):
@@ -154,6 +159,7 @@ def test_a_batch_equals_a_loop_over_users_and_padding_with_nan_changes_nothing(i
     ({"inner_steps": 5}, "ridge: inner_steps=5 does not apply"),
     ({"loss": "bce"}, "loss='bce'"),
     ({"init_reg": 0.0}, "init_reg=0.0"),
+    ({"implicit": "no"}, "implicit='no'; pass True or False"),
 ])
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

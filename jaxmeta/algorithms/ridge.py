@@ -17,12 +17,18 @@ approximated. For a head that is not affine the same formula is one damped
 Gauss-Newton step from ``w0``.
 
 With ``implicit=True`` the prior mean is the user's own: ``w0 + A z`` with
-``z = [mean of J's rows over the support; log(1 + n)]`` and ``A`` meta-learned
-(zero at start, so training starts from the fixed prior). For biased MF and hybrid
-MeLU a row of ``J`` is ``[1, q_i]``, so ``z`` is the mean vector of the items the
-user rated and how many: *which* items they chose, not only how they rated them
-(the implicit feedback of SVD++, tied to the item vectors). ``z`` is a sum over the
-ratings too, so the incremental update stays exact.
+``z = [mean of J's rows over the support - J's row at the null input; log(1 + n)]``
+and ``A`` meta-learned (zero at start, so training starts from the fixed prior).
+For biased MF and hybrid MeLU a row of ``J`` is ``[1, q_i]``, so ``z`` is the mean
+vector of the items the user rated, taken from the null item's, and how many:
+*which* items they chose, not only how they rated them (the implicit feedback of
+SVD++, tied to the item vectors). The null input is the all-zero row a padded row
+is given; taking its row away leaves every constant column of ``J`` (a bias) out of
+``z``, so that ``A`` does not duplicate ``w0`` there, and a user without ratings
+(``z = 0``) keeps ``w0``, the prior trained for everyone. ``z`` is a sum over the
+ratings too, so the incremental update stays exact. The right-hand side is moved to
+the prior through ``J`` at ``w0``: exact for an affine head, for any other the
+linearisation at ``w0`` evaluated at the prior.
 
 A user without support rows keeps ``w0``; padded rows enter neither ``J`` nor the
 residuals (they are zeroed before the model and masked after it).
@@ -91,12 +97,24 @@ def ridge_sums_and_rows(predict: Callable[[jax.Array], jax.Array], w0: jax.Array
     return jac.T @ jac, jac.T @ residual, before, jnp.sum(jac, axis=0)
 
 
-def implicit_features(jac_sum: jax.Array, count: jax.Array) -> jax.Array:
-    """``z = [jac_sum / count; log(1 + count)]`` (``[head size + 1]``; zero for a user without ratings): what
-    ``implicit=True`` moves a user's prior mean by, ``w0 + A z``, from the sum of ``J``'s rows over their
-    ``count`` ratings."""
+def implicit_features(jac_sum: jax.Array, count: jax.Array, null: jax.Array) -> jax.Array:
+    """``z = [jac_sum / count - null; log(1 + count)]`` (``[head size + 1]``; zero for a user without
+    ratings): what ``implicit=True`` moves a user's prior mean by, ``w0 + A z``, from the sum of ``J``'s rows
+    over their ``count`` ratings and ``J``'s row at the null input (:func:`null_jacobian`)."""
     count = jnp.asarray(count, jac_sum.dtype)
-    return jnp.concatenate([jac_sum / jnp.maximum(count, 1), jnp.log1p(count)[None]])
+    return jnp.concatenate([(jac_sum - count * null) / jnp.maximum(count, 1), jnp.log1p(count)[None]])
+
+
+def null_row(x: Any) -> Any:
+    """One row of zeros shaped as a row of ``x`` (a pytree of ``[rows, ...]`` leaves): the input a padded row
+    is given."""
+    return jax.tree.map(lambda a: jnp.zeros((1, *a.shape[1:]), a.dtype), x)
+
+
+def null_jacobian(predict_row: Callable[[jax.Array], jax.Array], w0: jax.Array) -> jax.Array:
+    """``J``'s row at the null input (``[head size]``), from ``predict_row(w)``, the prediction (``[1]``) for
+    :func:`null_row`."""
+    return jax.jacfwd(predict_row)(w0)[0]
 
 
 def precision_of(hyper: Any) -> jax.Array:
@@ -104,17 +122,22 @@ def precision_of(hyper: Any) -> jax.Array:
     return jnp.exp(hyper["log_reg"] if isinstance(hyper, Mapping) else hyper)
 
 
-def solve_with_prior(w0: jax.Array, hyper: Any, gram: jax.Array, rhs: jax.Array, jac_sum: jax.Array,
-                     count: jax.Array) -> jax.Array:
-    """A ``ridge`` learner's head from the sums of a user's ratings (:func:`ridge_sums` at ``w0``, ``J``'s rows
-    summed, their count): around ``w0``, or, with ``implicit=True`` (``hyper["implicit"]``, ``A``), around
-    ``w0 + A z`` (:func:`implicit_features`), the right-hand side moved to that prior (exact for an affine
-    head: ``J^T (y - f(w0) - J d) = rhs - J^T J d``)."""
-    prior = w0
+def prior_of(w0: jax.Array, hyper: Any, jac_sum: jax.Array, count: jax.Array, null: jax.Array) -> jax.Array:
+    """A user's prior mean: ``w0``, or with ``implicit=True`` (``hyper["implicit"]``, ``A``) ``w0 + A z``
+    (:func:`implicit_features`)."""
     if isinstance(hyper, Mapping) and "implicit" in hyper:
-        prior = w0 + hyper["implicit"] @ implicit_features(jac_sum, count)
-        rhs = rhs - gram @ (prior - w0)
-    return ridge_solve(prior, gram, rhs, precision_of(hyper))
+        return w0 + hyper["implicit"] @ implicit_features(jac_sum, count, null)
+    return w0
+
+
+def solve_with_prior(w0: jax.Array, hyper: Any, gram: jax.Array, rhs: jax.Array, jac_sum: jax.Array,
+                     count: jax.Array, null: jax.Array) -> jax.Array:
+    """A ``ridge`` learner's head from the sums of a user's ratings (:func:`ridge_sums_and_rows` at ``w0``:
+    ``J^T J``, ``J^T r``, ``J``'s rows summed; their count) and ``J``'s row at the null input: around the
+    prior :func:`prior_of`, the right-hand side moved to it through ``J`` at ``w0`` (exact for an affine
+    head: ``J^T (y - f(w0) - J d) = rhs - J^T J d``)."""
+    prior = prior_of(w0, hyper, jac_sum, count, null)
+    return ridge_solve(prior, gram, rhs - gram @ (prior - w0), precision_of(hyper))
 
 
 def ridge_solve(w0: jax.Array, gram: jax.Array, rhs: jax.Array, precision: jax.Array | float) -> jax.Array:
@@ -170,7 +193,7 @@ def ridge(
 
     Raises:
       ValueError: an option that does not apply, ``loss="bce"`` (a least-squares fit of clicks),
-        a model without a head (and no ``is_fast``), or ``init_reg <= 0``.
+        a model without a head (and no ``is_fast``), ``init_reg <= 0``, or ``implicit`` not a bool.
 
     Example:
       >>> import jax
@@ -192,6 +215,8 @@ def ridge(
     if loss_fn is binary_cross_entropy:
         raise ValueError(f"ridge: loss={loss!r}; ridge fits the support ratings by least squares, a regression: "
                          "pass loss='mse', 'mae' or 'huber'.")
+    if not isinstance(implicit, bool):
+        raise ValueError(f"ridge: implicit={implicit!r}; pass True or False.")
     if not init_reg > 0:
         raise ValueError(f"ridge: init_reg={init_reg!r}; pass a positive precision, e.g. {DEFAULT_REG}.")
     is_fast = head_of(model, is_fast, who="ridge")
@@ -208,6 +233,7 @@ def ridge(
         """``(fast, slow, embedded task, support losses before and after)``."""
         params, hyper = meta
         fast, slow = split_fast(params, is_fast)
+        null = null_row(task.support_x)  # the raw input of a padded row, embedded as a task's rows are
         task = embed(slow, task)
         w0, unravel = ravel_pytree(fast)
         mask = task.support_mask
@@ -217,9 +243,15 @@ def ridge(
             return inner_model.apply(combine(unravel(w), slow), x)
 
         gram, rhs, before, jac_sum = ridge_sums_and_rows(predict, w0, task.support_y, mask)
-        w = solve_with_prior(w0, hyper, gram, rhs, jac_sum, jnp.sum(mask))
-        if implicit:  # the support before adaptation: the user's own prior
-            before = predict(w0 + hyper["implicit"] @ implicit_features(jac_sum, jnp.sum(mask)))
+        reference = jnp.zeros_like(w0)
+        if implicit:
+            one = jnp.ones((1,), bool)
+            null = embed(slow, task._replace(support_x=null, query_x=null, support_mask=one, query_mask=one))
+            reference = null_jacobian(lambda w: inner_model.apply(combine(unravel(w), slow), null.support_x), w0)
+        prior = prior_of(w0, hyper, jac_sum, jnp.sum(mask), reference)
+        w = ridge_solve(prior, gram, rhs - gram @ (prior - w0), precision_of(hyper))
+        if implicit:  # the support before adaptation: at the user's own prior
+            before = predict(prior)
         losses = jnp.stack([masked_loss(loss_fn, before, task.support_y, mask),
                             masked_loss(loss_fn, predict(w), task.support_y, mask)])
         return unravel(w), slow, task, losses
