@@ -145,9 +145,9 @@ NOT_INCREMENTAL = {
                  "there is no optimisation state to continue",
 }
 """Meta-learners without an incremental mode, and why (``ridge`` has an exact one: :func:`ridge_method`)."""
-RIDGE_NOTE = ("incremental: the solve's sufficient statistics (J^T J, J^T r, J's row sum, count) carried per user and the new "
-              "ratings' added, then one solve; equal to readapt up to float rounding, at a cost that does not grow "
-              "with the ratings seen")
+RIDGE_NOTE = ("incremental: the solve's sufficient statistics (J^T J, J^T r, J's row sum, count) carried per user "
+              "and the new ratings' added, then one solve; equal to readapt up to float rounding, at a cost that "
+              "does not grow with the ratings seen")
 USER_SETS = ("test", "unseen")
 STREAM_FILE = "stream.json"
 PLOT_FILE = "stream.png"
@@ -357,8 +357,8 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
     prior of ``implicit=True``, ``J``'s rows and their count
     (:func:`~jaxmeta.algorithms.ridge.ridge_sums_and_rows`; exact sums for a head the model is
     affine in, as hybrid MeLU's user vector and bias and MF's). The state of a user is
-    ``(J^T J, J^T r, sum of J's rows, count, head)``: ``adapt`` computes it from all the ratings seen (readapt),
-    ``resume`` adds the new ratings' sums to the carried ones and solves again
+    ``(J^T J, J^T r, sum of J's rows, count, head)``: ``adapt`` computes it from all the
+    ratings seen (readapt), ``resume`` adds the new ratings' sums to the carried ones and solves again
     (incremental), each in one compiled call over the users, the solve included in what
     is timed. Both take the Jacobian at the prior ``w0``, so the two modes agree up to
     float rounding for any head (for a head the model is affine in, readapt is also the

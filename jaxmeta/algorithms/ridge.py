@@ -9,8 +9,9 @@ user vector and bias of biased MF or :func:`jaxmeta.models.hybrid_melu`),
 ``w* = w0 + (J^T J + diag(lambda))^{-1} J^T (y - f(x; w0))``, with ``J`` the
 Jacobian of the support predictions in ``w`` (``jax.jacfwd``; exact for a linear
 head). This is classic MF's ridge fold-in of a new user, made a meta-learner: the
-prior mean ``w0`` (the model's head at initialisation), the per-coordinate
-precisions ``lambda = exp(hyper)`` and everything below the head (embeddings,
+prior mean ``w0`` (the model's head at initialisation; ``w0 + A z`` with
+``implicit=True``, below), the per-coordinate precisions ``lambda = exp(hyper)``
+(``exp(hyper["log_reg"])`` with ``implicit=True``) and everything below the head (embeddings,
 item vectors, the network) are meta-learned through the solve, on the query loss.
 No inner learning rate or step count: the inner problem is solved, not
 approximated. For a head that is not affine the same formula is one damped
@@ -20,10 +21,12 @@ With ``implicit=True`` the prior mean is the user's own: ``w0 + A z`` with
 ``z = [mean of J's rows over the support - J's row at the null input; log(1 + n)]``
 and ``A`` meta-learned (zero at start, so training starts from the fixed prior).
 For biased MF and hybrid MeLU a row of ``J`` is ``[1, q_i]``, so ``z`` is the mean
-vector of the items the user rated, taken from the null item's, and how many:
+vector of the items the user rated, less the null item's, and how many:
 *which* items they chose, not only how they rated them (the implicit feedback of
-SVD++, tied to the item vectors). The null input is the all-zero row a padded row
-is given; taking its row away leaves every constant column of ``J`` (a bias) out of
+SVD++, tied to the item vectors; for a network's last layer a row of ``J`` is the
+last hidden layer, which reads the user's features too). The null input is the
+all-zero row a padded row is given (for MovieLens ids, which start at 1, an
+unknown item; for a table whose ids start at 0, item 0); taking its row away leaves every constant column of ``J`` (a bias) out of
 ``z``, so that ``A`` does not duplicate ``w0`` there, and a user without ratings
 (``z = 0``) keeps ``w0``, the prior trained for everyone. ``z`` is a sum over the
 ratings too, so the incremental update stays exact. The right-hand side is moved to
@@ -248,10 +251,9 @@ def ridge(
             one = jnp.ones((1,), bool)
             null = embed(slow, task._replace(support_x=null, query_x=null, support_mask=one, query_mask=one))
             reference = null_jacobian(lambda w: inner_model.apply(combine(unravel(w), slow), null.support_x), w0)
-        prior = prior_of(w0, hyper, jac_sum, jnp.sum(mask), reference)
-        w = ridge_solve(prior, gram, rhs - gram @ (prior - w0), precision_of(hyper))
+        w = solve_with_prior(w0, hyper, gram, rhs, jac_sum, jnp.sum(mask), reference)
         if implicit:  # the support before adaptation: at the user's own prior
-            before = predict(prior)
+            before = predict(prior_of(w0, hyper, jac_sum, jnp.sum(mask), reference))
         losses = jnp.stack([masked_loss(loss_fn, before, task.support_y, mask),
                             masked_loss(loss_fn, predict(w), task.support_y, mask)])
         return unravel(w), slow, task, losses
