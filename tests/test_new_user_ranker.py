@@ -15,8 +15,9 @@ POPULARITY = {int(i): float(c) for i, c in zip(ITEMS, np.random.default_rng(3).i
 
 @pytest.fixture(scope="module")
 def parts():
-    """``{"maml": (learner, state), "ridge": ...}``: test_serve's MeLU MAML, and ridge on hybrid MeLU (what
-    ``jaxmeta train --model hybrid --algo ridge`` serves: raw item ids in the inputs, every item its own row)."""
+    """``{"maml": (learner, state), "ridge": ..., "ridge-implicit": ...}``: test_serve's MeLU MAML, and ridge on
+    hybrid MeLU (what ``jaxmeta train --model hybrid --algo ridge [--implicit-prior]`` serves: raw item ids in the
+    inputs, every item its own row)."""
     from jaxmeta import algorithms, models
 
     learner = LEARNERS["maml"](MODEL)
@@ -26,10 +27,14 @@ def parts():
     state = ridge.init(jax.random.key(1))
     state = state._replace(params=jax.tree.map(lambda a: a + 0.1 * np.sin(np.arange(a.size).reshape(a.shape) + 2.0),
                                                state.params))
-    return {"maml": (learner, learner.init(jax.random.key(0))), "ridge": (ridge, state)}
+    implicit = algorithms.ridge(hybrid, implicit=True)  # the prior moved by the items rated (A made non-zero)
+    hyper = implicit.init(jax.random.key(1)).hyper
+    hyper = {**hyper, "implicit": 0.2 * np.cos(np.arange(hyper["implicit"].size)).reshape(hyper["implicit"].shape)}
+    return {"maml": (learner, learner.init(jax.random.key(0))), "ridge": (ridge, state),
+            "ridge-implicit": (implicit, state._replace(hyper=hyper))}
 
 
-ITEM_KEYS = {"maml": None, "ridge": "item_id"}
+ITEM_KEYS = {"maml": None, "ridge": "item_id", "ridge-implicit": "item_id"}
 
 
 def new_users(sizes: list[int], seed: int = 0) -> pd.DataFrame:
@@ -46,7 +51,7 @@ def supports(ratings: pd.DataFrame) -> list[tuple[list, list]]:
 
 # k=6: one explaining call; INFLUENCE_ROWS + 3: two, and new1 (9 rated of 20) has fewer items left than k
 @pytest.mark.parametrize("k", [6, INFLUENCE_ROWS + 3])
-@pytest.mark.parametrize("name", ["maml", "ridge"])
+@pytest.mark.parametrize("name", ["maml", "ridge", "ridge-implicit"])
 def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts, k, name):
     learner, state = parts[name]
     # two users per batch, the distinct input rows scored 7 at a time (in 3 chunks)
@@ -65,8 +70,11 @@ def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts, k, n
         assert ranking.influence.shape == (len(expected), (ratings["user"] == f"new{n}").sum())
         np.testing.assert_allclose(ranking.influence.ravel(), mine["influence"], rtol=1e-4, atol=1e-6)
         assert np.abs(ranking.influence).max() > 0  # the adaptation reads the ratings
-    if name == "ridge":  # the raw ids make every item its own input row (items 103 and 105 share features)
+    if name != "maml":  # the raw ids make every item its own input row (items 103 and 105 share features)
         assert ranker.distinct == len(ITEMS)
+    if name == "ridge-implicit":  # the same parameters with the fixed prior score otherwise
+        fixed = Recommender(*parts["ridge"], ENCODER, ITEMS, popularity=POPULARITY, item_key="item_id")
+        assert not np.allclose(fixed.recommend(ratings, k=k)["score"], top["score"], atol=1e-3)
 
 
 def test_items_described_alike_share_one_input_row_and_tie_by_popularity(parts):
