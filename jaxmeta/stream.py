@@ -390,7 +390,7 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
     def solved(batch: TaskBatch, *stats: jax.Array) -> tuple[jax.Array, ...]:
         null = one_user(null_row(jax.tree.map(lambda a: a[0], batch.support_x)))
         reference = null_jacobian(lambda w: learner.apply_adapted(state, one_user(unravel(w)), null)[0], w0)
-        return *stats, jax.vmap(lambda *s: solve_with_prior(w0, state.hyper, *s, reference))(*stats)
+        return *stats, jax.vmap(lambda *s: solve_with_prior(w0, state.hyper, *s, reference)[0])(*stats)
 
     adapt = jax.jit(lambda batch: solved(batch, *sums(batch)))
     resume = jax.jit(lambda carried, batch: solved(batch, *jax.tree.map(jnp.add, carried[:-1], sums(batch))))

@@ -26,8 +26,9 @@ vector of the items the user rated, less the null item's, and how many:
 SVD++, tied to the item vectors; for a network's last layer a row of ``J`` is the
 last hidden layer, which reads the user's features too). The null input is the
 all-zero row a padded row is given (for MovieLens ids, which start at 1, an
-unknown item; for a table whose ids start at 0, item 0); taking its row away leaves every constant column of ``J`` (a bias) out of
-``z``, so that ``A`` does not duplicate ``w0`` there, and a user without ratings
+unknown item; for a table whose ids start at 0, item 0); taking its row away
+leaves every constant column of ``J`` (a bias) out of ``z``, so that ``A`` does
+not duplicate ``w0`` there, and a user without ratings
 (``z = 0``) keeps ``w0``, the prior trained for everyone. ``z`` is a sum over the
 ratings too, so the incremental update stays exact. The right-hand side is moved to
 the prior through ``J`` at ``w0``: exact for an affine head, for any other the
@@ -134,13 +135,13 @@ def prior_of(w0: jax.Array, hyper: Any, jac_sum: jax.Array, count: jax.Array, nu
 
 
 def solve_with_prior(w0: jax.Array, hyper: Any, gram: jax.Array, rhs: jax.Array, jac_sum: jax.Array,
-                     count: jax.Array, null: jax.Array) -> jax.Array:
-    """A ``ridge`` learner's head from the sums of a user's ratings (:func:`ridge_sums_and_rows` at ``w0``:
-    ``J^T J``, ``J^T r``, ``J``'s rows summed; their count) and ``J``'s row at the null input: around the
-    prior :func:`prior_of`, the right-hand side moved to it through ``J`` at ``w0`` (exact for an affine
-    head: ``J^T (y - f(w0) - J d) = rhs - J^T J d``)."""
+                     count: jax.Array, null: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(head, prior)``: a ``ridge`` learner's head from the sums of a user's ratings
+    (:func:`ridge_sums_and_rows` at ``w0``: ``J^T J``, ``J^T r``, ``J``'s rows summed; their count) and
+    ``J``'s row at the null input, solved around the prior :func:`prior_of`, the right-hand side moved to it
+    through ``J`` at ``w0`` (exact for an affine head: ``J^T (y - f(w0) - J d) = rhs - J^T J d``)."""
     prior = prior_of(w0, hyper, jac_sum, count, null)
-    return ridge_solve(prior, gram, rhs - gram @ (prior - w0), precision_of(hyper))
+    return ridge_solve(prior, gram, rhs - gram @ (prior - w0), precision_of(hyper)), prior
 
 
 def ridge_solve(w0: jax.Array, gram: jax.Array, rhs: jax.Array, precision: jax.Array | float) -> jax.Array:
@@ -236,7 +237,7 @@ def ridge(
         """``(fast, slow, embedded task, support losses before and after)``."""
         params, hyper = meta
         fast, slow = split_fast(params, is_fast)
-        null = null_row(task.support_x)  # the raw input of a padded row, embedded as a task's rows are
+        raw = task
         task = embed(slow, task)
         w0, unravel = ravel_pytree(fast)
         mask = task.support_mask
@@ -246,14 +247,14 @@ def ridge(
             return inner_model.apply(combine(unravel(w), slow), x)
 
         gram, rhs, before, jac_sum = ridge_sums_and_rows(predict, w0, task.support_y, mask)
-        reference = jnp.zeros_like(w0)
-        if implicit:
-            one = jnp.ones((1,), bool)
-            null = embed(slow, task._replace(support_x=null, query_x=null, support_mask=one, query_mask=one))
+        reference = jnp.zeros_like(w0)  # read only with implicit=True
+        if implicit:  # the raw input of a padded row, embedded as a task's rows are
+            null, one = null_row(raw.support_x), jnp.ones((1,), bool)
+            null = embed(slow, raw._replace(support_x=null, query_x=null, support_mask=one, query_mask=one))
             reference = null_jacobian(lambda w: inner_model.apply(combine(unravel(w), slow), null.support_x), w0)
-        w = solve_with_prior(w0, hyper, gram, rhs, jac_sum, jnp.sum(mask), reference)
+        w, prior = solve_with_prior(w0, hyper, gram, rhs, jac_sum, jnp.sum(mask), reference)
         if implicit:  # the support before adaptation: at the user's own prior
-            before = predict(prior_of(w0, hyper, jac_sum, jnp.sum(mask), reference))
+            before = predict(prior)
         losses = jnp.stack([masked_loss(loss_fn, before, task.support_y, mask),
                             masked_loss(loss_fn, predict(w), task.support_y, mask)])
         return unravel(w), slow, task, losses
