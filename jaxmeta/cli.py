@@ -118,6 +118,9 @@ def _train_parser(commands) -> None:
     train.add_argument("--implicit-prior", dest="implicit_prior", action="store_true",
                        help="ridge: each user's prior mean moved by which items they rated and how many (default: "
                             "off)")
+    train.add_argument("--implicit-vectors", dest="implicit_vectors", action="store_true",
+                       help="with --implicit-prior on hybrid: that prior reads free item vectors (SVD++'s y_j) rather "
+                            "than the item vectors themselves (default: off)")
     train.add_argument("--config", help="a TOML or YAML file of settings (the TrainConfig field names)")
     train.add_argument("--out", help="run folder: config, metrics.jsonl, checkpoints, results")
     train.add_argument("--resume", action="store_true",
@@ -305,6 +308,9 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--implicit-prior", action="store_true",
                         help="ridge: each user's prior mean moved by which items they rated and how many (SVD++'s "
                              "implicit feedback, meta-learned)")
+    parser.add_argument("--implicit-vectors", action="store_true",
+                        help="with --implicit-prior and hybrid: that prior reads free item vectors (SVD++'s y_j) "
+                             "rather than the item vectors themselves")
     parser.add_argument("--heavy-users", action="store_true",
                         help="meta-train on the training users with more than 100 ratings too, each history dealt "
                              "into tasks of at most 100")
@@ -345,7 +351,7 @@ def _reproduce(args: argparse.Namespace, command: str) -> int:
         heavy_users=args.heavy_users, teacher=args.teacher, students=tuple(args.students),
         distill_alpha=args.distill_alpha, student_steps=args.student_steps, loss=args.loss,
         keep_heavy=args.keep_heavy, freeze_items=args.freeze_items, without=tuple(args.without),
-        implicit_prior=args.implicit_prior)
+        implicit_prior=args.implicit_prior, implicit_vectors=args.implicit_vectors)
     if args.seeds:
         reproduce_seeds(experiment, args.seeds, args.out_dir, progress=not args.quiet, command=command)
         print((Path(args.out_dir) / "summary.md").read_text())
@@ -380,7 +386,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "config", None):
         settings.update(_read_settings(args.config))
     settings.update({field: getattr(args, field) for _, field, _, _ in TRAIN_FLAGS if hasattr(args, field)})
-    for switch in ("resplit", "distill_warm_start", "implicit_prior"):
+    for switch in ("resplit", "distill_warm_start", "implicit_prior", "implicit_vectors"):
         if getattr(args, switch, False):
             settings[switch] = True
     for name in NARGS:

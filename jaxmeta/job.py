@@ -111,6 +111,7 @@ class TrainConfig:
     distill_alpha: float = 0.5  # with a teacher: its weight in the query targets, in [0, 1]
     distill_warm_start: bool = False  # with a teacher: start the model's parameters from the teacher's where they match
     implicit_prior: bool = False  # ridge: each user's prior mean moved by which items they rated (ridge(implicit=True))
+    implicit_vectors: bool = False  # with implicit_prior on hybrid: that prior reads free item vectors (SVD++'s y_j)
 
     def __post_init__(self):
         _check_types(self)
@@ -182,6 +183,11 @@ class TrainConfig:
         if self.implicit_prior and self.algo != "ridge":
             raise ValueError(f"implicit_prior=True with algo={self.algo!r}: only ridge's prior reads the items rated; "
                              "pass algo='ridge', or leave implicit_prior unset.")
+        if self.implicit_vectors and not (self.implicit_prior and self.model_name() == "hybrid"):
+            raise ValueError(f"implicit_vectors=True with implicit_prior={self.implicit_prior}, "
+                             f"model={self.model_name()!r}: the free vectors are hybrid MeLU's, read only by ridge's "
+                             "implicit prior; pass model='hybrid' and implicit_prior=True, or leave implicit_vectors "
+                             "unset.")
         if self.rating_scale is not None:
             scale = _numbers("rating_scale", self.rating_scale, float, "two numbers LOW HIGH, e.g. 1 5")
             if len(scale) != 2 or not all(np.isfinite(scale)) or not scale[0] < scale[1]:
@@ -427,7 +433,8 @@ def make_model(config: TrainConfig, data: Dataset) -> Model:
             raise ValueError(f"{config.path or config.data}: no item has {config.known_min_ratings} training "
                              "ratings, so hybrid MeLU has no item to give an id row; pass model='melu'.")
         return hybrid_melu(spec, known, item_fields=data.encoder.table_columns("item")[1:], id_key=ITEM_KEY,
-                           factors=config.factors, global_bias=data.mean_rating, embed_dim=embed_dim, hidden=hidden)
+                           factors=config.factors, global_bias=data.mean_rating, embed_dim=embed_dim, hidden=hidden,
+                           implicit_vectors=config.implicit_vectors)
     return melu(spec, embed_dim=embed_dim, hidden=hidden, output_bias=data.mean_rating)
 
 

@@ -104,6 +104,8 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
         model += f" without {', '.join(results['without'])}"
     if results.get("implicit_prior"):
         model += ", ridge's prior from the items rated"
+        if results.get("implicit_vectors"):
+            model += " (free item vectors)"
     loss = f", meta-learners trained on {results['loss']}" if results.get("loss", "mse") != "mse" else ""
     lines = [f"# {results['dataset']}, {results['split']}{model}{text}{loss}", "", "```", command, "```", ""]
     if seconds is not None:

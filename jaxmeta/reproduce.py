@@ -166,7 +166,8 @@ class Experiment:
     loss; its support fit is least squares whatever the loss); the baselines
     are least-squares fits whatever it is. ``implicit_prior``: ``ridge``'s prior
     mean moved by which items each user rated and how many
-    (``algorithms.ridge(implicit=True)``).
+    (``algorithms.ridge(implicit=True)``); ``implicit_vectors``: that prior reads
+    free item vectors (``hybrid_melu(implicit_vectors=True)``, SVD++'s ``y_j``).
     """
 
     dataset: str = "ml-1m"
@@ -208,6 +209,7 @@ class Experiment:
     freeze_items: bool = False
     without: tuple[str, ...] = ()
     implicit_prior: bool = False
+    implicit_vectors: bool = False
 
     def __post_init__(self):
         if isinstance(self.without, str) or any(p not in hybrid.PARTS for p in self.without):
@@ -242,6 +244,10 @@ class Experiment:
         if self.implicit_prior and "ridge" not in self.algos:
             raise ValueError(f"implicit_prior=True with algos={tuple(self.algos)!r}: only ridge's prior reads the "
                              "items rated; add 'ridge' to algos, or implicit_prior=False.")
+        if self.implicit_vectors and not (self.implicit_prior and self.model == "hybrid"):
+            raise ValueError(f"implicit_vectors=True with implicit_prior={self.implicit_prior}, model={self.model!r}: "
+                             "the free vectors are hybrid MeLU's, read only by ridge's implicit prior; pass "
+                             "model='hybrid' and implicit_prior=True, or implicit_vectors=False.")
         if isinstance(self.students, str) or any(s not in STUDENTS for s in self.students):
             raise ValueError(f"students={self.students!r}: pass a list drawn from {STUDENTS}.")
         object.__setattr__(self, "students", tuple(self.students))
@@ -363,7 +369,7 @@ def _model(ex: Experiment, data: Dataset, mf: classic.Selected | None, hidden: t
         item_init = (fit.items, fit.item_factors, fit.item_bias)
     return hybrid_melu(data.encoder.spec, known, item_fields=data.encoder.table_columns("item")[1:],
                        factors=factors, global_bias=mean, item_init=item_init, hidden=hidden, embed_dim=embed_dim,
-                       without=ex.without)
+                       without=ex.without, implicit_vectors=ex.implicit_vectors)
 
 
 def _named(method: str, setting: float) -> str:
@@ -562,7 +568,7 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     out = {"dataset": ex.dataset, "split": data.split, "text": None if ex.text is None else str(ex.text),
            "text_tokens": None if ex.text is None else ex.text_tokens,
            "model": ex.model, "loss": ex.loss, "warm_start": ex.warm_start, "freeze_items": ex.freeze_items,
-           "without": list(ex.without), "implicit_prior": ex.implicit_prior,
+           "without": list(ex.without), "implicit_prior": ex.implicit_prior, "implicit_vectors": ex.implicit_vectors,
            "train_tasks": len(train_tasks), "results": results, "selected": selected,
            "paired": paired(per_user, ex.algos + ex.students, PAIRED_BASELINES),
            "chosen": chosen(per_user, selected, ex.algos + ex.students, {s: data.valid_for(s) for s in data.scenarios},

@@ -72,7 +72,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -87,7 +87,7 @@ from jaxmeta import classic, metrics
 from jaxmeta._checks import columns, json_ready, positive_int
 from jaxmeta.algorithms import CLOSED_FORM, MetaLearner, MetaState, split_fast
 from jaxmeta.algorithms._core import zero_padded_rows
-from jaxmeta.algorithms.ridge import null_jacobian, null_row, ridge_sums_and_rows, solve_with_prior
+from jaxmeta.algorithms.ridge import implicit_sums, null_jacobian, null_row, ridge_sums_and_rows, solve_with_prior
 from jaxmeta.evaluation import (
     DEFAULT_KS,
     ITEM_KEY,
@@ -95,7 +95,7 @@ from jaxmeta.evaluation import (
     paired_difference,
     per_user_metrics,
 )
-from jaxmeta.models import combine
+from jaxmeta.models import Model, combine
 from jaxmeta.tasks import RaggedTasks, TaskBatch, pad_tasks
 
 __all__ = (
@@ -348,7 +348,7 @@ def learner_method(name: str, learner: MetaLearner, state: MetaState, *, increme
     )
 
 
-def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
+def ridge_method(name: str, learner: MetaLearner, state: MetaState, model: Model) -> Method:
     """A ``ridge`` meta-learner as a :class:`Method` whose incremental mode is exact.
 
     ``ridge`` solves each user's head in closed form around the meta-learned prior
@@ -357,7 +357,8 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
     prior of ``implicit=True``, ``J``'s rows and their count
     (:func:`~jaxmeta.algorithms.ridge.ridge_sums_and_rows`; exact sums for a head the model is
     affine in, as hybrid MeLU's user vector and bias and MF's). The state of a user is
-    ``(J^T J, J^T r, sum of J's rows, count, head)``: ``adapt`` computes it from all the
+    ``(J^T J, J^T r, sum of J's rows, count, head)`` (with the model's own implicit rows,
+    :attr:`jaxmeta.models.Model.implicit`, their sum in place of J's): ``adapt`` computes it from all the
     ratings seen (readapt), ``resume`` adds the new ratings' sums to the carried ones and solves again
     (incremental), each in one compiled call over the users, the solve included in what
     is timed. Both take the Jacobian at the prior ``w0``, so the two modes agree up to
@@ -369,8 +370,11 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
       name: as reported.
       learner: a ``ridge`` meta-learner.
       state: its meta-trained state.
+      model: the model it was built on (with ``implicit=True``, its own implicit rows, when it has
+        them, are what the prior reads).
     """
     w0, unravel = ravel_pytree(split_fast(state.params, learner.is_fast)[0])
+    own = model.implicit is not None and isinstance(state.hyper, Mapping) and "implicit" in state.hyper
 
     def one_user(tree: Any) -> Any:
         return jax.tree.map(lambda a: a[None], tree)
@@ -383,13 +387,19 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState) -> Method:
                 return learner.apply_adapted(state, one_user(unravel(w)), one_user(x))[0]
 
             gram, rhs, _, jac_sum = ridge_sums_and_rows(apply, w0, y, mask)
+            if own:
+                jac_sum, _ = implicit_sums(model.implicit, state.params, x, mask)
             return gram, rhs, jac_sum, jnp.sum(mask, dtype=w0.dtype)
 
         return jax.vmap(one)(batch.support_x, batch.support_y, batch.support_mask)
 
     def solved(batch: TaskBatch, *stats: jax.Array) -> tuple[jax.Array, ...]:
-        null = one_user(null_row(jax.tree.map(lambda a: a[0], batch.support_x)))
-        reference = null_jacobian(lambda w: learner.apply_adapted(state, one_user(unravel(w)), null)[0], w0)
+        null = null_row(jax.tree.map(lambda a: a[0], batch.support_x))
+        if own:
+            reference = model.implicit(state.params, null)[0]
+        else:
+            reference = null_jacobian(lambda w: learner.apply_adapted(state, one_user(unravel(w)), one_user(null))[0],
+                                      w0)
         return *stats, jax.vmap(lambda *s: solve_with_prior(w0, state.hyper, *s, reference)[0])(*stats)
 
     adapt = jax.jit(lambda batch: solved(batch, *sums(batch)))
@@ -765,13 +775,15 @@ def stream_eval(runs: Sequence[str | os.PathLike], *, ns: Sequence[int] = DEFAUL
     for run, meta in zip(runs, restored):
         name = meta.config.algo if meta.config.algo not in described else f"{meta.config.algo} ({Path(run).name})"
         why = NOT_INCREMENTAL.get(meta.config.algo, "")
-        method = (ridge_method(name, meta.learner, meta.state) if meta.config.algo == "ridge" else
+        method = (ridge_method(name, meta.learner, meta.state, meta.model) if meta.config.algo == "ridge" else
                   learner_method(name, meta.learner, meta.state, incremental=not why, note=why))
         methods.append(method)
         inner = {} if meta.config.algo in CLOSED_FORM else {"inner_lr": meta.config.inner_lr,
                                                              "inner_steps": meta.config.inner_steps}
         if meta.config.implicit_prior:
             inner["implicit_prior"] = True
+        if meta.config.implicit_vectors:
+            inner["implicit_vectors"] = True
         described[name] = {"run": str(Path(run).absolute()), "algo": meta.config.algo, "step": meta.step, **inner,
                            "modes": list(modes) if method.resume else ["readapt"],
                            **({"note": method.note} if method.note else {})}

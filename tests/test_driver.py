@@ -428,6 +428,17 @@ def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
     named.write_text("user,item,rating\n" + "\n".join(f"{u},m{i},{r}" for u, i, r in rows) + "\n")
     refused = jaxmeta("train", "--data", "table", "--path", str(named), "--model", "hybrid", "--steps", "2", "--quiet")
     assert refused.returncode == 2 and "model='hybrid' reads integer item ids" in refused.stderr
+    # free implicit vectors: built from the saved config on restore, one row per id row, one column per head coordinate
+    free = tmp_path / "free"
+    trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "hybrid", "--algo", "ridge",
+                      "--embed-dim", "4", "--hidden", "8", "--factors", "3", "--known-min-ratings", "30", "--steps", "2",
+                      "--eval-every", "2", "--num-buckets", "1", "--implicit-prior", "--implicit-vectors",
+                      "--out", str(free), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    restored = restore_run(free)
+    assert restored.config.implicit_vectors and restored.model.implicit is not None
+    assert restored.state.params["implicit"].shape == (1 + known, 4) and set(restored.state.hyper) == {"log_reg",
+                                                                                                       "implicit"}
 
 
 def test_a_run_with_a_rating_scale_resumes(tmp_path):

@@ -222,13 +222,15 @@ def test_item_rows_started_from_a_fit_can_be_held_while_the_rest_meta_learns():
     assert not np.array_equal(moved.params["items"]["vectors"], start.params["items"]["vectors"])
 
 
-def test_ridge_with_the_implicit_prior_on_the_staged_model():
+@pytest.mark.parametrize("vectors", [False, True])
+def test_ridge_with_the_implicit_prior_on_the_staged_model(vectors):
     """``ridge(implicit=True)`` on hybrid MeLU, whose inner model reads embedded rows: a batch equals a per-user
     loop; the null input's row is taken in the embedded space by the learner and on raw rows by the stream's
-    ``ridge_method``, and the two give the same heads; NaN and garbage ids in padded rows change nothing."""
+    ``ridge_method``, and the two give the same heads; NaN and garbage ids in padded rows change nothing. The
+    same with the model's free implicit vectors (``implicit_vectors=True``), read from raw rows by both."""
     from jaxmeta import stream
 
-    ridge = algorithms.ridge(build(), outer_optimizer=optax.sgd(1.0), implicit=True)
+    ridge = algorithms.ridge(build(implicit_vectors=vectors), outer_optimizer=optax.sgd(1.0), implicit=True)
     state = ridge.init(jax.random.key(0))
     hyper = {**state.hyper, "implicit": 0.3 * jax.random.normal(jax.random.key(1), state.hyper["implicit"].shape)}
     state = state._replace(params=perturbed(state.params, seed=8, scale=0.1), hyper=hyper,
@@ -237,9 +239,76 @@ def test_ridge_with_the_implicit_prior_on_the_staged_model():
     batch = pad_tasks(users, support_size=8, num_tasks=6)
     assert_batch_equals_loop(ridge, state, users, batch)
     heads = jax.vmap(lambda f: ravel_pytree(f)[0])(ridge.adapt(state, batch))
-    np.testing.assert_allclose(stream.ridge_method("ridge", ridge, state).adapt(batch)[-1], heads,
+    np.testing.assert_allclose(stream.ridge_method("ridge", ridge, state, build(implicit_vectors=vectors)).adapt(batch)[-1], heads,
                                rtol=1e-5, atol=1e-5)
     dirty = batch._replace(support_y=np.where(batch.support_mask, batch.support_y, np.nan),
                            support_x={**batch.support_x,
                                       "item_id": np.where(batch.support_mask, batch.support_x["item_id"], 123456)})
     np.testing.assert_array_equal(jax.vmap(lambda f: ravel_pytree(f)[0])(ridge.adapt(state, dirty)), heads)
+
+
+def test_implicit_vectors_start_at_the_item_rows_and_are_zero_for_other_items():
+    """``implicit_vectors=True``: ``params["implicit"]`` is ``[0, E]`` (bias column, then the item vectors; row 0
+    zero), ``model.implicit`` reads a known item's row and gives zero to every other id (and to every id with
+    ``without=("ids",)``); the prediction does not read them. Without the option there is neither."""
+    ids, rng = np.array([20, 10]), np.random.default_rng(3)
+    model = build(implicit_vectors=True, item_init=(ids, rng.normal(size=(2, K)), rng.normal(size=2)))
+    params = model.init(jax.random.key(0))
+    table = np.asarray(params["implicit"])
+    np.testing.assert_array_equal(table[:, 0], 0.0)
+    np.testing.assert_array_equal(table[:, 1:], params["items"]["vectors"])
+    assert np.any(table[1:3, 1:]) and not np.any(table[0])
+    params = perturbed(params, seed=4)
+    x = rows(7, np.random.default_rng(5))
+    want = np.array([np.asarray(params["implicit"])[{10: 1, 20: 2, 30: 3}[i]] if i in (10, 20, 30) else np.zeros(K + 1)
+                     for i in x["item_id"]])
+    np.testing.assert_array_equal(model.implicit(params, x), want)
+    np.testing.assert_allclose(model.apply(params, x), np_forward(params, x), rtol=1e-5, atol=1e-5)
+    blind = build(implicit_vectors=True, without=("ids",))
+    assert not np.any(blind.implicit(params, x))
+    assert build().implicit is None and "implicit" not in build().init(jax.random.key(0))
+    with pytest.raises(ValueError, match="implicit_vectors=1; pass True or False"):
+        build(implicit_vectors=1)
+
+
+def test_ridge_reads_the_free_implicit_vectors():
+    """``ridge(implicit=True)`` on hybrid MeLU with ``implicit_vectors=True``: each head is the NumPy ridge solve
+    around ``w0 + A [mean of the support items' y; log(1 + n)]`` (``J`` from the NumPy forward pass, exact for
+    the affine head), and the query loss's meta-gradient in the ``y`` table equals central differences
+    (float64), nonzero on the rows of items in a support set only."""
+    with jax.enable_x64(True):
+        model = build(implicit_vectors=True)
+        ridge = algorithms.ridge(model, outer_optimizer=optax.sgd(1.0), implicit=True)
+        state = ridge.init(jax.random.key(0))
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), perturbed(state.params, seed=6, scale=0.3))
+        rng = np.random.default_rng(7)
+        hyper = {"log_reg": jnp.asarray(rng.normal(size=K + 1)), "implicit": jnp.asarray(rng.normal(size=(K + 1, K + 2)))}
+        state = state._replace(params=params, hyper=hyper, opt_state=optax.sgd(1.0).init((params, hyper)))
+        users = tasks(4, seed=8, dtype=np.float64)
+        batch = pad_tasks(users, support_size=6, num_tasks=4, dtype=np.float64)
+        heads = np.asarray(jax.vmap(lambda f: ravel_pytree(f)[0])(ridge.adapt(state, batch)))
+        p = jax.tree.map(np.asarray, params)
+        table = {10: 1, 20: 2, 30: 3}
+        for u in range(4):
+            x, y = users.support_x[u], users.support_y[u]
+            w0 = np.concatenate([[p["user"]["bias"]], p["user"]["vector"]])
+
+            def forward(w):
+                return np_forward({**p, "user": {"bias": w[0], "vector": w[1:]}}, x)
+
+            jac = np.stack([forward(w0 + e) - forward(w0) for e in np.eye(K + 1)], axis=1)
+            ys = [p["implicit"][table[i]] if i in table else np.zeros(K + 1) for i in x["item_id"]]
+            prior = w0 + np.asarray(hyper["implicit"]) @ np.concatenate([np.mean(ys, axis=0), [np.log1p(len(y))]])
+            want = prior + np.linalg.solve(jac.T @ jac + np.diag(np.exp(np.asarray(hyper["log_reg"]))),
+                                           jac.T @ (y - forward(prior)))
+            np.testing.assert_allclose(heads[u], want, rtol=1e-6, atol=1e-8)
+        (grads, _), _ = meta_grad(ridge, state, batch)
+        flat, unravel = ravel_pytree(params["implicit"])
+        loss = jax.jit(lambda v: ridge.evaluate(state._replace(params={**params, "implicit": unravel(v)}),
+                                                batch)["query_loss_after"])
+        eps = 1e-6
+        numeric = [(loss(flat.at[i].add(eps)) - loss(flat.at[i].add(-eps))) / (2 * eps) for i in range(flat.size)]
+        got = np.asarray(grads["implicit"])
+        np.testing.assert_allclose(got.ravel(), numeric, rtol=1e-5, atol=1e-9)
+        rated = {table[i] for u in range(4) for i in users.support_x[u]["item_id"] if i in table}
+        assert all(np.any(got[r]) == (r in rated) for r in range(4))

@@ -53,6 +53,8 @@ def test_a_stage_missing_a_partner_is_refused_when_the_model_is_built(changes, m
         model._replace(stage=stage_of(model, **changes))
     with pytest.raises(TypeError, match="Model.stage="):
         Model(model.init, model.apply, stage=tuple(model.stage))
+    with pytest.raises(TypeError, match="Model.implicit=3: pass a function of"):
+        Model(model.init, model.apply, implicit=3)
 
 
 def test_parameter_shapes_are_traced_once_per_model():

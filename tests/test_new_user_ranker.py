@@ -15,14 +15,13 @@ POPULARITY = {int(i): float(c) for i, c in zip(ITEMS, np.random.default_rng(3).i
 
 @pytest.fixture(scope="module")
 def parts():
-    """``{"maml": (learner, state), "ridge": ..., "ridge-implicit": ...}``: test_serve's MeLU MAML, and ridge on
-    hybrid MeLU (what ``jaxmeta train --model hybrid --algo ridge [--implicit-prior]`` serves: raw item ids in the
-    inputs, every item its own row)."""
-    from jaxmeta import algorithms, models
+    """``{"maml": (learner, state), "ridge": ..., "ridge-implicit": ..., "ridge-vectors": ...}``: test_serve's MeLU
+    MAML, and ridge on hybrid MeLU (what ``jaxmeta train --model hybrid --algo ridge [--implicit-prior
+    [--implicit-vectors]]`` serves: raw item ids in the inputs, every item its own row)."""
+    from jaxmeta import algorithms
 
     learner = LEARNERS["maml"](MODEL)
-    hybrid = models.hybrid_melu(ENCODER.spec, ITEMS[:-2], item_fields=ENCODER.table_columns("item")[1:],
-                                factors=3, embed_dim=4, hidden=(8,), global_bias=3.0)
+    hybrid = hybrid_of()
     ridge = algorithms.ridge(hybrid)
     state = ridge.init(jax.random.key(1))
     state = state._replace(params=jax.tree.map(lambda a: a + 0.1 * np.sin(np.arange(a.size).reshape(a.shape) + 2.0),
@@ -30,11 +29,22 @@ def parts():
     implicit = algorithms.ridge(hybrid, implicit=True)  # the prior moved by the items rated (A made non-zero)
     hyper = implicit.init(jax.random.key(1)).hyper
     hyper = {**hyper, "implicit": 0.2 * np.cos(np.arange(hyper["implicit"].size)).reshape(hyper["implicit"].shape)}
+    free = hybrid_of(implicit_vectors=True)  # the prior read through the items' free vectors (made non-zero)
+    params = {**state.params, "implicit": 0.3 * np.sin(np.arange(len(ITEMS) - 1) * 4.0 + 1.0)[:, None]
+              * np.cos(np.arange(4.0))[None, :]}
     return {"maml": (learner, learner.init(jax.random.key(0))), "ridge": (ridge, state),
-            "ridge-implicit": (implicit, state._replace(hyper=hyper))}
+            "ridge-implicit": (implicit, state._replace(hyper=hyper)),
+            "ridge-vectors": (algorithms.ridge(free, implicit=True), state._replace(params=params, hyper=hyper))}
 
 
-ITEM_KEYS = {"maml": None, "ridge": "item_id", "ridge-implicit": "item_id"}
+def hybrid_of(**options):
+    from jaxmeta import models
+
+    return models.hybrid_melu(ENCODER.spec, ITEMS[:-2], item_fields=ENCODER.table_columns("item")[1:],
+                              factors=3, embed_dim=4, hidden=(8,), global_bias=3.0, **options)
+
+
+ITEM_KEYS = {"maml": None, "ridge": "item_id", "ridge-implicit": "item_id", "ridge-vectors": "item_id"}
 
 
 def new_users(sizes: list[int], seed: int = 0) -> pd.DataFrame:
@@ -51,7 +61,7 @@ def supports(ratings: pd.DataFrame) -> list[tuple[list, list]]:
 
 # k=6: one explaining call; INFLUENCE_ROWS + 3: two, and new1 (9 rated of 20) has fewer items left than k
 @pytest.mark.parametrize("k", [6, INFLUENCE_ROWS + 3])
-@pytest.mark.parametrize("name", ["maml", "ridge", "ridge-implicit"])
+@pytest.mark.parametrize("name", ["maml", "ridge", "ridge-implicit", "ridge-vectors"])
 def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts, k, name):
     learner, state = parts[name]
     # two users per batch, the distinct input rows scored 7 at a time (in 3 chunks)
@@ -72,9 +82,10 @@ def test_rank_equals_recommend_and_influence_equals_the_recommenders(parts, k, n
         assert np.abs(ranking.influence).max() > 0  # the adaptation reads the ratings
     if name != "maml":  # the raw ids make every item its own input row (items 103 and 105 share features)
         assert ranker.distinct == len(ITEMS)
-    if name == "ridge-implicit":  # the same parameters with the fixed prior score otherwise
-        fixed = Recommender(*parts["ridge"], ENCODER, ITEMS, popularity=POPULARITY, item_key="item_id")
-        assert not np.allclose(fixed.recommend(ratings, k=k)["score"], top["score"], atol=1e-3)
+    if name.startswith("ridge-"):  # the same parameters with the fixed prior (or the tied rows) score otherwise
+        for other in ("ridge", "ridge-implicit")[: 1 + (name == "ridge-vectors")]:
+            fixed = Recommender(*parts[other], ENCODER, ITEMS, popularity=POPULARITY, item_key="item_id")
+            assert not np.allclose(fixed.recommend(ratings, k=k)["score"], top["score"], atol=1e-3)
 
 
 def test_items_described_alike_share_one_input_row_and_tie_by_popularity(parts):

@@ -249,6 +249,9 @@ def test_distillation_settings_are_checked(options, message):
     ({"without": ("ids",), "model": "hybrid", "warm_start": "all", "freeze_items": True}, "reads no item rows to hold"),
     ({"without": ("text",), "model": "hybrid"}, r"without=\('text',\): pass a list drawn from"),
     ({"implicit_prior": True}, r"implicit_prior=True with algos=\('maml',\): only ridge's prior"),
+    ({"implicit_vectors": True, "algos": ("ridge",), "model": "hybrid"},
+     "implicit_vectors=True with implicit_prior=False, model='hybrid': the free vectors"),
+    ({"implicit_vectors": True, "implicit_prior": True, "algos": ("ridge",)}, "implicit_prior=True, model='melu'"),
 ])
 def test_training_loss_is_checked(options, message):
     with pytest.raises(ValueError, match=message):
@@ -276,3 +279,6 @@ def test_held_item_rows_reach_the_optimizer_and_the_tables():
     implicit = format_markdown({"dataset": "ml-1m", "split": "melu", "results": {}, "model": "hybrid",
                                 "implicit_prior": True}, command="cmd").splitlines()[0]
     assert implicit == "# ml-1m, melu, hybrid MeLU, ridge's prior from the items rated"
+    vectors = format_markdown({"dataset": "ml-1m", "split": "melu", "results": {}, "model": "hybrid",
+                               "implicit_prior": True, "implicit_vectors": True}, command="cmd").splitlines()[0]
+    assert vectors == "# ml-1m, melu, hybrid MeLU, ridge's prior from the items rated (free item vectors)"

@@ -26,7 +26,7 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == out
     assert set(written) == {"dataset", "split", "text", "text_tokens", "model", "loss", "warm_start", "freeze_items",
-                            "without", "implicit_prior", "train_tasks", "results", "selected", "paired", "chosen",
+                            "without", "implicit_prior", "implicit_vectors", "train_tasks", "results", "selected", "paired", "chosen",
                             "reference", "curves", "grids"}
     assert written["loss"] == "mse" and (written["warm_start"], written["freeze_items"], written["without"]) == (
         "none", False, [])
@@ -74,24 +74,26 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
 
 @pytest.mark.parametrize("algos, warm, loss, freeze, implicit", [
     (("ridge", "metasgd"), "all", "mse", False, False), (("conditioned",), "none", "mse", False, False),
-    (("ridge",), "all", "mae", False, True), (("ridge",), "all", "mse", True, False)])
+    (("ridge",), "all", "mae", False, True), (("ridge",), "all", "mse", True, "vectors")])
 def test_hybrid_melu_meta_learns_on_real_new_users(tmp_path, monkeypatch, algos, warm, loss, freeze, implicit):
     """Hybrid MeLU under the new meta-learners, 200 steps, its item rows started from the ALS fit (and held there,
     with ``freeze``) or at random, trained on squared or absolute error; ``implicit``: ridge's prior from the items
-    rated. RecBole's split keeps no user with more than 100 ratings: no ratings outside the tasks, no heavy users
+    rated (``"vectors"``: through the model's free item vectors). RecBole's split keeps no user with more than 100 ratings: no ratings outside the tasks, no heavy users
     (``heavy_users=True`` asks for ``keep_heavy=True``)."""
     folder = real("ml-100k")
     experiment = Experiment("ml-100k", str(folder), algos=algos, steps=200, mf=False, item_field=True,
                             model="hybrid", inner_lr=0.1, warm_start=warm, loss=loss, freeze_items=freeze,
-                            implicit_prior=implicit)
+                            implicit_prior=bool(implicit), implicit_vectors=implicit == "vectors")
     built = []
     ridge = algorithms.META_LEARNERS["ridge"]
-    monkeypatch.setitem(algorithms.META_LEARNERS, "ridge", lambda *a, **k: built.append(k) or ridge(*a, **k))
+    monkeypatch.setitem(algorithms.META_LEARNERS, "ridge",
+                        lambda *a, **k: built.append((k, a[0].implicit is not None)) or ridge(*a, **k))
     out = reproduce(experiment, tmp_path, progress=False)
-    assert [k.get("implicit", False) for k in built] == [implicit] * ("ridge" in algos)
+    assert [(k.get("implicit", False), own) for k, own in built] == [
+        (bool(implicit), implicit == "vectors")] * ("ridge" in algos)
     table = out["results"]["user_cold"]
     assert out["model"] == "hybrid" and out["train_tasks"] == 466 and out["loss"] == loss
-    assert out["implicit_prior"] is implicit
+    assert (out["implicit_prior"], out["implicit_vectors"]) == (bool(implicit), implicit == "vectors")
     for algo in algos:
         assert table[algo]["rmse"] < table["item_mean"]["rmse"], table
         assert table[algo]["rmse"] < table["no_adaptation"]["rmse"] + 0.02, table

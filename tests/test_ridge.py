@@ -166,6 +166,18 @@ def test_bad_options_are_refused(kwargs, match):
         algorithms.ridge(biased_mf(ITEMS, dim=DIM), **kwargs)
 
 
+def test_a_models_implicit_rows_must_have_one_column_per_head_coordinate():
+    model = biased_mf(ITEMS, dim=DIM)
+    wrong = model._replace(implicit=lambda params, x: jnp.ones((x["item"].shape[0], DIM)))
+    learner = algorithms.ridge(wrong, implicit=True)
+    with pytest.raises(ValueError, match=f"implicit rows have {DIM} columns and its head {DIM + 1} coordinates"):
+        learner.adapt(learner.init(jax.random.key(0)), pad_tasks(mf_tasks(2, seed=0)))
+    right = algorithms.ridge(model._replace(implicit=lambda params, x: jnp.ones((x["item"].shape[0], DIM + 1))),
+                             implicit=True)
+    heads = right.adapt(right.init(jax.random.key(0)), pad_tasks(mf_tasks(2, seed=0)))
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(heads))
+
+
 def test_a_training_job_builds_the_implicit_prior_and_refuses_it_for_other_algorithms():
     """``jaxmeta train --implicit-prior`` (``TrainConfig.implicit_prior``) builds ``ridge(implicit=True)``; any other
     algorithm is refused with the value named."""
@@ -180,3 +192,9 @@ def test_a_training_job_builds_the_implicit_prior_and_refuses_it_for_other_algor
     assert not TrainConfig(**_settings(_parser().parse_args(["train", "--algo", "ridge"]))).implicit_prior
     with pytest.raises(ValueError, match="implicit_prior=True with algo='maml'"):
         TrainConfig(algo="maml", implicit_prior=True)
+    vectors = _parser().parse_args(["train", "--algo", "ridge", "--implicit-prior", "--implicit-vectors"])
+    with pytest.raises(ValueError, match="implicit_vectors=True with implicit_prior=True, model='mlp': the free "
+                                         "vectors are hybrid MeLU's"):
+        TrainConfig(**_settings(vectors))
+    with pytest.raises(ValueError, match="implicit_vectors=True with implicit_prior=False"):
+        TrainConfig(algo="ridge", data="ml-100k", model="hybrid", implicit_vectors=True)

@@ -262,7 +262,7 @@ def test_ridge_incremental_carries_the_solve_and_equals_readapt(implicit):
     state = learner.init(jax.random.key(5))
     keys = iter(jax.random.split(jax.random.key(6), 2))
     state = state._replace(hyper=jax.tree.map(lambda a: a + jax.random.normal(next(keys), a.shape), state.hyper))
-    method = stream.ridge_method("ridge", learner, state)
+    method = stream.ridge_method("ridge", learner, state, tiny_model())
     line = random_line(5, seed=7, lengths=(9,))
     rows = np.arange(5)
     whole = pad_tasks(stream.window(line, rows, 0, 5, 2))

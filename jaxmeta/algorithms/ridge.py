@@ -20,6 +20,9 @@ Gauss-Newton step from ``w0``.
 With ``implicit=True`` the prior mean is the user's own: ``w0 + A z`` with
 ``z = [mean of J's rows over the support - J's row at the null input; log(1 + n)]``
 and ``A`` meta-learned (zero at start, so training starts from the fixed prior).
+A model with rows of its own for this (:attr:`jaxmeta.models.Model.implicit`:
+:func:`jaxmeta.models.hybrid_melu` with ``implicit_vectors=True``, SVD++'s free
+item vectors ``y_j``) is read through them in place of ``J``'s rows.
 For biased MF and hybrid MeLU a row of ``J`` is ``[1, q_i]``, so ``z`` is the mean
 vector of the items the user rated, less the null item's, and how many:
 *which* items they chose, not only how they rated them (the implicit feedback of
@@ -121,6 +124,16 @@ def null_jacobian(predict_row: Callable[[jax.Array], jax.Array], w0: jax.Array) 
     return jax.jacfwd(predict_row)(w0)[0]
 
 
+def implicit_sums(implicit: Callable[[Any, Any], jax.Array], params: Any, x: Any,
+                  mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(sum over mask, null row)``: a model's own implicit rows (:attr:`jaxmeta.models.Model.implicit`,
+    ``implicit(params, x) -> [rows, head size]``) summed over the rows on ``mask`` (the others are zeroed
+    first, as :func:`ridge_sums` does), and its row at :func:`null_row`. They take the place of
+    :func:`ridge_sums_and_rows`' sum of ``J``'s rows and :func:`null_jacobian` in :func:`implicit_features`."""
+    rows = implicit(params, zero_padded_rows(x, mask))
+    return jnp.sum(jnp.where(mask[:, None], rows, 0), axis=0), implicit(params, null_row(x))[0]
+
+
 def precision_of(hyper: Any) -> jax.Array:
     """The per-coordinate ridge precisions held in a ``ridge`` learner's ``MetaState.hyper``."""
     return jnp.exp(hyper["log_reg"] if isinstance(hyper, Mapping) else hyper)
@@ -193,11 +206,13 @@ def ridge(
       init_reg: the initial precision of every coordinate (> 0).
       implicit: each user's prior mean moved by which items they rated and how many,
         ``w0 + A z`` (module docstring); ``hyper`` is then ``{"log_reg": [head size],
-        "implicit": A [head size, head size + 1]}``, ``A`` zero at start.
+        "implicit": A [head size, head size + 1]}``, ``A`` zero at start. When the
+        model has implicit rows of its own (``model.implicit``), they replace ``J``'s.
 
     Raises:
       ValueError: an option that does not apply, ``loss="bce"`` (a least-squares fit of clicks),
-        a model without a head (and no ``is_fast``), ``init_reg <= 0``, or ``implicit`` not a bool.
+        a model without a head (and no ``is_fast``), ``init_reg <= 0``, or ``implicit`` not a bool;
+        when traced, a model's implicit rows not ``[rows, head size]``.
 
     Example:
       >>> import jax
@@ -248,7 +263,12 @@ def ridge(
 
         gram, rhs, before, jac_sum = ridge_sums_and_rows(predict, w0, task.support_y, mask)
         reference = jnp.zeros_like(w0)  # read only with implicit=True
-        if implicit:  # the raw input of a padded row, embedded as a task's rows are
+        if implicit and model.implicit is not None:  # the model's own rows, from the raw input
+            jac_sum, reference = implicit_sums(model.implicit, params, raw.support_x, mask)
+            if jac_sum.shape != w0.shape:
+                raise ValueError(f"ridge: the model's implicit rows have {jac_sum.shape[0]} columns and its head "
+                                 f"{w0.size} coordinates; Model.implicit must give [rows, {w0.size}].")
+        elif implicit:  # the raw input of a padded row, embedded as a task's rows are
             null, one = null_row(raw.support_x), jnp.ones((1,), bool)
             null = embed(slow, raw._replace(support_x=null, query_x=null, support_mask=one, query_mask=one))
             reference = null_jacobian(lambda w: inner_model.apply(combine(unravel(w), slow), null.support_x), w0)

@@ -77,6 +77,11 @@ class Model:
         ``None`` if the model has no designated head.
       stage: optional :class:`Stage`: the input stage that the algorithms may run
         once per task, and the layers after it that they may adapt faster.
+      implicit: optional ``implicit(params, x) -> [rows, head size]``: what each row
+        says of its user by having been rated at all, whatever the rating (SVD++'s
+        free item vectors ``y_j``), in the coordinates of the head ``is_head`` picks.
+        :func:`jaxmeta.algorithms.ridge` with ``implicit=True`` moves a user's prior
+        by these rows when the model has them, by ``J``'s rows otherwise.
 
     Raises:
       ValueError: a stage without one of ``embed``, ``apply_embedded`` and
@@ -97,6 +102,7 @@ class Model:
     is_fast: Callable[[Path], bool] = _all_fast
     is_head: Callable[[Path], bool] | None = None
     stage: Stage | None = None
+    implicit: Callable[[Params, Any], jax.Array] | None = None
 
     def __post_init__(self):
         for name in ("init", "apply", "is_fast"):
@@ -104,6 +110,8 @@ class Model:
                 raise TypeError(f"Model.{name}={getattr(self, name)!r}: pass a function.")
         if self.is_head is not None and not callable(self.is_head):
             raise TypeError(f"Model.is_head={self.is_head!r}: pass a path predicate, or None.")
+        if self.implicit is not None and not callable(self.implicit):
+            raise TypeError(f"Model.implicit={self.implicit!r}: pass a function of (params, x), or None.")
         if self.stage is None:
             return
         if not isinstance(self.stage, Stage):

@@ -22,6 +22,14 @@ both:
 * ``mlp``: MeLU's network on the concatenated user and item field embeddings; its
   last layer starts at zero, so at initialisation the model is biased MF.
 
+With ``implicit_vectors=True`` each known item also gets a free vector ``y_i``
+(SVD++'s implicit feedback: what having rated the item says of a user, whatever
+the rating), read only by :func:`jaxmeta.algorithms.ridge` with ``implicit=True``
+(:attr:`jaxmeta.models.Model.implicit`): a user's prior head moves by the mean
+``y`` of the items in their support. Without it, that prior reads the item vectors
+``q_i`` themselves (tied). ``y_i`` starts at ``[0, q_i]`` (bias and vector), so
+training starts from the tied prior; a new item's ``y`` is zero.
+
 ``item_init`` warm-starts ``E`` and ``B`` from a classic fit (for example the ALS
 factors of :func:`jaxmeta.classic.fit_mf`, which read every training rating):
 meta-learning then learns the residual over that baseline, and the user's
@@ -74,6 +82,7 @@ def hybrid_melu(
     fast: str = "user+mlp",
     item_init: tuple[Any, Any, Any] | None = None,
     without: Sequence[str] = (),
+    implicit_vectors: bool = False,
 ) -> Model:
     """Builds hybrid MeLU (see the module docstring for the prediction).
 
@@ -82,9 +91,12 @@ def hybrid_melu(
     factors], "biases": [V + 1]}`` (row 0 the OOV item, never read), ``"generator":
     {"w": [item_width, factors + 1], "b": [factors + 1]}`` (item vector and bias from
     the item fields' embeddings, zero at start), ``"user": {"vector": [factors],
-    "bias": []}``, ``"global_bias": []}``. ``"user"`` is fast, and so are the layers
-    when ``fast="user+mlp"`` (the default); ``"user"`` is the head (what ANIL adapts:
-    then the model is a meta-learned fold-in of the user into biased MF).
+    "bias": []}``, ``"global_bias": []}``, and with ``implicit_vectors=True``
+    ``"implicit": [V + 1, factors + 1]`` (each known item's ``y``, in the head's
+    coordinates: bias, then vector; row 0, for every other item, zero). ``"user"``
+    is fast, and so are the layers when ``fast="user+mlp"`` (the default);
+    ``"user"`` is the head (what ANIL adapts: then the model is a meta-learned
+    fold-in of the user into biased MF).
 
     Args:
       fields: the input fields (user and item), as for :func:`jaxmeta.models.melu`.
@@ -108,11 +120,13 @@ def hybrid_melu(
         adapts a bias, and the network with ``fast="user+mlp"``). The parameters keep
         their shapes (checkpoints and optimizers are unchanged); a left-out term's
         parameters get zero gradients and never move.
+      implicit_vectors: give each known item a free implicit-feedback vector ``y``
+        (:attr:`~jaxmeta.models.Model.implicit`), for ``ridge(implicit=True)``.
 
     Raises:
       ValueError: bad fields, no known items, an unknown item field, a bad
-        ``fast`` or a mis-shaped ``item_init``; when applied, a missing field or id
-        entry (``TypeError`` for non-integer ids).
+        ``fast``, a mis-shaped ``item_init`` or a non-bool ``implicit_vectors``; when
+        applied, a missing field or id entry (``TypeError`` for non-integer ids).
 
     Example:
       >>> from jaxmeta.data.features import FieldSpec
@@ -140,6 +154,8 @@ def hybrid_melu(
         raise ValueError(f"hybrid_melu: embed_dim={embed_dim}, factors={factors}, hidden={tuple(hidden)}; "
                          "pass positive widths.")
     without = frozenset(_check_parts(without))
+    if not isinstance(implicit_vectors, bool):
+        raise ValueError(f"hybrid_melu: implicit_vectors={implicit_vectors!r}; pass True or False.")
     items = np.unique(np.asarray(known_items).astype(np.int64))
     if items.size == 0:
         raise ValueError("hybrid_melu: known_items is empty; pass the ids of the items with training ratings.")
@@ -157,19 +173,23 @@ def hybrid_melu(
             biases = jnp.zeros((items.size + 1,), jnp.float32)
         else:
             vectors, biases = (jnp.asarray(a) for a in start)
-        return {
+        vectors = vectors.at[0].set(0.0)
+        params = {
             "embeddings": init_field_embeddings(k_embed, fields, embed_dim, embed_scale),
             "layers": layers,
-            "items": {"vectors": vectors.at[0].set(0.0), "biases": biases.at[0].set(0.0)},
+            "items": {"vectors": vectors, "biases": biases.at[0].set(0.0)},
             "generator": {"w": jnp.zeros((len(item_specs) * embed_dim, factors + 1), jnp.float32),
                           "b": jnp.zeros((factors + 1,), jnp.float32)},
             "user": {"vector": factor_scale * jax.random.normal(k_user, (factors,), jnp.float32),
                      "bias": jnp.zeros((), jnp.float32)},
             "global_bias": jnp.full((), global_bias, jnp.float32),
         }
+        if implicit_vectors:  # [0, q_i]: the tied prior's rows, less the null item's generated part
+            params["implicit"] = jnp.concatenate([jnp.zeros_like(vectors[:, :1]), vectors], axis=1)
+        return params
 
-    def embed(params, x) -> dict[str, jax.Array]:
-        check_inputs(x, fields, model="hybrid_melu")
+    def known_rows(x) -> tuple[jax.Array, jax.Array]:
+        """Each row's item: whether it has an id row, and that row (0 for every other item)."""
         if id_key not in x:
             raise ValueError(f"hybrid_melu: the input has no entry {id_key!r} (it has {sorted(map(str, x))}); pass "
                              "the raw item ids there (jaxmeta.evaluation.with_item_ids adds them to tasks).")
@@ -180,7 +200,15 @@ def hybrid_melu(
         ids = ids.astype(jnp.int32)
         pos = jnp.clip(jnp.searchsorted(table, ids), 0, items.size - 1)
         known = (table[pos] == ids) & ("ids" not in without)
-        row = jnp.where(known, pos + 1, 0)
+        return known, jnp.where(known, pos + 1, 0)
+
+    def implicit(params, x) -> jax.Array:
+        known, row = known_rows(x)
+        return jnp.where(known[:, None], params["implicit"][row], 0.0)
+
+    def embed(params, x) -> dict[str, jax.Array]:
+        check_inputs(x, fields, model="hybrid_melu")
+        known, row = known_rows(x)
         emb = params["embeddings"]
         h = embed_fields(emb, fields, x)
         generated = embed_fields(emb, item_specs, x) @ params["generator"]["w"] + params["generator"]["b"][None, :]
@@ -207,6 +235,7 @@ def hybrid_melu(
         is_fast=is_user if fast == "user" else (lambda path: path[0] in ("user", "layers")),
         is_head=is_user,
         stage=Stage(embed, apply_embedded, is_embedding=lambda path: path[0] in slow_stage),
+        implicit=implicit if implicit_vectors else None,
     )
 
 
