@@ -388,7 +388,7 @@ def ridge_method(name: str, learner: MetaLearner, state: MetaState, model: Model
 
             gram, rhs, _, jac_sum = ridge_sums_and_rows(apply, w0, y, mask)
             if own:
-                jac_sum, _ = implicit_sums(model.implicit, state.params, x, mask)
+                jac_sum, _ = implicit_sums(model.implicit, state.params, x, mask, w0.size)
             return gram, rhs, jac_sum, jnp.sum(mask, dtype=w0.dtype)
 
         return jax.vmap(one)(batch.support_x, batch.support_y, batch.support_mask)

@@ -248,24 +248,25 @@ def test_ridge_with_the_implicit_prior_on_the_staged_model(vectors):
 
 
 def test_implicit_vectors_start_at_the_item_rows_and_are_zero_for_other_items():
-    """``implicit_vectors=True``: ``params["implicit"]`` is ``[0, E]`` (bias column, then the item vectors; row 0
-    zero), ``model.implicit`` reads a known item's row and gives zero to every other id (and to every id with
-    ``without=("ids",)``); the prediction does not read them. Without the option there is neither."""
+    """``implicit_vectors=True``: ``params["implicit"]`` is ``[e, E]`` (a small random bias column, then the item
+    vectors), ``model.implicit`` reads a known item's row and gives zero to every other id; the prediction does
+    not read them. Without the option there is neither; with the ids or the user vector left out it is refused."""
     ids, rng = np.array([20, 10]), np.random.default_rng(3)
     model = build(implicit_vectors=True, item_init=(ids, rng.normal(size=(2, K)), rng.normal(size=2)))
     params = model.init(jax.random.key(0))
     table = np.asarray(params["implicit"])
-    np.testing.assert_array_equal(table[:, 0], 0.0)
+    assert np.all(table[:, 0] != 0) and np.all(np.abs(table[:, 0]) < 0.1)
     np.testing.assert_array_equal(table[:, 1:], params["items"]["vectors"])
-    assert np.any(table[1:3, 1:]) and not np.any(table[0])
+    assert np.any(table[1:3, 1:])
     params = perturbed(params, seed=4)
     x = rows(7, np.random.default_rng(5))
     want = np.array([np.asarray(params["implicit"])[{10: 1, 20: 2, 30: 3}[i]] if i in (10, 20, 30) else np.zeros(K + 1)
                      for i in x["item_id"]])
     np.testing.assert_array_equal(model.implicit(params, x), want)
     np.testing.assert_allclose(model.apply(params, x), np_forward(params, x), rtol=1e-5, atol=1e-5)
-    blind = build(implicit_vectors=True, without=("ids",))
-    assert not np.any(blind.implicit(params, x))
+    for part in ("ids", "vector"):
+        with pytest.raises(ValueError, match=f"implicit_vectors=True with without=\\('{part}',\\): the free vectors"):
+            build(implicit_vectors=True, without=(part,))
     assert build().implicit is None and "implicit" not in build().init(jax.random.key(0))
     with pytest.raises(ValueError, match="implicit_vectors=1; pass True or False"):
         build(implicit_vectors=1)
@@ -312,3 +313,19 @@ def test_ridge_reads_the_free_implicit_vectors():
         np.testing.assert_allclose(got.ravel(), numeric, rtol=1e-5, atol=1e-9)
         rated = {table[i] for u in range(4) for i in users.support_x[u]["item_id"] if i in table}
         assert all(np.any(got[r]) == (r in rated) for r in range(4))
+
+
+def test_every_part_of_the_free_vectors_and_their_map_learns():
+    """From the start (``A`` zero), two outer steps of ``ridge(implicit=True)`` move every column of ``A`` (the
+    bias column too: the vectors' bias column starts off zero, or the two would hold each other at zero) and
+    every column of the rated items' vectors; the rows of items no support rated stay as they were."""
+    ridge = algorithms.ridge(build(implicit_vectors=True), outer_optimizer=optax.adam(0.05), implicit=True)
+    start = ridge.init(jax.random.key(0))
+    users = tasks(6, seed=10)
+    state = start
+    for _ in range(2):
+        state, _ = ridge.step(state, pad_tasks(users))
+    assert np.all(np.any(np.asarray(state.hyper["implicit"]) != 0, axis=0))
+    moved = np.asarray(state.params["implicit"]) != np.asarray(start.params["implicit"])
+    rated = sorted({{10: 1, 20: 2, 30: 3}[i] for x in users.support_x for i in x["item_id"] if i in (10, 20, 30)})
+    assert rated and np.all(moved[rated]) and not np.any(np.delete(moved, rated, axis=0))

@@ -252,6 +252,8 @@ def test_distillation_settings_are_checked(options, message):
     ({"implicit_vectors": True, "algos": ("ridge",), "model": "hybrid"},
      "implicit_vectors=True with implicit_prior=False, model='hybrid': the free vectors"),
     ({"implicit_vectors": True, "implicit_prior": True, "algos": ("ridge",)}, "implicit_prior=True, model='melu'"),
+    ({"implicit_vectors": True, "implicit_prior": True, "algos": ("ridge",), "model": "hybrid", "without": ("ids",)},
+     r"implicit_vectors=True with without=\('ids',\): the free vectors stand in"),
 ])
 def test_training_loss_is_checked(options, message):
     with pytest.raises(ValueError, match=message):

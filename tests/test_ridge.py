@@ -170,7 +170,7 @@ def test_a_models_implicit_rows_must_have_one_column_per_head_coordinate():
     model = biased_mf(ITEMS, dim=DIM)
     wrong = model._replace(implicit=lambda params, x: jnp.ones((x["item"].shape[0], DIM)))
     learner = algorithms.ridge(wrong, implicit=True)
-    with pytest.raises(ValueError, match=f"implicit rows have {DIM} columns and its head {DIM + 1} coordinates"):
+    with pytest.raises(ValueError, match=rf"implicit rows have shape \(6, {DIM}\) for 6 rows, and ridge solves {DIM + 1}"):
         learner.adapt(learner.init(jax.random.key(0)), pad_tasks(mf_tasks(2, seed=0)))
     right = algorithms.ridge(model._replace(implicit=lambda params, x: jnp.ones((x["item"].shape[0], DIM + 1))),
                              implicit=True)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
@@ -252,17 +253,21 @@ def test_learners_without_an_incremental_mode_are_reported_in_readapt_only():
     assert "ridge" not in stream.NOT_INCREMENTAL
 
 
-@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("implicit", [False, True, "own rows"])
 def test_ridge_incremental_carries_the_solve_and_equals_readapt(implicit):
     """``ridge_method``: readapt is the algorithm's own solve (predictions equal ``learner.predict``); the
     sums of ratings [0, 2) plus those of [2, 5) give the head of ratings [0, 5); through replay the
     incremental rows equal the readapt rows (users drop out between the ns). With ``implicit=True`` the
-    prior moves with the items rated, from sums carried too."""
-    learner = algorithms.ridge(tiny_model(), implicit=implicit)
+    prior moves with the items rated, from sums carried too; ``"own rows"``: through the model's own implicit
+    rows (``Model.implicit``, here the row's two field embeddings, as wide as the head)."""
+    model = tiny_model()
+    if implicit == "own rows":
+        model = model._replace(implicit=lambda p, x: jnp.concatenate([p["emb"][0][x[:, 0]], p["emb"][1][x[:, 1]]], 1))
+    learner = algorithms.ridge(model, implicit=bool(implicit))
     state = learner.init(jax.random.key(5))
     keys = iter(jax.random.split(jax.random.key(6), 2))
     state = state._replace(hyper=jax.tree.map(lambda a: a + jax.random.normal(next(keys), a.shape), state.hyper))
-    method = stream.ridge_method("ridge", learner, state, tiny_model())
+    method = stream.ridge_method("ridge", learner, state, model)
     line = random_line(5, seed=7, lengths=(9,))
     rows = np.arange(5)
     whole = pad_tasks(stream.window(line, rows, 0, 5, 2))

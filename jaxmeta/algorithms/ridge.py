@@ -124,13 +124,22 @@ def null_jacobian(predict_row: Callable[[jax.Array], jax.Array], w0: jax.Array) 
     return jax.jacfwd(predict_row)(w0)[0]
 
 
-def implicit_sums(implicit: Callable[[Any, Any], jax.Array], params: Any, x: Any,
-                  mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+def implicit_sums(implicit: Callable[[Any, Any], jax.Array], params: Any, x: Any, mask: jax.Array,
+                  width: int) -> tuple[jax.Array, jax.Array]:
     """``(sum over mask, null row)``: a model's own implicit rows (:attr:`jaxmeta.models.Model.implicit`,
-    ``implicit(params, x) -> [rows, head size]``) summed over the rows on ``mask`` (the others are zeroed
-    first, as :func:`ridge_sums` does), and its row at :func:`null_row`. They take the place of
-    :func:`ridge_sums_and_rows`' sum of ``J``'s rows and :func:`null_jacobian` in :func:`implicit_features`."""
+    ``implicit(params, x) -> [rows, width]``, ``width`` the number of solved coordinates) summed over the
+    rows on ``mask`` (the others are zeroed first, as :func:`ridge_sums` does), and its row at
+    :func:`null_row`. They take the place of :func:`ridge_sums_and_rows`' sum of ``J``'s rows and
+    :func:`null_jacobian` in :func:`implicit_features`.
+
+    Raises:
+      ValueError: rows not ``[rows, width]``.
+    """
     rows = implicit(params, zero_padded_rows(x, mask))
+    if rows.shape != (mask.shape[0], width):
+        raise ValueError(f"ridge: the model's implicit rows have shape {rows.shape} for {mask.shape[0]} rows, and "
+                         f"ridge solves {width} coordinates (the model's head, or is_fast's leaves); Model.implicit "
+                         f"must give [rows, {width}] in the order of those coordinates.")
     return jnp.sum(jnp.where(mask[:, None], rows, 0), axis=0), implicit(params, null_row(x))[0]
 
 
@@ -264,10 +273,7 @@ def ridge(
         gram, rhs, before, jac_sum = ridge_sums_and_rows(predict, w0, task.support_y, mask)
         reference = jnp.zeros_like(w0)  # read only with implicit=True
         if implicit and model.implicit is not None:  # the model's own rows, from the raw input
-            jac_sum, reference = implicit_sums(model.implicit, params, raw.support_x, mask)
-            if jac_sum.shape != w0.shape:
-                raise ValueError(f"ridge: the model's implicit rows have {jac_sum.shape[0]} columns and its head "
-                                 f"{w0.size} coordinates; Model.implicit must give [rows, {w0.size}].")
+            jac_sum, reference = implicit_sums(model.implicit, params, raw.support_x, mask, w0.size)
         elif implicit:  # the raw input of a padded row, embedded as a task's rows are
             null, one = null_row(raw.support_x), jnp.ones((1,), bool)
             null = embed(slow, raw._replace(support_x=null, query_x=null, support_mask=one, query_mask=one))

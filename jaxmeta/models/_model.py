@@ -79,7 +79,8 @@ class Model:
         once per task, and the layers after it that they may adapt faster.
       implicit: optional ``implicit(params, x) -> [rows, head size]``: what each row
         says of its user by having been rated at all, whatever the rating (SVD++'s
-        free item vectors ``y_j``), in the coordinates of the head ``is_head`` picks.
+        free item vectors ``y_j``), in the coordinates of the head ``is_head`` picks
+        (or of the leaves a learner's ``is_fast`` picks, when it is given one).
         :func:`jaxmeta.algorithms.ridge` with ``implicit=True`` moves a user's prior
         by these rows when the model has them, by ``J``'s rows otherwise.
 

@@ -27,8 +27,9 @@ With ``implicit_vectors=True`` each known item also gets a free vector ``y_i``
 the rating), read only by :func:`jaxmeta.algorithms.ridge` with ``implicit=True``
 (:attr:`jaxmeta.models.Model.implicit`): a user's prior head moves by the mean
 ``y`` of the items in their support. Without it, that prior reads the item vectors
-``q_i`` themselves (tied). ``y_i`` starts at ``[0, q_i]`` (bias and vector), so
-training starts from the tied prior; a new item's ``y`` is zero.
+``q_i`` themselves (tied). ``y_i`` starts at ``[e_i, q_i]`` (bias and vector; ``e_i``
+small noise, so that the bias column and the map reading it can both move off zero),
+so training starts in the direction of the tied prior; a new item's ``y`` is zero.
 
 ``item_init`` warm-starts ``E`` and ``B`` from a classic fit (for example the ALS
 factors of :func:`jaxmeta.classic.fit_mf`, which read every training rating):
@@ -93,7 +94,7 @@ def hybrid_melu(
     the item fields' embeddings, zero at start), ``"user": {"vector": [factors],
     "bias": []}``, ``"global_bias": []}``, and with ``implicit_vectors=True``
     ``"implicit": [V + 1, factors + 1]`` (each known item's ``y``, in the head's
-    coordinates: bias, then vector; row 0, for every other item, zero). ``"user"``
+    coordinates: bias, then vector; row 0, for every other item, never read). ``"user"``
     is fast, and so are the layers when ``fast="user+mlp"`` (the default);
     ``"user"`` is the head (what ANIL adapts: then the model is a meta-learned
     fold-in of the user into biased MF).
@@ -121,11 +122,14 @@ def hybrid_melu(
         their shapes (checkpoints and optimizers are unchanged); a left-out term's
         parameters get zero gradients and never move.
       implicit_vectors: give each known item a free implicit-feedback vector ``y``
-        (:attr:`~jaxmeta.models.Model.implicit`), for ``ridge(implicit=True)``.
+        (:attr:`~jaxmeta.models.Model.implicit`), for ``ridge(implicit=True)``; not
+        with ``without`` ``"ids"`` or ``"vector"`` (the vectors stand in for item
+        rows and the user vector reads them).
 
     Raises:
       ValueError: bad fields, no known items, an unknown item field, a bad
-        ``fast``, a mis-shaped ``item_init`` or a non-bool ``implicit_vectors``; when
+        ``fast``, a mis-shaped ``item_init``, a non-bool ``implicit_vectors`` or one
+        with ``without`` ``"ids"`` or ``"vector"``; when
         applied, a missing field or id entry (``TypeError`` for non-integer ids).
 
     Example:
@@ -156,6 +160,10 @@ def hybrid_melu(
     without = frozenset(_check_parts(without))
     if not isinstance(implicit_vectors, bool):
         raise ValueError(f"hybrid_melu: implicit_vectors={implicit_vectors!r}; pass True or False.")
+    if implicit_vectors and without & {"ids", "vector"}:
+        raise ValueError(f"hybrid_melu: implicit_vectors=True with without={tuple(sorted(without))!r}: the free "
+                         "vectors stand in for the item rows that the user vector reads; leave 'ids' and 'vector' "
+                         "in, or implicit_vectors=False.")
     items = np.unique(np.asarray(known_items).astype(np.int64))
     if items.size == 0:
         raise ValueError("hybrid_melu: known_items is empty; pass the ids of the items with training ratings.")
@@ -184,8 +192,9 @@ def hybrid_melu(
                      "bias": jnp.zeros((), jnp.float32)},
             "global_bias": jnp.full((), global_bias, jnp.float32),
         }
-        if implicit_vectors:  # [0, q_i]: the tied prior's rows, less the null item's generated part
-            params["implicit"] = jnp.concatenate([jnp.zeros_like(vectors[:, :1]), vectors], axis=1)
+        if implicit_vectors:  # [e_i, q_i]: the tied prior's rows (less the null item's), with a bias column that can move
+            noise = factor_scale * jax.random.normal(jax.random.fold_in(key, 1), vectors[:, :1].shape, vectors.dtype)
+            params["implicit"] = jnp.concatenate([noise, vectors], axis=1)
         return params
 
     def known_rows(x) -> tuple[jax.Array, jax.Array]:
