@@ -129,8 +129,8 @@ def hybrid_melu(
     Raises:
       ValueError: bad fields, no known items, an unknown item field, a bad
         ``fast``, a mis-shaped ``item_init``, a non-bool ``implicit_vectors`` or one
-        with ``without`` ``"ids"`` or ``"vector"``; when
-        applied, a missing field or id entry (``TypeError`` for non-integer ids).
+        with ``without`` ``"ids"`` or ``"vector"``; when applied, a missing field or
+        id entry (``TypeError`` for non-integer ids).
 
     Example:
       >>> from jaxmeta.data.features import FieldSpec
