@@ -76,12 +76,32 @@ class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the run that restores it."""
 
 
+def _failed_read(error: BaseException | None) -> bool:
+    """Whether ``error``, or an exception it came from (``__cause__``, ``__context__``), was raised through one
+    of orbax's array reads (a frame of orbax's code whose function reads or deserializes)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if "orbax" in code.co_filename and ("read" in code.co_name or "deserializ" in code.co_name):
+                return True
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class _UnretrievedOrbaxReads(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" records of orbax's reads (a failed restore's)."""
+    """Drops asyncio's "Task exception was never retrieved" records of orbax's reads (a failed restore's):
+    the task named in the message is orbax's, or its exception came through one of orbax's reads."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+        if not message.startswith("Task exception was never retrieved"):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return not ("orbax" in message or _failed_read(error))
 
 
 _UNRETRIEVED = _UnretrievedOrbaxReads()  # one instance: logging adds a filter once
@@ -89,11 +109,14 @@ _UNRETRIEVED = _UnretrievedOrbaxReads()  # one instance: logging adds a filter o
 
 def _is_leftover_read(unraisable) -> bool:
     """Whether ``sys.unraisablehook`` got what a failed restore leaves behind: one of orbax's array reads,
-    a coroutine never awaited; or, from a thread other than the main one, tensorstore's callback of a
-    read that finished after orbax's event loop closed (``RuntimeError: Event loop is closed``, no object)."""
+    a coroutine never awaited, or an error raised through one (:func:`_failed_read`); or, from a thread other
+    than the main one, tensorstore's callback of a read that finished after orbax's event loop closed
+    (``RuntimeError: Event loop is closed``, no object)."""
     obj = unraisable.object
-    if inspect.iscoroutine(obj):
-        return "orbax" in getattr(getattr(obj, "cr_code", None), "co_filename", "")
+    if inspect.iscoroutine(obj) and "orbax" in getattr(getattr(obj, "cr_code", None), "co_filename", ""):
+        return True
+    if _failed_read(getattr(unraisable, "exc_value", None)):
+        return True
     return (obj is None and getattr(unraisable, "exc_type", None) is RuntimeError
             and str(unraisable.exc_value) == "Event loop is closed"
             and threading.current_thread() is not threading.main_thread())
@@ -107,9 +130,10 @@ def _quiet_failed_reads() -> None:
     orbax's event loop closed, and as asyncio Tasks whose exceptions nobody retrieves.
     Each prints its exception and a traceback (through ``sys.unraisablehook``, or
     asyncio's logger at exit): up to hundreds of lines around the one-line error. One
-    hook (:func:`_is_leftover_read`) and one logging filter drop those alone. Installed
-    before a restore reads, since a failing read prints while the others still run;
-    installing it again changes nothing.
+    hook (:func:`_is_leftover_read`), one logging filter, and a thread hook for a read
+    that fails in a thread of its own (:func:`_failed_read`, off the main thread) drop those
+    alone. Installed before a restore reads, since a failing read prints while the others
+    still run; installing it again changes nothing.
     """
     if not getattr(sys.unraisablehook, "_jaxmeta_drops_failed_reads", False):
         hook = sys.unraisablehook
@@ -120,6 +144,15 @@ def _quiet_failed_reads() -> None:
 
         quiet._jaxmeta_drops_failed_reads = True
         sys.unraisablehook = quiet
+    if not getattr(threading.excepthook, "_jaxmeta_drops_failed_reads", False):
+        thread_hook = threading.excepthook
+
+        def quiet_thread(args) -> None:
+            if not (_failed_read(args.exc_value) and args.thread is not threading.main_thread()):
+                thread_hook(args)
+
+        quiet_thread._jaxmeta_drops_failed_reads = True
+        threading.excepthook = quiet_thread
     logging.getLogger("asyncio").addFilter(_UNRETRIEVED)
 
 

@@ -270,3 +270,53 @@ def test_a_failed_restores_late_reads_are_dropped_and_nothing_else(monkeypatch):
                                   "done, defined at .../orbax/checkpoint/_src/serialization/serialization.py:394>>"))
     assert drop.filter(record("Task exception was never retrieved\nfuture: <Task coro=<mine() done>>"))
     assert drop.filter(record("Unclosed client session"))
+
+
+def _raised_through(name: str) -> BaseException:
+    """An error raised in a function ``name`` of a file in orbax's package, chained from a tensorstore-like one."""
+    namespace = {}
+    source = (f"def {name}():\n    try:\n        raise ValueError('OUT_OF_RANGE: requested byte range')\n"
+              "    except ValueError as error:\n        raise Exception('Encountered error reading array') from error\n")
+    exec(compile(source, "/site-packages/orbax/checkpoint/_src/serialization/serialization.py", "exec"), namespace)
+    try:
+        namespace[name]()
+    except Exception as error:  # noqa: BLE001 (the error is the point)
+        return error
+    raise AssertionError("not raised")
+
+
+def test_errors_raised_through_orbaxs_reads_are_dropped_on_every_late_channel(monkeypatch):
+    """An error raised through one of orbax's array reads (a frame of orbax's code that reads) is what a failed
+    restore's late reads print, whichever way: asyncio's log (a task not named after orbax), the unraisable
+    hook, or a thread's hook off the main thread. Each is dropped; the same error from orbax's writes, or a
+    read's on the main thread's hook, still reaches the hooks."""
+    import logging
+    import threading
+    import types
+
+    from jaxmeta import checkpoint
+
+    read, write = _raised_through("_read_array_index_and_device_put"), _raised_through("_write_shard")
+    unraisable, threads = [], []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_value))
+    monkeypatch.setattr(threading, "excepthook", lambda args: threads.append(args.exc_value))
+    checkpoint._quiet_failed_reads()
+    checkpoint._quiet_failed_reads()  # idempotent: one hook each
+    for error in (read, write):
+        sys.unraisablehook(types.SimpleNamespace(object=None, exc_type=type(error), exc_value=error))
+    assert unraisable == [write]
+
+    def to_thread_hook(error, thread):
+        threading.excepthook(types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                                   exc_traceback=error.__traceback__, thread=thread))
+
+    worker = threading.Thread(target=lambda: [to_thread_hook(e, threading.current_thread()) for e in (read, write)])
+    worker.start()
+    worker.join()
+    to_thread_hook(read, threading.main_thread())
+    assert threads == [write, read]
+    drop = checkpoint._UnretrievedOrbaxReads()
+    message = "Task exception was never retrieved\nfuture: <Task finished coro=<gather() done>>"
+    record = lambda error: logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
+                                             (type(error), error, error.__traceback__))
+    assert not drop.filter(record(read)) and drop.filter(record(write))
