@@ -50,6 +50,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -76,29 +77,34 @@ class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the run that restores it."""
 
 
+_ORBAX = str(Path(ocp.__file__).resolve().parent)  # orbax.checkpoint's own folder
+_READER = re.compile(r"(^|_)read(_|$)|deserializ")  # its functions that read (not "thread", not "_write_")
+_UNRETRIEVED_LINE = re.compile(r"\w+ exception was never retrieved$")  # Task, Future, _GatheringFuture
+# what collecting a read that orbax's loop never started prints (a warning, not an unraisable error)
+_NEVER_AWAITED = r"coroutine '(_read_array_index_and_device_put|_read_shard|_read_and_create_array|async_deserialize)' was never awaited"
+
+
 def _failed_read(error: BaseException | None) -> bool:
-    """Whether ``error``, or an exception it came from (``__cause__``, ``__context__``), was raised through one
-    of orbax's array reads (a frame of orbax's code whose function reads or deserializes)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        tb = error.__traceback__
-        while tb is not None:
-            code = tb.tb_frame.f_code
-            if "orbax" in code.co_filename and ("read" in code.co_name or "deserializ" in code.co_name):
-                return True
-            tb = tb.tb_next
-        error = error.__cause__ or error.__context__
+    """Whether ``error`` was raised through one of orbax's array reads: a frame of its own traceback is in
+    orbax's code, in a function that reads or deserializes. Its causes are not followed, so an error of
+    jaxmeta's raised from a failed read (:class:`CheckpointCorrupt`) is not one."""
+    tb = getattr(error, "__traceback__", None)
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename.startswith(_ORBAX) and _READER.search(code.co_name):
+            return True
+        tb = tb.tb_next
     return False
 
 
 class _UnretrievedOrbaxReads(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" records of orbax's reads (a failed restore's):
-    the task named in the message is orbax's, or its exception came through one of orbax's reads."""
+    """Drops asyncio's "... exception was never retrieved" records (a Task's, a Future's, or the future of
+    an ``asyncio.gather``) of orbax's reads (a failed restore's): the task named in the message is orbax's,
+    or the exception was raised through one of orbax's reads (:func:`_failed_read`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if not message.startswith("Task exception was never retrieved"):
+        if not _UNRETRIEVED_LINE.match(message.split("\n", 1)[0]):
             return True
         error = record.exc_info[1] if record.exc_info else None
         return not ("orbax" in message or _failed_read(error))
@@ -127,11 +133,11 @@ def _quiet_failed_reads() -> None:
 
     A failed restore leaves orbax's other array reads running: as coroutines never
     awaited (collected later, at the latest at exit), as tensorstore callbacks that find
-    orbax's event loop closed, and as asyncio Tasks whose exceptions nobody retrieves.
-    Each prints its exception and a traceback (through ``sys.unraisablehook``, or
-    asyncio's logger at exit): up to hundreds of lines around the one-line error. One
-    hook (:func:`_is_leftover_read`), one logging filter, and a thread hook for a read
-    that fails in a thread of its own (:func:`_failed_read`, off the main thread) drop those
+    orbax's event loop closed, and as asyncio Tasks and gathered futures whose exceptions
+    nobody retrieves. Each prints its exception and a traceback (through
+    ``sys.unraisablehook``, asyncio's logger, or a ``RuntimeWarning`` for a read never
+    started): up to hundreds of lines around the one-line error. One hook
+    (:func:`_is_leftover_read`), one logging filter and one warnings filter drop those
     alone. Installed before a restore reads, since a failing read prints while the others
     still run; installing it again changes nothing.
     """
@@ -144,16 +150,8 @@ def _quiet_failed_reads() -> None:
 
         quiet._jaxmeta_drops_failed_reads = True
         sys.unraisablehook = quiet
-    if not getattr(threading.excepthook, "_jaxmeta_drops_failed_reads", False):
-        thread_hook = threading.excepthook
-
-        def quiet_thread(args) -> None:
-            if not (_failed_read(args.exc_value) and args.thread is not threading.main_thread()):
-                thread_hook(args)
-
-        quiet_thread._jaxmeta_drops_failed_reads = True
-        threading.excepthook = quiet_thread
     logging.getLogger("asyncio").addFilter(_UNRETRIEVED)
+    warnings.filterwarnings("ignore", message=_NEVER_AWAITED, category=RuntimeWarning)
 
 
 def _drop_failed_reads() -> None:
