@@ -81,7 +81,8 @@ _ORBAX = str(Path(ocp.__file__).resolve().parent)  # orbax.checkpoint's own fold
 _READER = re.compile(r"(^|_)read(_|$)|deserializ")  # its functions that read (not "thread", not "_write_")
 _UNRETRIEVED_LINE = re.compile(r"\w+ exception was never retrieved$")  # Task, Future, _GatheringFuture
 # what collecting a read that orbax's loop never started prints (a warning, not an unraisable error)
-_NEVER_AWAITED = r"coroutine '(_read_array_index_and_device_put|_read_shard|_read_and_create_array|async_deserialize)' was never awaited"
+_NEVER_AWAITED = (r"coroutine '(_read_array_index_and_device_put|_read_shard|_read_and_create_array|async_deserialize)' "
+                  "was never awaited")
 
 
 def _failed_read(error: BaseException | None) -> bool:
