@@ -248,10 +248,7 @@ class Experiment:
             raise ValueError(f"implicit_vectors=True with implicit_prior={self.implicit_prior}, model={self.model!r}: "
                              "the free vectors are hybrid MeLU's, read only by ridge's implicit prior; pass "
                              "model='hybrid' and implicit_prior=True, or implicit_vectors=False.")
-        if self.implicit_vectors and set(self.without) & {"ids", "vector"}:
-            raise ValueError(f"implicit_vectors=True with without={self.without!r}: the free vectors stand in for "
-                             "the item rows that the user vector reads; leave 'ids' and 'vector' in, or "
-                             "implicit_vectors=False.")
+        hybrid.check_implicit_vectors(self.implicit_vectors, self.without)
         if isinstance(self.students, str) or any(s not in STUDENTS for s in self.students):
             raise ValueError(f"students={self.students!r}: pass a list drawn from {STUDENTS}.")
         object.__setattr__(self, "students", tuple(self.students))

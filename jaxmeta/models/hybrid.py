@@ -160,10 +160,7 @@ def hybrid_melu(
     without = frozenset(_check_parts(without))
     if not isinstance(implicit_vectors, bool):
         raise ValueError(f"hybrid_melu: implicit_vectors={implicit_vectors!r}; pass True or False.")
-    if implicit_vectors and without & {"ids", "vector"}:
-        raise ValueError(f"hybrid_melu: implicit_vectors=True with without={tuple(sorted(without))!r}: the free "
-                         "vectors stand in for the item rows that the user vector reads; leave 'ids' and 'vector' "
-                         "in, or implicit_vectors=False.")
+    check_implicit_vectors(implicit_vectors, tuple(sorted(without)), who="hybrid_melu: ")
     items = np.unique(np.asarray(known_items).astype(np.int64))
     if items.size == 0:
         raise ValueError("hybrid_melu: known_items is empty; pass the ids of the items with training ratings.")
@@ -192,7 +189,7 @@ def hybrid_melu(
                      "bias": jnp.zeros((), jnp.float32)},
             "global_bias": jnp.full((), global_bias, jnp.float32),
         }
-        if implicit_vectors:  # [e_i, q_i]: the tied prior's rows (less the null item's), with a bias column that can move
+        if implicit_vectors:  # [e_i, q_i]: the tied prior's rows (less the null item's), a bias column that can move
             noise = factor_scale * jax.random.normal(jax.random.fold_in(key, 1), vectors[:, :1].shape, vectors.dtype)
             params["implicit"] = jnp.concatenate([noise, vectors], axis=1)
         return params
@@ -246,6 +243,14 @@ def hybrid_melu(
         stage=Stage(embed, apply_embedded, is_embedding=lambda path: path[0] in slow_stage),
         implicit=implicit if implicit_vectors else None,
     )
+
+
+def check_implicit_vectors(implicit_vectors: bool, without: Sequence[str], who: str = "") -> None:
+    """Refuses ``implicit_vectors`` with ``without`` ``"ids"`` or ``"vector"`` (``who``: the message's prefix)."""
+    if implicit_vectors and {"ids", "vector"} & set(without):
+        raise ValueError(f"{who}implicit_vectors=True with without={tuple(without)!r}: the free vectors stand in for "
+                         "the item rows that the user vector reads; leave 'ids' and 'vector' in, or "
+                         "implicit_vectors=False.")
 
 
 def _check_parts(without: Sequence[str]) -> tuple[str, ...]:
