@@ -8,6 +8,7 @@ is one ``jax.jit``-compiled function.
 
 from jaxmeta import algorithms as algorithms
 from jaxmeta import data as data
+from jaxmeta import decoding as decoding
 from jaxmeta import evaluation as evaluation
 from jaxmeta import losses as losses
 from jaxmeta import metrics as metrics
@@ -33,6 +34,7 @@ __all__ = (
     "algorithms",
     "bucket_by_support",
     "data",
+    "decoding",
     "epoch_batches",
     "evaluation",
     "inner_adapt",

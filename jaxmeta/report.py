@@ -18,10 +18,11 @@ from jaxmeta.evaluation import paired_difference
 __all__ = ("chosen", "format_markdown", "format_summary", "paired", "pooled", "summarise")
 
 BASELINES = ("no_adaptation", "finetune")
-PAIRED_METRICS = ("mae", "rmse", "ndcg@3")
+PAIRED_METRICS = ("mae", "rmse", "ndcg@3", "mae_decoded")
+LOWER_BETTER = ("mae", "rmse", "mae_decoded")
 BASELINES_SHOWN = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
 WIN_SE = 2.0
-_HEADERS = {"mae": "MAE", "rmse": "RMSE", "ndcg@3": "nDCG@3", "ndcg_lin@3": "nDCG@3 lin"}
+_HEADERS = {"mae": "MAE", "rmse": "RMSE", "ndcg@3": "nDCG@3", "ndcg_lin@3": "nDCG@3 lin", "mae_decoded": "MAE decoded"}
 _NOT_SETTINGS = ("step", "valid_mae", "inner_lr", "finetune_lr", "new_items")  # a win: the paired difference beyond this many standard errors
 
 
@@ -29,13 +30,16 @@ def paired(per_user: dict[str, dict[str, dict[str, np.ndarray]]], algos: Sequenc
            baselines: Sequence[str] = BASELINES) -> dict[str, Any]:
     """``{scenario: {algo: {baseline: {metric: [mean, standard error]}}}}``: each
     meta-learner minus each of ``baselines`` present, paired over the scenario's
-    users (:func:`jaxmeta.evaluation.paired_difference`), for MAE and nDCG@3."""
+    users (:func:`jaxmeta.evaluation.paired_difference`), for each of ``PAIRED_METRICS`` that both have
+    (``mae_decoded`` is missing from runs made before it existed)."""
     out: dict[str, Any] = {}
     for s, methods in per_user.items():
         for algo in algos:
             for base in baselines:
                 if algo in methods and base in methods:
                     for metric in PAIRED_METRICS:
+                        if metric not in methods[algo] or metric not in methods[base]:
+                            continue
                         mean, se, _ = paired_difference(methods[algo][metric], methods[base][metric])
                         cell = out.setdefault(s, {}).setdefault(algo, {}).setdefault(base, {})
                         cell[metric] = [round(mean, 5), round(se, 5)]
@@ -74,8 +78,10 @@ def chosen(per_user: dict[str, dict[str, dict[str, np.ndarray]]], selected: dict
             if base not in methods:
                 continue
             for metric in PAIRED_METRICS:
+                if metric not in methods[best] or metric not in methods[base]:
+                    continue
                 mean, se, _ = paired_difference(methods[best][metric], methods[base][metric])
-                better = -mean if metric in ("mae", "rmse") else mean
+                better = -mean if metric in LOWER_BETTER else mean
                 verdict = "win" if better > WIN_SE * se else "loss" if better < -WIN_SE * se else "tie"
                 vs.setdefault(base, {})[metric] = [round(mean, 5), round(se, 5), verdict]
         users = int(np.sum(np.isfinite(methods[best]["mae"])))
@@ -136,14 +142,15 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
     for scenario, methods in results["results"].items():
         count = f" ({users[scenario]} users)" if users and scenario in users else ""
         lines += [f"## {scenario}{count}", "",
-                  "| method | MAE | RMSE | nDCG@3 | nDCG@5 | nDCG@3 lin | train s | users/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| method | MAE | MAE decoded | RMSE | nDCG@3 | nDCG@5 | nDCG@3 lin | train s | users/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method, m in methods.items():
-            lines.append(f"| {method} | {_cell(m['mae'], 4)} | {_cell(m['rmse'], 4)} | {_cell(m['ndcg@3'], 4)} | "
+            lines.append(f"| {method} | {_cell(m['mae'], 4)} | {_cell(m.get('mae_decoded'), 4)} | "
+                         f"{_cell(m['rmse'], 4)} | {_cell(m['ndcg@3'], 4)} | "
                          f"{_cell(m['ndcg@5'], 4)} | {_cell(m.get('ndcg_lin@3'), 4)} | "
                          f"{_cell(m['train_seconds'], 1)} | {_cell(m['users_per_s'], 0)} |")
         if scenario in reference.get("mae", {}):
-            lines.append(f"| {reference['method']} | {reference['mae'][scenario]:.4f} | – | – | – | – | – | – |")
+            lines.append(f"| {reference['method']} | {reference['mae'][scenario]:.4f} | – | – | – | – | – | – | – |")
         lines.append("")
         meta = {k: v["rmse"] for k, v in methods.items() if k in algorithms.META_LEARNERS and v["rmse"] is not None}
         item = methods.get("item_mean", {}).get("rmse")
@@ -159,13 +166,15 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
         lines += ["## The meta-learner chosen on validation against every baseline", "",
                   ("In each scenario, the meta-learner with the lowest validation MAE (on the scenario's "
                    "validation set) against each baseline: mean per-user difference ± standard error, paired "
-                   "over the scenario's users. **win**: ΔMAE or ΔRMSE below −2 SE (ΔnDCG@3 above +2 SE); **loss**: "
-                   "the reverse; tie otherwise. The per-user RMSE is over the user's query ratings."), "",
-                  "| scenario | chosen | baseline | ΔMAE | | ΔRMSE | | ΔnDCG@3 | |",
-                  "|---|---|---|---:|---|---:|---|---:|---|"]
+                   "over the scenario's users. **win**: ΔMAE, ΔRMSE or ΔMAE decoded below −2 SE (ΔnDCG@3 above "
+                   "+2 SE); **loss**: the reverse; tie otherwise. The per-user RMSE is over the user's query "
+                   "ratings."), "",
+                  "| scenario | chosen | baseline | ΔMAE | | ΔRMSE | | ΔnDCG@3 | | ΔMAE decoded | |",
+                  "|---|---|---|---:|---|---:|---|---:|---|---:|---|"]
         for scenario, pick in results["chosen"].items():
             for base, cells in pick["vs"].items():
-                row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][2]}" for m in PAIRED_METRICS]
+                row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][2]}" if m in cells else "– |"
+                       for m in PAIRED_METRICS]
                 lines.append(f"| {scenario} | {pick['method']} | {base} | " + " | ".join(row) + " |")
         lines.append("")
     if results.get("paired"):
@@ -205,7 +214,10 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
                "support residuals shrunk by λ_u. `mf_foldin`: biased MF by alternating least squares on the "
                "training ratings, each test user's bias and vector solved by ridge regression on their support "
                "ratings (new items: the bias model). Both choose their settings on the validation set, like "
-               "every other method." + (f" {reference['method']}: {reference['source']}." if reference else "")), ""]
+               "every other method. MAE decoded: each method's predictions mapped onto the rating levels by the "
+               "cut points that minimise its MAE on the validation set that chose it (the conditional median, "
+               "which MAE rewards on a discrete scale: jaxmeta.decoding); the other columns score the raw "
+               "predictions." + (f" {reference['method']}: {reference['source']}." if reference else "")), ""]
     if notes:
         lines += ["## Against the per-item mean (RMSE)", "", *notes, ""]
     return "\n".join(lines)
@@ -240,8 +252,10 @@ def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     for scenario, methods in first["results"].items():
         for method in methods:
             for metric in (*PAIRED_METRICS, "ndcg_lin@3", "train_seconds"):
-                values = [r["results"][scenario].get(method, {}).get(metric) for r in runs.values()]
-                values = [v for v in values if v is not None]
+                rows = [r["results"][scenario][method] for r in runs.values() if method in r["results"][scenario]]
+                if any(metric not in row for row in rows):  # a run made before the metric existed
+                    continue
+                values = [row[metric] for row in rows if row[metric] is not None]
                 if values:
                     cell = [round(float(np.mean(values)), 5), round(float(np.std(values, ddof=1)), 5)
                             if len(values) > 1 else None, len(values)]
@@ -252,10 +266,12 @@ def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         vs: dict[str, Any] = {}
         for base in picks[min(picks)]["vs"]:
             for metric in PAIRED_METRICS:
-                cells = [(p["vs"][base][metric][0], p["vs"][base][metric][1], p["users"]) for p in picks.values()
-                         if base in p["vs"]]
+                having = [p for p in picks.values() if base in p["vs"]]
+                if any(metric not in p["vs"][base] for p in having):  # a run made before the metric existed
+                    continue
+                cells = [(p["vs"][base][metric][0], p["vs"][base][metric][1], p["users"]) for p in having]
                 mean, se, users = pooled(cells)
-                better = -mean if metric in ("mae", "rmse") else mean
+                better = -mean if metric in LOWER_BETTER else mean
                 verdict = "win" if better > WIN_SE * se else "loss" if better < -WIN_SE * se else "tie"
                 vs.setdefault(base, {})[metric] = [round(mean, 5), round(se, 5), users, verdict]
         out["chosen"][scenario] = {"methods": {str(s): p["method"] for s, p in picks.items()}, "vs": vs}
@@ -265,7 +281,8 @@ def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         for scenario, students in taught["paired"].items():
             for student, bases in students.items():
                 for base, metrics in bases.items():
-                    for metric in metrics:
+                    for metric in (m for m in metrics if all(  # a run made before the metric existed lacks it
+                            m in r["distilled"]["paired"][scenario][student][base] for r in runs.values())):
                         cells = [(*r["distilled"]["paired"][scenario][student][base][metric], r["chosen"][scenario]["users"])
                                  for r in runs.values()]
                         mean, se, users = pooled(cells)
@@ -281,7 +298,7 @@ def format_summary(summary: dict[str, Any], *, command: str, seconds: float | No
     lines = [f"# {len(summary['seeds'])} seeds ({seeds}): mean ± sd over seeds", "", "```", command, "```", ""]
     if seconds is not None:
         lines += [f"Whole run: {seconds:.0f} s.", ""]
-    metrics = (*PAIRED_METRICS, "ndcg_lin@3")
+    metrics = ("mae", "mae_decoded", "rmse", "ndcg@3", "ndcg_lin@3")  # in results.md's order
     for scenario, methods in summary["results"].items():
         lines += [f"## {scenario}", "", "| method | " + " | ".join(_HEADERS[m] for m in metrics) + " | train s |",
                   "|---|" + "---:|" * (len(metrics) + 1)]
@@ -298,10 +315,12 @@ def format_summary(summary: dict[str, Any], *, command: str, seconds: float | No
             chosen_by = ", ".join(f"seed {s}: {m}" for s, m in pick["methods"].items())
             lines += [(f"The meta-learner chosen on validation ({chosen_by}) against each baseline, per-user "
                        "differences pooled over the seeds' users (mean ± SE; win: beyond 2 SE in its favour):"), "",
-                      "| baseline | users | ΔMAE | | ΔRMSE | | ΔnDCG@3 | |", "|---|---:|---:|---|---:|---|---:|---|"]
+                      "| baseline | users | ΔMAE | | ΔRMSE | | ΔnDCG@3 | | ΔMAE decoded | |",
+                      "|---|---:|---:|---|---:|---|---:|---|---:|---|"]
             for base, cells in pick["vs"].items():
                 users = next(iter(cells.values()))[2]
-                row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][3]}" for m in PAIRED_METRICS]
+                row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][3]}" if m in cells else "– |"
+                       for m in PAIRED_METRICS]
                 lines.append(f"| {base} | {users} | " + " | ".join(row) + " |")
             lines.append("")
     taught = summary.get("distilled")

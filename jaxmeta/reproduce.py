@@ -38,20 +38,24 @@ The ``warm`` scenario scores the meta-training users themselves (MeLU's protocol
 their query ratings were seen in training, by the models and by the item means.
 
 Outputs, in ``out_dir``: ``results.json``, ``{"dataset", "split", "text", "text_tokens", "results":
-{scenario: {method: {"mae", "rmse", "ndcg@3", "ndcg@5", "ndcg_lin@3", "train_seconds",
+{scenario: {method: {"mae", "rmse", "ndcg@3", "ndcg@5", "ndcg_lin@3", "mae_decoded", "train_seconds",
 "users_per_s"}}}, "selected": {method: {"step", "valid_mae", rate or settings[, "new_items":
 {...}]}}, "paired": {scenario: {algo: {baseline: {metric: [mean, standard error]}}}},
 "chosen": {scenario: {"method", "valid_set", "valid_mae", "users", "vs": {baseline:
 {metric: [mean, standard error, "win" | "tie" | "loss"]}}}}, "reference": the published
 figures shown as cited rows, "curves": {name: {set: [[step, mae], ...]}}, "grids":
-{classic baseline: {set: [{setting..., "valid_mae"}, ...]}}, "distilled" (with ``students``): {"teacher",
+{classic baseline: {set: [{setting..., "valid_mae"}, ...]}}, "decoding": {method: {set: {"levels",
+"cuts"}}}, "distilled" (with ``students``): {"teacher",
 "alpha", "paired": {scenario: {student: {teacher or "finetune": {metric: [mean, standard error]}}}}}}``
 (``model``: ``"melu"``
 or ``"hybrid"``; ``chosen``: in each scenario the meta-learner with the lowest
 validation MAE, against every baseline, :func:`jaxmeta.report.chosen`)
 (``train_seconds``: wall time of the outer steps, compilation and batching
 included, validation excluded; ``users_per_s``: real training users over it;
-``null`` where a value does not apply), ``results.md``, the same as Markdown
+``null`` where a value does not apply; ``mae_decoded``: the MAE of the predictions decoded onto the
+rating levels by the cut points fitted on the validation set that chose the checkpoint,
+:func:`jaxmeta.decoding.fit_cut_points`, the MAE-optimal monotone decoding, ``"decoding"``
+holding them), ``results.md``, the same as Markdown
 tables under the command that made them (:mod:`jaxmeta.report`), and, with matplotlib
 installed, ``validation-users.png`` (``validation-new_items.png`` with held-out
 items): each trained method's validation MAE against steps, the classic baselines as
@@ -67,6 +71,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -84,15 +89,17 @@ from jaxmeta._checks import positive_int
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.data import datasets, splits
 from jaxmeta.data.datasets import Dataset
+from jaxmeta.decoding import CutPoints, fit_cut_points
 from jaxmeta.evaluation import (DEFAULT_KS, baseline_metrics, evaluation_batches, fit_item_stats, per_user_metrics,
                                 predict_tasks, query_metrics, with_item_ids)
+from jaxmeta.metrics import mean_over_users
 from jaxmeta.models import Model, biased_mf_by_id, hybrid, hybrid_melu, melu
 from jaxmeta.report import chosen, format_markdown, format_summary, paired, summarise
 from jaxmeta.tasks import RaggedTasks, TaskBatch
 from jaxmeta.train import BatchStream, LogMetrics, StopOnNaN, Validate, fit
 
 DEFAULT_ALGOS = ("maml", "fomaml", "metasgd", "reptile", "anil")
-METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5", "ndcg_lin@3", "train_seconds", "users_per_s")
+METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5", "ndcg_lin@3", "mae_decoded", "train_seconds", "users_per_s")
 MODELS = ("melu", "hybrid")
 CLOSED_FORM = algorithms.CLOSED_FORM
 WARM_STARTS = ("others", "all", "none")
@@ -300,10 +307,22 @@ class Experiment:
 
 
 def _row(metrics: Mapping[str, float | None], seconds: float | None = None, users_per_s: float | None = None):
-    row = {k: metrics.get(k) for k in METRICS[:5]}
+    row = {k: metrics.get(k) for k in METRICS if k not in ("train_seconds", "users_per_s")}
     row.update(train_seconds=None if seconds is None else round(seconds, 2),
                users_per_s=None if users_per_s is None else round(users_per_s, 1))
     return row
+
+
+def _scored(scored: tuple[np.ndarray, TaskBatch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``predict_tasks``' predictions and query set as ``fit_cut_points``' scores, targets and mask."""
+    predictions, queries = scored
+    return predictions, np.asarray(queries.query_y), np.asarray(queries.query_mask)
+
+
+def _cuts(decode: CutPoints) -> dict[str, list]:
+    """Cut points for ``results.json``: ``"-inf"`` for a level always passed, ``"inf"`` for one never passed."""
+    return {"levels": [float(v) for v in decode.levels],
+            "cuts": [float(c) if np.isfinite(c) else str(c) for c in decode.cuts]}
 
 
 _GRID_OF = {"item_reg": "item_regs", "rank": "ranks", "reg": "regs"}  # a chosen setting -> choose_*'s grid keyword
@@ -413,16 +432,24 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
     selected: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, list]] = {}
     grids: dict[str, dict[str, list]] = {}  # the classic baselines' validation MAE at every grid point
+    decoding: dict[str, dict[str, CutPoints]] = {}  # each method's MAE-optimal cut points, per validation set
 
     def score(method: str, pick: Callable[[str], tuple[Any, Any]], seconds=None, users_per_s=None):
         """Scores ``method`` in every scenario with ``pick(set)``, ``set`` the scenario's validation set:
         a learner (anything with ``predict(state, batch)``) and its state."""
         for s in data.scenarios:
-            learner, state = pick(data.valid_for(s))
-            predictions, queries = predict_tasks(lambda b: learner.predict(state, b), shaped[s])
+            v = data.valid_for(s)
+            learner, state = pick(v)
+            predict = functools.partial(learner.predict, state)
+            if v not in decoding.setdefault(method, {}):  # cut points from the checkpoint's own validation set
+                decoding[method][v] = fit_cut_points(*_scored(predict_tasks(predict, valid[v])))
+            predictions, queries = predict_tasks(predict, shaped[s])
             metrics = query_metrics(predictions, queries, ks=DEFAULT_KS, linear_ks=LINEAR_KS)
+            decoded = per_user_metrics(decoding[method][v](predictions), queries, ks=())["mae"]
+            metrics["mae_decoded"] = float(mean_over_users(decoded))
             results[s][method] = _row(metrics, seconds, users_per_s)
-            per_user[s][method] = per_user_metrics(predictions, queries, ks=(3,), linear_ks=LINEAR_KS)
+            per_user[s][method] = {**per_user_metrics(predictions, queries, ks=(3,), linear_ks=LINEAR_KS),
+                                   "mae_decoded": decoded}
 
     fitted = {}
     if ex.classic or (ex.model == "hybrid" and ex.warm_start != "none"):
@@ -574,7 +601,8 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
            "paired": paired(per_user, ex.algos + ex.students, PAIRED_BASELINES),
            "chosen": chosen(per_user, selected, ex.algos + ex.students, {s: data.valid_for(s) for s in data.scenarios},
                             PAIRED_BASELINES),
-           "reference": REFERENCE.get(ex.dataset, {}), "curves": curves, "grids": grids}
+           "reference": REFERENCE.get(ex.dataset, {}), "curves": curves, "grids": grids,
+           "decoding": {m: {v: _cuts(c) for v, c in per_set.items()} for m, per_set in decoding.items()}}
     if ex.students:
         out["distilled"] = {"teacher": ex.teacher, "alpha": ex.distill_alpha,
                             "paired": paired(per_user, ex.students, (ex.teacher, "finetune"))}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxmeta.evaluation import paired_difference
-from jaxmeta.report import chosen, format_summary, pooled, summarise
+from jaxmeta.report import chosen, format_summary, paired, pooled, summarise
 
 
 def per_user(seed, shift):
@@ -83,3 +83,38 @@ def test_distilled_students_pool_over_seeds_against_the_concatenated_differences
     assert se == pytest.approx(everything.std(ddof=1) / np.sqrt(everything.size), abs=1e-5)  # rounded to 5
     text = format_summary(summary, command="jaxmeta reproduce --seeds 0 1 2 --teacher t --students small")
     assert "Students distilled from t (α = 0.5)" in text and "| s | small | 120 | " in text
+
+
+def test_decoded_mae_is_judged_lower_better_and_left_out_where_a_run_lacks_it():
+    """``mae_decoded`` (jaxmeta.decoding) is paired like MAE; runs made before it existed have no such per-user
+    values, and a seed without it leaves it out of the pooled verdicts rather than pooling the others alone."""
+    runs = {}
+    for seed in (0, 1):
+        a, base = per_user(seed, 0.05)
+        a["mae_decoded"], base["mae_decoded"] = a["mae"] - 0.03, a["mae"] + 0.03  # a win, 0.06 per user
+        table = {"s": {"a": a, "bias": base}}
+        pick = chosen(table, {"a": {"valid_mae": 0.7}}, ["a"], {"s": "users"}, ("bias",))
+        mean, _, verdict = pick["s"]["vs"]["bias"]["mae_decoded"]
+        assert mean == pytest.approx(-0.06, abs=1e-5) and verdict == "win"
+        assert paired(table, ["a"], ("bias",))["s"]["a"]["bias"]["mae_decoded"][0] == pytest.approx(-0.06, abs=1e-5)
+        runs[seed] = {"results": {"s": {"a": {"mae": 0.7, "mae_decoded": 0.65}}}, "chosen": pick}
+    summary = summarise(runs)
+    assert summary["chosen"]["s"]["vs"]["bias"]["mae_decoded"][3] == "win"
+    assert summary["results"]["s"]["a"]["mae_decoded"][:2] == [0.65, 0.0]
+    assert "ΔMAE decoded" in format_summary(summary, command="c") and "| 0.6500 ± 0.0000 |" in format_summary(
+        summary, command="c")
+    old, base = per_user(2, 0.05)  # a run without decoded values
+    runs[2] = {"results": {"s": {"a": {"mae": 0.7}}},
+               "chosen": chosen({"s": {"a": old, "bias": base}}, {"a": {"valid_mae": 0.7}}, ["a"], {"s": "users"},
+                                ("bias",))}
+    assert "mae_decoded" not in runs[2]["chosen"]["s"]["vs"]["bias"]
+    mixed = summarise(runs)
+    pooled_vs = mixed["chosen"]["s"]["vs"]["bias"]
+    assert "mae_decoded" not in pooled_vs and pooled_vs["mae"][2] == 120
+    assert set(mixed["results"]["s"]["a"]) == {"mae"}  # not a mean over the two seeds that have it
+    for seed, run in runs.items():  # students too: the metric some run lacks is left out, not a KeyError
+        cells = {"mae": [0.01, 0.002]} if seed == 2 else {"mae": [0.01, 0.002], "mae_decoded": [0.02, 0.003]}
+        run["distilled"] = {"teacher": "t", "alpha": 0.5, "paired": {"s": {"small": {"t": cells}}}}
+        run["chosen"]["s"]["users"] = 40
+    assert set(summarise(runs)["distilled"]["paired"]["s"]["small"]["t"]) == {"mae"}
+    assert "| bias | 120 | " in format_summary(summarise(runs), command="c")

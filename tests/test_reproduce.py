@@ -223,6 +223,28 @@ def test_markdown_lists_the_checkpoints_chosen_on_held_out_items():
     assert mae.splitlines()[0] == "# ml-1m, melu, meta-learners trained on mae"
 
 
+def test_markdown_shows_decoded_mae_and_a_dash_where_a_method_or_an_older_run_lacks_it():
+    from jaxmeta.report import format_markdown
+
+    row = {"mae": 0.7, "rmse": 0.9, "ndcg@3": 0.8, "ndcg@5": 0.8, "ndcg_lin@3": 0.9, "train_seconds": 1.0,
+           "users_per_s": 5.0}
+    results = {"s": {"ridge": {**row, "mae_decoded": 0.6612}, "item_mean": {**row, "mae_decoded": None},
+                     "old": row}}
+    vs = {"bias": {"mae": [-0.01, 0.002, "win"], "rmse": [-0.01, 0.002, "win"], "ndcg@3": [0.0, 0.01, "tie"],
+                   "mae_decoded": [-0.02, 0.003, "win"]},
+          "mf": {"mae": [-0.01, 0.002, "win"], "rmse": [-0.01, 0.002, "win"], "ndcg@3": [0.0, 0.01, "tie"]}}
+    text = format_markdown({"dataset": "ml-1m", "split": "melu", "results": results,
+                            "chosen": {"s": {"method": "ridge", "vs": vs}}}, command="cmd")
+    lines = text.splitlines()
+    assert "| method | MAE | MAE decoded | RMSE |" in text
+    assert next(x for x in lines if x.startswith("| ridge |")).startswith("| ridge | 0.7000 | 0.6612 | 0.9000 |")
+    assert next(x for x in lines if x.startswith("| item_mean |")).startswith("| item_mean | 0.7000 | – | 0.9000 |")
+    assert next(x for x in lines if x.startswith("| old |")).startswith("| old | 0.7000 | – | 0.9000 |")
+    assert "| s | ridge | bias | -0.0100 ± 0.0020 | win | -0.0100 ± 0.0020 | win | +0.0000 ± 0.0100 | tie | " \
+           "-0.0200 ± 0.0030 | win |" in text
+    assert "| s | ridge | mf | -0.0100 ± 0.0020 | win | -0.0100 ± 0.0020 | win | +0.0000 ± 0.0100 | tie | – | |" in lines
+
+
 @pytest.mark.parametrize("options, message", [
     ({"students": ("amortised",)}, "the teacher must be one of the trained algos"),
     ({"students": ("amortised",), "teacher": "anil"}, "the teacher must be one of the trained algos"),

@@ -27,7 +27,7 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert written == out
     assert set(written) == {"dataset", "split", "text", "text_tokens", "model", "loss", "warm_start", "freeze_items",
                             "without", "implicit_prior", "implicit_vectors", "train_tasks", "results", "selected", "paired", "chosen",
-                            "reference", "curves", "grids"}
+                            "reference", "curves", "grids", "decoding"}
     assert written["loss"] == "mse" and (written["warm_start"], written["freeze_items"], written["without"]) == (
         "none", False, [])
     try:
@@ -64,6 +64,17 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert all(set(row) == set(METRICS) for row in table.values())
     assert table["fomaml"]["train_seconds"] > 0 and table["item_mean"]["train_seconds"] is None
     assert table["fomaml"]["mae"] < table["no_adaptation"]["mae"], table
+    # every scored method decodes onto the five stars by cut points of its own validation set; the fixed ones don't
+    assert set(written["decoding"]) == {"fomaml", "no_adaptation", "finetune", "bias", "mf_foldin"}
+    for method, sets in written["decoding"].items():
+        assert list(sets) == ["users"] and sets["users"]["levels"] == [1.0, 2.0, 3.0, 4.0, 5.0], sets
+        cuts = [float(c) for c in sets["users"]["cuts"]]  # "-inf" / "inf" where a level is always / never passed
+        assert cuts == sorted(cuts) and len(cuts) == 4
+        # cut points fitted on validation need not lower a weak checkpoint's test MAE; the fitted baselines' they do
+        assert table[method]["mae_decoded"] < table[method]["mae"] + (0 if method in ("bias", "mf_foldin") else 0.02), (
+            method, table[method])
+    assert table["item_mean"]["mae_decoded"] is None
+    assert set(written["chosen"]["user_cold"]["vs"]["bias"]) == {"mae", "rmse", "ndcg@3", "mae_decoded"}
     assert table["constant"]["ndcg@3"] == table["random"]["ndcg@3"] or abs(
         table["constant"]["ndcg@3"] - table["random"]["ndcg@3"]) < 1e-6
     markdown = (tmp_path / "results.md").read_text()
