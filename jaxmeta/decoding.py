@@ -58,6 +58,13 @@ class CutPoints(NamedTuple):
         return np.where(np.isnan(scores), np.nan, decoded)  # searchsorted would put nan above every cut
 
 
+def is_discrete(targets: Any, mask: Any) -> bool:
+    """Whether the real ratings (``mask`` True) take at most ``MAX_LEVELS`` distinct values: a scale
+    :func:`fit_cut_points` can decode onto (MovieLens' stars are; the built-in synthetic ratings are not)."""
+    real = np.asarray(targets)[np.asarray(mask, bool)]
+    return np.unique(real[np.isfinite(real)]).size <= MAX_LEVELS
+
+
 def _best_cut(scores: np.ndarray, above: np.ndarray, weights: np.ndarray) -> float:
     """The cut ``t`` minimising the weight of ``above != (scores >= t)``, ``scores`` sorted ascending."""
     # cutting before sorted position i: rows below i predicted "not above", rows from i on "above"

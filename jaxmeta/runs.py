@@ -39,6 +39,7 @@ serving and streaming read a distilled run without its teacher.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -52,6 +53,7 @@ import yaml
 from jaxmeta._checks import json_ready
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.checkpoint import CheckpointError, Checkpoints
+from jaxmeta.decoding import fit_cut_points, is_discrete
 from jaxmeta.distributed import (
     global_batch,
     is_multiprocess,
@@ -307,7 +309,7 @@ def _mean_evaluation(learner: MetaLearner, state: MetaState, batches: Sequence[T
 class Evaluation(NamedTuple):
     """What :func:`evaluate_run` scored."""
 
-    results: dict[str, Any]  # {scenario: {method: {"mae", "rmse", "ndcg@1", ..., "ndcg@10"}}}
+    results: dict[str, Any]  # {scenario: {method: {"mae", "rmse", "ndcg@1", ..., "ndcg@10", "mae_decoded"}}}
     step: int  # the meta-learner's checkpoint step
     latest: int  # the run's latest checkpoint step then (a later one makes the files stale)
 
@@ -326,9 +328,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, which: str | int = "best", write
         :func:`jaxmeta.job.restore_run`).
 
     Returns:
-      The results ``{scenario: {method: {"mae", "rmse", "ndcg@1", ..., "ndcg@10"}}}``
+      The results ``{scenario: {method: {"mae", "rmse", "ndcg@1", ..., "ndcg@10", "mae_decoded"}}}``
       with the methods ``config.algo`` (the chosen checkpoint), ``no_adaptation``
-      and ``finetune`` (the global model), and the step scored.
+      and ``finetune`` (the global model), and the step scored. ``mae_decoded``: the MAE of
+      the predictions decoded onto the rating levels by each method's cut points on the
+      validation users (:func:`jaxmeta.decoding.fit_cut_points`); ``None`` where the ratings
+      are not a discrete scale (the built-in synthetic data).
     """
     folder = Path(run_dir)
     meta = restore_run(folder, which=which, data_dir=data_dir)
@@ -338,14 +343,23 @@ def evaluate_run(run_dir: str | os.PathLike, *, which: str | int = "best", write
     methods = {config.algo: (meta.learner, meta.state), "no_adaptation": (glob, base.state),
                "finetune": (base.learner, base.state)}
     names = list(data.scenarios)
-    batches = dict(zip(names, evaluation_batches([data.scenarios[s] for s in names], EVAL_BATCH)))
+    valid, *scored = evaluation_batches([data.valid["users"], *(data.scenarios[s] for s in names)], EVAL_BATCH)
+    batches = dict(zip(names, scored))
     latest = Checkpoints(folder / "checkpoints", read_only=True).latest_step()
+    decoders = {}
+    for method, (lrn, st) in methods.items():  # each method's cut points on the validation users
+        predictions, queries = predict_tasks(functools.partial(lrn.predict, st), valid)
+        if is_discrete(queries.query_y, queries.query_mask):
+            decoders[method] = fit_cut_points(predictions, queries.query_y, queries.query_mask)
     results: dict[str, Any] = {}
     for scenario in names:
         results[scenario] = {}
         for method, (lrn, st) in methods.items():
-            predictions, queries = predict_tasks(lambda b, lrn=lrn, st=st: lrn.predict(st, b), batches[scenario])
+            predictions, queries = predict_tasks(functools.partial(lrn.predict, st), batches[scenario])
             results[scenario][method] = query_metrics(predictions, queries)
+            decode = decoders.get(method)
+            results[scenario][method]["mae_decoded"] = None if decode is None else query_metrics(
+                decode(predictions), queries, ks=())["mae"]
     if write:
         (folder / "eval.json").write_text(json.dumps(json_ready(results), indent=2, allow_nan=False) + "\n")
         first = names[0]
@@ -408,14 +422,17 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_eval(results: dict[str, Any], metrics: Sequence[str] = ("mae", "rmse", "ndcg@3", "ndcg@5")) -> str:
+def format_eval(results: dict[str, Any],
+                metrics: Sequence[str] = ("mae", "rmse", "ndcg@3", "ndcg@5", "mae_decoded")) -> str:
     """:func:`evaluate_run`'s results as one plain-text table per scenario."""
     lines = []
+    sizes = [max(8, len(m)) for m in metrics]
     for scenario, methods in results.items():
         width = max(len(m) for m in methods)
-        lines += [scenario, f"{'method':<{width}}  " + "  ".join(f"{m:>8}" for m in metrics)]
+        lines += [scenario, f"{'method':<{width}}  " + "  ".join(f"{m:>{n}}" for m, n in zip(metrics, sizes, strict=True))]
         for method, values in methods.items():
-            cells = ["       –" if values.get(m) is None else f"{values[m]:8.4f}" for m in metrics]
+            cells = [f"{'–':>{n}}" if values.get(m) is None else f"{values[m]:{n}.4f}"
+                     for m, n in zip(metrics, sizes, strict=True)]
             lines.append(f"{method:<{width}}  " + "  ".join(cells))
         lines.append("")
     return "\n".join(lines).rstrip()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxmeta import metrics
-from jaxmeta.decoding import MAX_LEVELS, CutPoints, fit_cut_points
+from jaxmeta.decoding import MAX_LEVELS, CutPoints, fit_cut_points, is_discrete
 
 
 def user_mae(predictions, targets, mask):
@@ -124,3 +124,12 @@ def test_a_cut_between_adjacent_floats_stays_above_the_lower_one_and_nan_stays_n
     huge = fit_cut_points(np.array([[-1.7e308, 1.7e308]]), np.array([[1.0, 2.0]]), np.ones((1, 2), bool))
     assert np.isfinite(huge.cuts).all() and huge(np.array([-1e308, 1e308])).tolist() == [1.0, 2.0]
     assert np.isnan(decode(np.array([np.nan, low]))).tolist() == [True, False]
+
+
+def test_only_a_discrete_scale_is_decodable():
+    stars = np.array([[1.0, 5.0, 99.5], [3.0, 4.0, np.nan]])
+    mask = np.array([[True, True, False], [True, True, False]])
+    assert is_discrete(stars, mask)  # the padded values are not levels
+    floats = np.linspace(1, 5, MAX_LEVELS + 1)[None]
+    assert not is_discrete(floats, np.ones_like(floats, bool))
+    assert is_discrete(floats[:, 1:], np.ones((1, MAX_LEVELS), bool))

@@ -456,6 +456,24 @@ def test_a_run_with_a_rating_scale_resumes(tmp_path):
     other = jaxmeta(*common[:5], "--rating-scale", "0", "5", *common[8:], "--steps", "6", "--resume")
     assert other.returncode == 2 and "rating_scale=[0.0, 5.0], but the run was made with rating_scale=[1.0, 5.0]" \
         in other.stderr
+    # whole stars: eval decodes each method's predictions by cut points fitted on the validation users
+    from jaxmeta.decoding import fit_cut_points
+    from jaxmeta.evaluation import evaluation_batches, predict_tasks, query_metrics
+    from jaxmeta.runs import EVAL_BATCH, evaluate_run, format_eval
+
+    scored = evaluate_run(tmp_path / "run", write=False)
+    meta = restore_run(tmp_path / "run")
+    valid, new_users = evaluation_batches([meta.data.valid["users"], meta.data.scenarios["user_cold"]],
+                                           EVAL_BATCH)
+    fitted = fit_cut_points(*(lambda p, q: (p, q.query_y, q.query_mask))(*predict_tasks(
+        lambda b: meta.learner.predict(meta.state, b), valid)))
+    predictions, queries = predict_tasks(lambda b: meta.learner.predict(meta.state, b), new_users)
+    row = scored.results["user_cold"][meta.config.algo]
+    assert row["mae_decoded"] == pytest.approx(query_metrics(fitted(predictions), queries, ks=())["mae"], abs=1e-6)
+    oracle = fit_cut_points(predictions, queries.query_y, queries.query_mask)  # fitted on the scored users themselves
+    assert query_metrics(oracle(predictions), queries, ks=())["mae"] <= row["mae_decoded"] + 1e-9
+    assert all(m["mae_decoded"] is not None for m in scored.results["user_cold"].values())
+    assert "mae_decoded" in format_eval(scored.results).splitlines()[1]
 
 
 def test_an_unknown_scenario_names_the_ones_there(tmp_path):

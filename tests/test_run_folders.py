@@ -98,6 +98,10 @@ def test_eval_says_its_step_and_plot_never_shows_stale_figures(trained, tmp_path
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["learning_curves.png"]
     evaluated = jaxmeta("eval", "--run", run, "--checkpoint", "latest")
     assert evaluated.returncode == 0 and "checkpoint step 4 (the latest; the run's latest: 4)" in evaluated.stdout
+    # the built-in ratings are continuous: nothing to decode onto, so no decoded MAE (a dash in the table)
+    assert all(m["mae_decoded"] is None for s in json.loads((run / "eval.json").read_text()).values()
+               for m in s.values())
+    assert "mae_decoded" in evaluated.stdout and evaluated.stdout.count("–") >= 3
     resumed = jaxmeta("train", "--out", run, "--resume", "--steps", "6", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     plotted = jaxmeta("plot", "--run", run)  # eval.json scored step 4 of a run now at step 6: made again
