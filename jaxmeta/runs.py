@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import yaml
 
 from jaxmeta._checks import json_ready
@@ -314,6 +315,16 @@ class Evaluation(NamedTuple):
     latest: int  # the run's latest checkpoint step then (a later one makes the files stale)
 
 
+def _discrete_scale(data) -> bool:
+    """Whether the run's ratings are a discrete scale, judged on every training rating (a small validation
+    sample of continuous ratings has few distinct values too)."""
+    if data.warm_ratings is not None:
+        ratings = data.warm_ratings["rating"].to_numpy()
+    else:
+        ratings = np.concatenate([np.ravel(y) for y in (*data.train.support_y, *data.train.query_y)])
+    return is_discrete(ratings, np.ones(ratings.shape, bool))
+
+
 def evaluate_run(run_dir: str | os.PathLike, *, which: str | int = "best", write: bool = True,
                  data_dir: str | os.PathLike | None = None) -> Evaluation:
     """Scores a saved run on every scenario; writes ``eval.json`` and ``adaptation.json``.
@@ -347,10 +358,11 @@ def evaluate_run(run_dir: str | os.PathLike, *, which: str | int = "best", write
     batches = dict(zip(names, scored))
     latest = Checkpoints(folder / "checkpoints", read_only=True).latest_step()
     decoders = {}
-    for method, (lrn, st) in methods.items():  # each method's cut points on the validation users
+    # each method's cut points on the validation users, the set that chose the checkpoint (also for the item
+    # scenarios, whose items those users never rated: a train run holds no items out to validate on)
+    for method, (lrn, st) in methods.items() if _discrete_scale(data) else ():
         predictions, queries = predict_tasks(functools.partial(lrn.predict, st), valid)
-        if is_discrete(queries.query_y, queries.query_mask):
-            decoders[method] = fit_cut_points(predictions, queries.query_y, queries.query_mask)
+        decoders[method] = fit_cut_points(predictions, queries.query_y, queries.query_mask)
     results: dict[str, Any] = {}
     for scenario in names:
         results[scenario] = {}

@@ -127,9 +127,10 @@ def test_a_cut_between_adjacent_floats_stays_above_the_lower_one_and_nan_stays_n
 
 
 def test_only_a_discrete_scale_is_decodable():
-    stars = np.array([[1.0, 5.0, 99.5], [3.0, 4.0, np.nan]])
-    mask = np.array([[True, True, False], [True, True, False]])
-    assert is_discrete(stars, mask)  # the padded values are not levels
+    padding = np.linspace(10, 20, MAX_LEVELS)  # more distinct values than a scale has, all on padded rows
+    stars = np.concatenate([[1.0, 5.0, 3.0, 4.0, np.nan], padding])[None]
+    mask = np.arange(stars.shape[1])[None] < 4
+    assert is_discrete(stars, mask) and not is_discrete(stars, stars == stars)  # the padded values are not levels
     floats = np.linspace(1, 5, MAX_LEVELS + 1)[None]
     assert not is_discrete(floats, np.ones_like(floats, bool))
     assert is_discrete(floats[:, 1:], np.ones((1, MAX_LEVELS), bool))

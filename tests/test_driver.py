@@ -442,7 +442,8 @@ def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
 
 
 def test_a_run_with_a_rating_scale_resumes(tmp_path):
-    """config.yaml keeps the scale as a list; the resume check compares it with the flags' tuple as equal."""
+    """config.yaml keeps the scale as a list; the resume check compares it with the flags' tuple as equal. Its
+    whole stars are a discrete scale: eval decodes them (the synthetic data's eval does not)."""
     rng = np.random.default_rng(3)
     rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(120) for i in rng.choice(50, size=16, replace=False)]
     path = tmp_path / "ratings.csv"
@@ -459,20 +460,25 @@ def test_a_run_with_a_rating_scale_resumes(tmp_path):
     # whole stars: eval decodes each method's predictions by cut points fitted on the validation users
     from jaxmeta.decoding import fit_cut_points
     from jaxmeta.evaluation import evaluation_batches, predict_tasks, query_metrics
+    from jaxmeta.job import baseline_learners
     from jaxmeta.runs import EVAL_BATCH, evaluate_run, format_eval
 
-    scored = evaluate_run(tmp_path / "run", write=False)
-    meta = restore_run(tmp_path / "run")
-    valid, new_users = evaluation_batches([meta.data.valid["users"], meta.data.scenarios["user_cold"]],
-                                           EVAL_BATCH)
-    fitted = fit_cut_points(*(lambda p, q: (p, q.query_y, q.query_mask))(*predict_tasks(
-        lambda b: meta.learner.predict(meta.state, b), valid)))
-    predictions, queries = predict_tasks(lambda b: meta.learner.predict(meta.state, b), new_users)
-    row = scored.results["user_cold"][meta.config.algo]
-    assert row["mae_decoded"] == pytest.approx(query_metrics(fitted(predictions), queries, ks=())["mae"], abs=1e-6)
-    oracle = fit_cut_points(predictions, queries.query_y, queries.query_mask)  # fitted on the scored users themselves
-    assert query_metrics(oracle(predictions), queries, ks=())["mae"] <= row["mae_decoded"] + 1e-9
-    assert all(m["mae_decoded"] is not None for m in scored.results["user_cold"].values())
+    run = tmp_path / "run"
+    scored = evaluate_run(run)
+    meta = restore_run(run)
+    base = restore_run(run, which="latest", name="baseline", data=meta.data)
+    glob, tune = baseline_learners(meta.config, meta.model)
+    valid, *scenarios = evaluation_batches([meta.data.valid["users"], *meta.data.scenarios.values()], EVAL_BATCH)
+    new_users = scenarios[list(meta.data.scenarios).index("user_cold")]
+    written = json.loads((run / "eval.json").read_text())["user_cold"]
+    for method, learner, state in ((meta.config.algo, meta.learner, meta.state), ("no_adaptation", glob, base.state),
+                                   ("finetune", tune, base.state)):
+        on_valid, valid_queries = predict_tasks(lambda b, lrn=learner, st=state: lrn.predict(st, b), valid)
+        decode = fit_cut_points(on_valid, valid_queries.query_y, valid_queries.query_mask)
+        predictions, queries = predict_tasks(lambda b, lrn=learner, st=state: lrn.predict(st, b), new_users)
+        want = query_metrics(decode(predictions), queries, ks=())["mae"]
+        assert scored.results["user_cold"][method]["mae_decoded"] == pytest.approx(want, abs=1e-6), method
+        assert written[method]["mae_decoded"] == pytest.approx(want, abs=1e-6), method
     assert "mae_decoded" in format_eval(scored.results).splitlines()[1]
 
 
