@@ -360,5 +360,8 @@ def test_a_gathered_read_nobody_awaits_logs_nothing_and_other_leftovers_still_do
         warnings.simplefilter("always")
         checkpoint._quiet_failed_reads()
         warnings.warn("coroutine '_read_shard' was never awaited", RuntimeWarning, stacklevel=1)
+        warnings.warn("coroutine 'Store._get_array_metadatas' was never awaited", RuntimeWarning, stacklevel=1)
         warnings.warn("coroutine 'mine' was never awaited", RuntimeWarning, stacklevel=1)
-    assert [str(w.message) for w in caught] == ["coroutine 'mine' was never awaited"]
+        warnings.warn("coroutine 'Mine._get_array_metadatas' was never awaited", RuntimeWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["coroutine 'mine' was never awaited",
+                                                "coroutine 'Mine._get_array_metadatas' was never awaited"]
