@@ -428,7 +428,18 @@ def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
     named.write_text("user,item,rating\n" + "\n".join(f"{u},m{i},{r}" for u, i, r in rows) + "\n")
     refused = jaxmeta("train", "--data", "table", "--path", str(named), "--model", "hybrid", "--steps", "2", "--quiet")
     assert refused.returncode == 2 and "model='hybrid' reads integer item ids" in refused.stderr
-    # free implicit vectors: built from the saved config on restore, one row per id row, one column per head coordinate
+
+
+@pytest.mark.slow  # one more compiled training; the library tests of the vectors run in the default suite
+def test_free_implicit_vectors_are_rebuilt_from_the_saved_config(tmp_path):
+    """``--implicit-prior --implicit-vectors``: the table is built from the saved config on restore, one row per
+    id row, one column per head coordinate."""
+    rng = np.random.default_rng(2)
+    rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(150) for i in rng.choice(60, size=int(rng.integers(14, 24)),
+                                                                                         replace=False)]
+    rows += [(u, int(rng.integers(60, 70)), int(rng.integers(1, 6))) for u in range(150) if rng.random() < 0.3]  # rare items
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
     free = tmp_path / "free"
     trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "hybrid", "--algo", "ridge",
                       "--embed-dim", "4", "--hidden", "8", "--factors", "3", "--known-min-ratings", "30", "--steps", "2",
@@ -436,6 +447,9 @@ def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
                       "--out", str(free), "--quiet")
     assert trained.returncode == 0, trained.stderr
     restored = restore_run(free)
+    counts = restored.data.warm_ratings["item"].value_counts()
+    known = int((counts >= 30).sum())
+    assert 0 < known < len(counts)
     assert restored.config.implicit_vectors and restored.model.implicit is not None
     assert restored.state.params["implicit"].shape == (1 + known, 4) and set(restored.state.hyper) == {"log_reg",
                                                                                                        "implicit"}
