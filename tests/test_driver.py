@@ -385,21 +385,30 @@ def test_model_flag_trains_serves_and_guards_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
 
 
-def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
-    """``--model hybrid`` (hybrid MeLU: an id row for each item with ``--known-min-ratings`` or more training
-    ratings, the rest scored from features) trains under ``ridge`` and serves through ``recommend``; its sizes
-    are saved, and a resume that changes them is refused, also for a run whose file predates them; string
-    ids are refused."""
+HYBRID_RUN = ("--model", "hybrid", "--algo", "ridge", "--embed-dim", "4", "--hidden", "8", "--factors", "3",
+              "--known-min-ratings", "30", "--eval-every", "2", "--num-buckets", "1", "--quiet")
+
+
+def _hybrid_table(tmp_path: Path) -> tuple[list[tuple[int, int, int]], Path]:
+    """Whole-star ratings of 150 users, 14 to 23 each on 60 common items and a few on 10 rare ones, and the CSV
+    table holding them."""
     rng = np.random.default_rng(2)
     rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(150) for i in rng.choice(60, size=int(rng.integers(14, 24)),
                                                                                          replace=False)]
     rows += [(u, int(rng.integers(60, 70)), int(rng.integers(1, 6))) for u in range(150) if rng.random() < 0.3]  # rare items
     path = tmp_path / "ratings.csv"
     path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return rows, path
+
+
+def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
+    """``--model hybrid`` (hybrid MeLU: an id row for each item with ``--known-min-ratings`` or more training
+    ratings, the rest scored from features) trains under ``ridge`` and serves through ``recommend``; its sizes
+    are saved, and a resume that changes them is refused, also for a run whose file predates them; string
+    ids are refused."""
+    rows, path = _hybrid_table(tmp_path)
     run = tmp_path / "run"
-    trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "hybrid", "--algo", "ridge",
-                      "--embed-dim", "4", "--hidden", "8", "--factors", "3", "--known-min-ratings", "30", "--steps", "4",
-                      "--eval-every", "2", "--num-buckets", "1", "--out", str(run), "--quiet")
+    trained = jaxmeta("train", "--data", "table", "--path", str(path), *HYBRID_RUN, "--steps", "4", "--out", str(run))
     assert trained.returncode == 0, trained.stderr
     saved = load_config(run / "config.yaml")
     assert (saved["model"], saved["factors"], saved["known_min_ratings"]) == ("hybrid", 3, 30)
@@ -434,17 +443,10 @@ def test_hybrid_model_trains_under_ridge_and_serves(tmp_path):
 def test_free_implicit_vectors_are_rebuilt_from_the_saved_config(tmp_path):
     """``--implicit-prior --implicit-vectors``: the table is built from the saved config on restore, one row per
     id row, one column per head coordinate."""
-    rng = np.random.default_rng(2)
-    rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(150) for i in rng.choice(60, size=int(rng.integers(14, 24)),
-                                                                                         replace=False)]
-    rows += [(u, int(rng.integers(60, 70)), int(rng.integers(1, 6))) for u in range(150) if rng.random() < 0.3]  # rare items
-    path = tmp_path / "ratings.csv"
-    path.write_text("user,item,rating\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    _, path = _hybrid_table(tmp_path)
     free = tmp_path / "free"
-    trained = jaxmeta("train", "--data", "table", "--path", str(path), "--model", "hybrid", "--algo", "ridge",
-                      "--embed-dim", "4", "--hidden", "8", "--factors", "3", "--known-min-ratings", "30", "--steps", "2",
-                      "--eval-every", "2", "--num-buckets", "1", "--implicit-prior", "--implicit-vectors",
-                      "--out", str(free), "--quiet")
+    trained = jaxmeta("train", "--data", "table", "--path", str(path), *HYBRID_RUN, "--steps", "2", "--implicit-prior",
+                      "--implicit-vectors", "--out", str(free))
     assert trained.returncode == 0, trained.stderr
     restored = restore_run(free)
     counts = restored.data.warm_ratings["item"].value_counts()
