@@ -150,7 +150,7 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
                          f"{_cell(m['ndcg@5'], 4)} | {_cell(m.get('ndcg_lin@3'), 4)} | "
                          f"{_cell(m['train_seconds'], 1)} | {_cell(m['users_per_s'], 0)} |")
         if scenario in reference.get("mae", {}):
-            lines.append(f"| {reference['method']} | {reference['mae'][scenario]:.4f} | – | – | – | – | – | – | – |")
+            lines.append(f"| {reference['method']} | {reference['mae'][scenario]:.4f} |" + " – |" * 8)
         lines.append("")
         meta = {k: v["rmse"] for k, v in methods.items() if k in algorithms.META_LEARNERS and v["rmse"] is not None}
         item = methods.get("item_mean", {}).get("rmse")

@@ -358,11 +358,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, which: str | int = "best", write
     batches = dict(zip(names, scored))
     latest = Checkpoints(folder / "checkpoints", read_only=True).latest_step()
     decoders = {}
-    # each method's cut points on the validation users, the set that chose the checkpoint (also for the item
-    # scenarios, whose items those users never rated: a train run holds no items out to validate on)
-    for method, (lrn, st) in methods.items() if _discrete_scale(data) else ():
-        predictions, queries = predict_tasks(functools.partial(lrn.predict, st), valid)
-        decoders[method] = fit_cut_points(predictions, queries.query_y, queries.query_mask)
+    if _discrete_scale(data):
+        # each method's cut points on the validation users, the set that chose the checkpoint (also for the item
+        # scenarios, whose items those users never rated: a train run holds no items out to validate on)
+        for method, (lrn, st) in methods.items():
+            predictions, queries = predict_tasks(functools.partial(lrn.predict, st), valid)
+            decoders[method] = fit_cut_points(predictions, queries.query_y, queries.query_mask)
     results: dict[str, Any] = {}
     for scenario in names:
         results[scenario] = {}
@@ -441,7 +442,8 @@ def format_eval(results: dict[str, Any],
     sizes = [max(8, len(m)) for m in metrics]
     for scenario, methods in results.items():
         width = max(len(m) for m in methods)
-        lines += [scenario, f"{'method':<{width}}  " + "  ".join(f"{m:>{n}}" for m, n in zip(metrics, sizes, strict=True))]
+        header = "  ".join(f"{m:>{n}}" for m, n in zip(metrics, sizes, strict=True))
+        lines += [scenario, f"{'method':<{width}}  {header}"]
         for method, values in methods.items():
             cells = [f"{'–':>{n}}" if values.get(m) is None else f"{values[m]:{n}.4f}"
                      for m, n in zip(metrics, sizes, strict=True)]
