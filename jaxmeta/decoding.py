@@ -34,9 +34,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from jaxmeta.evaluation import predict_tasks
+from jaxmeta.tasks import TaskBatch
 
 MAX_LEVELS = 64  # more distinct ratings than this is not a discrete scale
 TIE = 1e-9  # errors within this fraction of the total weight of the least are tied
@@ -127,3 +131,10 @@ def fit_cut_points(scores: Any, targets: Any, mask: Any) -> CutPoints:
     scores, targets, weights = scores[order], targets[order], weights[order]
     cuts = np.sort([_best_cut(scores, targets > level, weights) for level in levels[:-1]])
     return CutPoints(levels, np.asarray(cuts, np.float64))
+
+
+def fit_predictor(predict: Callable[[TaskBatch], Any], batches: Iterable[TaskBatch]) -> CutPoints:
+    """:func:`fit_cut_points` of ``predict``'s query predictions on ``batches`` (validation users'), their
+    query ratings and mask (:func:`jaxmeta.evaluation.predict_tasks`)."""
+    predictions, queries = predict_tasks(predict, batches)
+    return fit_cut_points(predictions, queries.query_y, queries.query_mask)

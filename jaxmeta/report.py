@@ -22,7 +22,8 @@ PAIRED_METRICS = ("mae", "rmse", "ndcg@3", "mae_decoded")
 LOWER_BETTER = ("mae", "rmse", "mae_decoded")
 BASELINES_SHOWN = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
 WIN_SE = 2.0
-_HEADERS = {"mae": "MAE", "rmse": "RMSE", "ndcg@3": "nDCG@3", "ndcg_lin@3": "nDCG@3 lin", "mae_decoded": "MAE decoded"}
+_HEADERS = {"mae": "MAE", "rmse": "RMSE", "ndcg@3": "nDCG@3", "ndcg_lin@3": "nDCG@3 lin",
+            "mae_decoded": "MAE decoded"}
 _NOT_SETTINGS = ("step", "valid_mae", "inner_lr", "finetune_lr", "new_items")  # a win: the paired difference beyond this many standard errors
 
 

@@ -89,7 +89,7 @@ from jaxmeta._checks import positive_int
 from jaxmeta.algorithms import MetaLearner
 from jaxmeta.data import datasets, splits
 from jaxmeta.data.datasets import Dataset
-from jaxmeta.decoding import CutPoints, fit_cut_points
+from jaxmeta.decoding import CutPoints, fit_predictor
 from jaxmeta.evaluation import (DEFAULT_KS, baseline_metrics, evaluation_batches, fit_item_stats, per_user_metrics,
                                 predict_tasks, query_metrics, with_item_ids)
 from jaxmeta.metrics import mean_over_users
@@ -313,12 +313,6 @@ def _row(metrics: Mapping[str, float | None], seconds: float | None = None, user
     return row
 
 
-def _scored(scored: tuple[np.ndarray, TaskBatch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``predict_tasks``' predictions and query set as ``fit_cut_points``' scores, targets and mask."""
-    predictions, queries = scored
-    return predictions, np.asarray(queries.query_y), np.asarray(queries.query_mask)
-
-
 def _cuts(decode: CutPoints) -> dict[str, list]:
     """Cut points for ``results.json``: ``"-inf"`` for a level always passed, ``"inf"`` for one never passed."""
     return {"levels": [float(v) for v in decode.levels],
@@ -442,7 +436,7 @@ def reproduce(experiment: Experiment = Experiment(), out_dir: str | os.PathLike 
             learner, state = pick(v)
             predict = functools.partial(learner.predict, state)
             if v not in decoding.setdefault(method, {}):  # cut points from the checkpoint's own validation set
-                decoding[method][v] = fit_cut_points(*_scored(predict_tasks(predict, valid[v])))
+                decoding[method][v] = fit_predictor(predict, valid[v])
             predictions, queries = predict_tasks(predict, shaped[s])
             metrics = query_metrics(predictions, queries, ks=DEFAULT_KS, linear_ks=LINEAR_KS)
             decoded = per_user_metrics(decoding[method][v](predictions), queries, ks=())["mae"]

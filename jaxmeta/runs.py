@@ -54,7 +54,7 @@ import yaml
 from jaxmeta._checks import json_ready
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.checkpoint import CheckpointError, Checkpoints
-from jaxmeta.decoding import fit_cut_points, is_discrete
+from jaxmeta.decoding import fit_predictor, is_discrete
 from jaxmeta.distributed import (
     global_batch,
     is_multiprocess,
@@ -361,9 +361,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, which: str | int = "best", write
     if _discrete_scale(data):
         # each method's cut points on the validation users, the set that chose the checkpoint (also for the item
         # scenarios, whose items those users never rated: a train run holds no items out to validate on)
-        for method, (lrn, st) in methods.items():
-            predictions, queries = predict_tasks(functools.partial(lrn.predict, st), valid)
-            decoders[method] = fit_cut_points(predictions, queries.query_y, queries.query_mask)
+        decoders = {method: fit_predictor(functools.partial(lrn.predict, st), valid)
+                     for method, (lrn, st) in methods.items()}
     results: dict[str, Any] = {}
     for scenario in names:
         results[scenario] = {}

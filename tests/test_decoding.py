@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxmeta import metrics
-from jaxmeta.decoding import MAX_LEVELS, CutPoints, fit_cut_points, is_discrete
+from jaxmeta.decoding import MAX_LEVELS, CutPoints, fit_cut_points, fit_predictor, is_discrete
 
 
 def user_mae(predictions, targets, mask):
@@ -134,3 +134,16 @@ def test_only_a_discrete_scale_is_decodable():
     floats = np.linspace(1, 5, MAX_LEVELS + 1)[None]
     assert not is_discrete(floats, np.ones_like(floats, bool))
     assert is_discrete(floats[:, 1:], np.ones((1, MAX_LEVELS), bool))
+
+
+def test_a_predictor_is_fitted_on_its_query_predictions_over_every_batch():
+    from jaxmeta.tasks import TaskBatch
+
+    scores, targets, mask = random_table(5, users=6, items=5)
+    empty = np.zeros((3, 0))
+    batches = [TaskBatch(None, empty, empty.astype(bool), {"s": scores[rows]}, targets[rows], mask[rows])
+               for rows in (slice(0, 3), slice(3, 6))]
+    decode = fit_predictor(lambda b: b.query_x["s"], batches)  # the batch's own scores as the predictions
+    want = fit_cut_points(scores, targets, mask)
+    np.testing.assert_array_equal(decode.cuts, want.cuts)
+    np.testing.assert_array_equal(decode.levels, want.levels)
