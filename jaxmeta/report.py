@@ -15,7 +15,7 @@ import numpy as np
 from jaxmeta import algorithms
 from jaxmeta.evaluation import paired_difference
 
-__all__ = ("chosen", "format_markdown", "format_summary", "paired", "pooled", "summarise")
+__all__ = ("across_seeds", "chosen", "format_markdown", "format_summary", "paired", "pooled", "summarise")
 
 BASELINES = ("no_adaptation", "finetune")
 PAIRED_METRICS = ("mae", "rmse", "ndcg@3", "mae_decoded")
@@ -24,15 +24,38 @@ BASELINES_SHOWN = ("bias", "mf_foldin", "finetune", "mf", "no_adaptation")
 WIN_SE = 2.0
 _HEADERS = {"mae": "MAE", "rmse": "RMSE", "ndcg@3": "nDCG@3", "ndcg_lin@3": "nDCG@3 lin",
             "mae_decoded": "MAE decoded"}
-_NOT_SETTINGS = ("step", "valid_mae", "inner_lr", "finetune_lr", "new_items")  # a win: the paired difference beyond this many standard errors
+_NOT_SETTINGS = ("step", "valid_mae", "inner_lr", "finetune_lr", "new_items")
+
+
+def _number(value: float | None, digits: int = 5) -> float | None:
+    """``value`` rounded for results.json; ``None`` where it is missing or not finite (JSON has no NaN)."""
+    return None if value is None or not np.isfinite(value) else round(float(value), digits)
+
+
+def _verdict(mean: float | None, se: float | None, metric: str) -> str:
+    """``"win"`` where the difference is beyond ``WIN_SE`` standard errors in the method's favour (below for
+    the metrics of ``LOWER_BETTER``, above for nDCG), ``"loss"`` beyond them against it, ``"tie"`` otherwise;
+    ``"undefined"`` where the standard error is not (fewer than two users, say)."""
+    if mean is None or se is None or not (np.isfinite(mean) and np.isfinite(se)):
+        return "undefined"
+    better = -mean if metric in LOWER_BETTER else mean
+    return "win" if better > WIN_SE * se else "loss" if better < -WIN_SE * se else "tie"
+
+
+def _difference(cell: Sequence[Any]) -> str:
+    """A cell's ``mean ± se`` for the Markdown; a dash for what is missing."""
+    mean = "–" if cell[0] is None else f"{cell[0]:+.4f}"
+    return f"{mean} ± {'–' if cell[1] is None else f'{cell[1]:.4f}'}"
 
 
 def paired(per_user: dict[str, dict[str, dict[str, np.ndarray]]], algos: Sequence[str],
            baselines: Sequence[str] = BASELINES) -> dict[str, Any]:
-    """``{scenario: {algo: {baseline: {metric: [mean, standard error]}}}}``: each
-    meta-learner minus each of ``baselines`` present, paired over the scenario's
-    users (:func:`jaxmeta.evaluation.paired_difference`), for each of ``PAIRED_METRICS`` that both have
-    (``mae_decoded`` is missing from runs made before it existed)."""
+    """``{scenario: {algo: {baseline: {metric: [mean, standard error, users]}}}}``:
+    each meta-learner minus each of ``baselines`` present, paired over the
+    scenario's users where both are finite (:func:`jaxmeta.evaluation.paired_difference`;
+    ``users`` counts them), for each of ``PAIRED_METRICS`` that both have
+    (``mae_decoded`` is missing from runs made before it existed). A standard
+    error that is not defined (fewer than two users) is ``None``."""
     out: dict[str, Any] = {}
     for s, methods in per_user.items():
         for algo in algos:
@@ -41,9 +64,9 @@ def paired(per_user: dict[str, dict[str, dict[str, np.ndarray]]], algos: Sequenc
                     for metric in PAIRED_METRICS:
                         if metric not in methods[algo] or metric not in methods[base]:
                             continue
-                        mean, se, _ = paired_difference(methods[algo][metric], methods[base][metric])
+                        mean, se, n = paired_difference(methods[algo][metric], methods[base][metric])
                         cell = out.setdefault(s, {}).setdefault(algo, {}).setdefault(base, {})
-                        cell[metric] = [round(mean, 5), round(se, 5)]
+                        cell[metric] = [_number(mean), _number(se), n]
     return out
 
 
@@ -64,8 +87,10 @@ def chosen(per_user: dict[str, dict[str, dict[str, np.ndarray]]], selected: dict
     on nDCG@3 the signs swap.
 
     Returns:
-      ``{scenario: {"method", "valid_mae", "vs": {baseline: {metric: [mean, se, verdict]}}}}``,
-      ``verdict`` one of ``"win"``, ``"loss"``, ``"tie"``.
+      ``{scenario: {"method", "valid_mae", "users", "vs": {baseline: {metric: [mean, se, verdict,
+      users]}}}}``, ``verdict`` one of ``"win"``, ``"loss"``, ``"tie"``, or ``"undefined"`` where the
+      standard error is not (fewer than two users; ``se`` is then ``None``). The cell's ``users`` are
+      those the difference is over (both finite); the scenario's, those the chosen method scores.
     """
     out: dict[str, Any] = {}
     for s, methods in per_user.items():
@@ -81,10 +106,8 @@ def chosen(per_user: dict[str, dict[str, dict[str, np.ndarray]]], selected: dict
             for metric in PAIRED_METRICS:
                 if metric not in methods[best] or metric not in methods[base]:
                     continue
-                mean, se, _ = paired_difference(methods[best][metric], methods[base][metric])
-                better = -mean if metric in LOWER_BETTER else mean
-                verdict = "win" if better > WIN_SE * se else "loss" if better < -WIN_SE * se else "tie"
-                vs.setdefault(base, {})[metric] = [round(mean, 5), round(se, 5), verdict]
+                mean, se, n = paired_difference(methods[best][metric], methods[base][metric])
+                vs.setdefault(base, {})[metric] = [_number(mean), _number(se), _verdict(mean, se, metric), n]
         users = int(np.sum(np.isfinite(methods[best]["mae"])))
         out[s] = {"method": best, "valid_set": valid_for[s], "valid_mae": scored[best], "users": users, "vs": vs}
     return out
@@ -174,7 +197,7 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
                   "|---|---|---|---:|---|---:|---|---:|---|---:|---|"]
         for scenario, pick in results["chosen"].items():
             for base, cells in pick["vs"].items():
-                row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][2]}" if m in cells else "– |"
+                row = [f"{_difference(cells[m])} | {cells[m][2]}" if m in cells else "– |"
                        for m in PAIRED_METRICS]
                 lines.append(f"| {scenario} | {pick['method']} | {base} | " + " | ".join(row) + " |")
         lines.append("")
@@ -189,7 +212,7 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
                   "|---|---|" + "---:|" * (2 * len(bases))]
         for scenario, algos in results["paired"].items():
             for algo, found in algos.items():
-                cells = [f"{found[b][m][0]:+.4f} ± {found[b][m][1]:.4f}" if b in found else "–"
+                cells = [_difference(found[b][m]) if b in found else "–"
                          for m in ("mae", "ndcg@3") for b in bases]
                 lines.append(f"| {scenario} | {algo} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -204,7 +227,7 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
                   "ΔnDCG@3 vs finetune |", "|---|---|---:|---:|---:|---:|"]
         for scenario, students in taught["paired"].items():
             for student, found in students.items():
-                cells = [f"{found[b][m][0]:+.4f} ± {found[b][m][1]:.4f}" if b in found else "–"
+                cells = [_difference(found[b][m]) if b in found else "–"
                          for m in ("mae", "ndcg@3") for b in (teacher, "finetune")]
                 lines.append(f"| {scenario} | {student} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -224,18 +247,58 @@ def format_markdown(results: dict[str, Any], *, command: str, seconds: float | N
     return "\n".join(lines)
 
 
-def pooled(cells: Sequence[tuple[float, float, int]]) -> tuple[float, float, int]:
+def pooled(cells: Sequence[tuple[float, float | None, int]]) -> tuple[float, float, int]:
     """One paired difference from several runs' ``(mean, standard error, users)``:
     the mean over all their users, and its standard error, as if the per-user
     differences of every run were one sample (each run's variance recovered as
-    ``se² · n``)."""
+    ``se² · n``; a run of one user adds no variance of its own, and its ``se`` may be ``None``).
+
+    This treats the runs' trained models as fixed: the variation between runs
+    (seeds) enters only through the spread of their means over all the users.
+    :func:`across_seeds` counts it.
+    """
     n = np.array([c[2] for c in cells], float)
     means = np.array([c[0] for c in cells], float)
-    var = np.array([c[1] for c in cells], float) ** 2 * n
+    se = np.array([np.nan if c[1] is None else c[1] for c in cells], float)
+    var = np.where(n > 1, se**2 * n, 0.0)
     total = n.sum()
     mean = float((n * means).sum() / total)
     ss = float(((n - 1) * var + n * (means - mean) ** 2).sum())
-    return mean, float(np.sqrt(ss / max(total - 1, 1) / total)), int(total)
+    return mean, float(np.sqrt(ss / total / (total - 1))) if total > 1 else float("nan"), int(total)
+
+
+def across_seeds(cells: Sequence[tuple[float, float | None]]) -> tuple[float, float, float]:
+    """One paired difference from several runs' ``(mean, standard error)``, counting
+    the variation between the runs: DerSimonian and Laird's random-effects mean.
+
+    Each run (a seed: its own split and its own trained models) estimates its own
+    true difference; these vary around the reported one with a variance ``τ²``
+    estimated from Cochran's ``Q = Σ w_i (m_i − m̄_w)²`` (``w_i = 1 / se_i²``): ``τ² =
+    max(0, (Q − (k − 1)) / (Σ w − Σ w² / Σ w))``. The mean is then weighted by
+    ``1 / (se_i² + τ²)``, and its standard error is ``(Σ 1 / (se_i² + τ²))^(-1/2)``. With
+    equal standard errors ``s`` this is ``max(s, sd of the means) / √k``. ``Q`` is about
+    ``k − 1`` where the runs agree within their standard errors. From three seeds
+    ``τ²`` rests on two degrees of freedom: a rough check beside :func:`pooled`, not a
+    precise one.
+
+    Returns:
+      ``(mean, standard error, Q)``; NaN where it is not defined (fewer than two runs, or
+      a standard error missing or zero, except that runs all ``0 ± 0`` give ``(0, 0, 0)``).
+
+    Reference: DerSimonian and Laird, "Meta-analysis in clinical trials",
+    Controlled Clinical Trials 7(3), 1986.
+    """
+    means = np.array([c[0] for c in cells], float)
+    se = np.array([np.nan if c[1] is None else c[1] for c in cells], float)
+    if len(means) > 1 and np.all(se == 0) and np.all(means == means[0]):
+        return float(means[0]), 0.0, 0.0  # the same predictions in every run
+    if len(means) < 2 or not np.all(np.isfinite(means) & np.isfinite(se) & (se > 0)):
+        return float("nan"), float("nan"), float("nan")
+    w = 1 / se**2
+    q = float((w * (means - (w * means).sum() / w.sum()) ** 2).sum())
+    tau2 = max(0.0, (q - (len(means) - 1)) / (w.sum() - (w**2).sum() / w.sum()))
+    w = 1 / (se**2 + tau2)
+    return float((w * means).sum() / w.sum()), float(np.sqrt(1 / w.sum())), q
 
 
 def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -244,9 +307,11 @@ def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     Returns:
       ``{"seeds", "results": {scenario: {method: {metric: [mean, sd, runs]}}},
       "chosen": {scenario: {"methods": {seed: method}, "vs": {baseline: {metric:
-      [pooled mean, pooled se, users, verdict]}}}}}``: the sd is over seeds; the
-      chosen meta-learner of each seed against each baseline, pooled over the
-      seeds' users (:func:`pooled`).
+      [pooled mean, pooled se, users, verdict]}}, "across_seeds": {baseline: {metric:
+      [mean, se, Q, verdict]}}}}}``: the sd is over seeds; the chosen meta-learner
+      of each seed against each baseline, pooled over the seeds' users
+      (:func:`pooled`), and with the variation between seeds counted
+      (:func:`across_seeds`; from two seeds on).
     """
     out: dict[str, Any] = {"seeds": sorted(runs), "results": {}, "chosen": {}}
     first = runs[min(runs)]
@@ -265,17 +330,23 @@ def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         if any(p is None for p in picks.values()):
             continue
         vs: dict[str, Any] = {}
+        between: dict[str, Any] = {}
         for base in picks[min(picks)]["vs"]:
             for metric in PAIRED_METRICS:
                 having = [p for p in picks.values() if base in p["vs"]]
                 if any(metric not in p["vs"][base] for p in having):  # a run made before the metric existed
                     continue
-                cells = [(p["vs"][base][metric][0], p["vs"][base][metric][1], p["users"]) for p in having]
+                # a cell's own count of users where its run wrote one (older runs: the chosen method's users)
+                cells = [(*p["vs"][base][metric][:2], (p["vs"][base][metric][3:] or [p["users"]])[0]) for p in having]
                 mean, se, users = pooled(cells)
-                better = -mean if metric in LOWER_BETTER else mean
-                verdict = "win" if better > WIN_SE * se else "loss" if better < -WIN_SE * se else "tie"
-                vs.setdefault(base, {})[metric] = [round(mean, 5), round(se, 5), users, verdict]
+                vs.setdefault(base, {})[metric] = [_number(mean), _number(se), users, _verdict(mean, se, metric)]
+                if len(cells) > 1:
+                    mean, se, q = across_seeds([c[:2] for c in cells])
+                    between.setdefault(base, {})[metric] = [_number(mean), _number(se), _number(q, 2),
+                                                            _verdict(mean, se, metric)]
         out["chosen"][scenario] = {"methods": {str(s): p["method"] for s, p in picks.items()}, "vs": vs}
+        if between:
+            out["chosen"][scenario]["across_seeds"] = between
     if all("distilled" in r for r in runs.values()):  # the students against the teacher and finetune, pooled
         taught = first["distilled"]
         pooled_pairs: dict[str, Any] = {}
@@ -284,11 +355,12 @@ def summarise(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 for base, metrics in bases.items():
                     for metric in (m for m in metrics if all(  # a run made before the metric existed lacks it
                             m in r["distilled"]["paired"][scenario][student][base] for r in runs.values())):
-                        cells = [(*r["distilled"]["paired"][scenario][student][base][metric], r["chosen"][scenario]["users"])
-                                 for r in runs.values()]
+                        found = [r["distilled"]["paired"][scenario][student][base][metric] for r in runs.values()]
+                        cells = [(*cell[:2], (cell[2:] or [r["chosen"][scenario]["users"]])[0])  # older: no count
+                                 for cell, r in zip(found, runs.values(), strict=True)]
                         mean, se, users = pooled(cells)
                         pooled_pairs.setdefault(scenario, {}).setdefault(student, {}).setdefault(base, {})[metric] = [
-                            round(mean, 5), round(se, 5), users]
+                            _number(mean), _number(se), users]
         out["distilled"] = {"teacher": taught["teacher"], "alpha": taught["alpha"], "paired": pooled_pairs}
     return out
 
@@ -320,10 +392,24 @@ def format_summary(summary: dict[str, Any], *, command: str, seconds: float | No
                       "|---|---:|---:|---|---:|---|---:|---|---:|---|"]
             for base, cells in pick["vs"].items():
                 users = next(iter(cells.values()))[2]
-                row = [f"{cells[m][0]:+.4f} ± {cells[m][1]:.4f} | {cells[m][3]}" if m in cells else "– |"
+                row = [f"{_difference(cells[m])} | {cells[m][3]}" if m in cells else "– |"
                        for m in PAIRED_METRICS]
                 lines.append(f"| {base} | {users} | " + " | ".join(row) + " |")
             lines.append("")
+            if pick.get("across_seeds"):
+                seeds = len(pick["methods"])
+                lines += [("The same differences with the variation between seeds counted: each seed's paired "
+                           "mean ± SE combined by DerSimonian–Laird random effects (Q: Cochran's heterogeneity, "
+                           f"about {seeds - 1} where the seeds agree within their standard errors; from {seeds} "
+                           "seeds, a rough check). The pooled SE above treats each seed's trained models as "
+                           "fixed; this one does not:"), "",
+                          "| baseline | ΔMAE | Q | | ΔRMSE | Q | | ΔnDCG@3 | Q | | ΔMAE decoded | Q | |",
+                          "|---|---:|---:|---|---:|---:|---|---:|---:|---|---:|---:|---|"]
+                for base, cells in pick["across_seeds"].items():
+                    row = [f"{_difference(cells[m])} | {_cell(cells[m][2], 1)} | {cells[m][3]}" if m in cells
+                           else "– | – |" for m in PAIRED_METRICS]
+                    lines.append(f"| {base} | " + " | ".join(row) + " |")
+                lines.append("")
     taught = summary.get("distilled")
     if taught:
         teacher = taught["teacher"]
@@ -334,7 +420,7 @@ def format_summary(summary: dict[str, Any], *, command: str, seconds: float | No
         for scenario, students in taught["paired"].items():
             for student, bases in students.items():
                 users = next(iter(next(iter(bases.values())).values()))[2]
-                cells = [f"{bases[b][m][0]:+.4f} ± {bases[b][m][1]:.4f}" if m in bases.get(b, {}) else "–"
+                cells = [_difference(bases[b][m]) if m in bases.get(b, {}) else "–"
                          for m in ("mae", "ndcg@3") for b in (teacher, "finetune")]
                 lines.append(f"| {scenario} | {student} | {users} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -4,11 +4,13 @@ and the Markdown of several seeds."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from jaxmeta.evaluation import paired_difference
-from jaxmeta.report import chosen, format_summary, paired, pooled, summarise
+from jaxmeta.report import across_seeds, chosen, format_markdown, format_summary, paired, pooled, summarise
 
 
 def per_user(seed, shift):
@@ -26,9 +28,10 @@ def test_the_method_with_the_lowest_validation_mae_is_compared_and_judged():
     out = chosen(table, selected, ["a", "b"], {"s": "users"}, baselines=("bias",))
     pick = out["s"]
     assert (pick["method"], pick["valid_set"], pick["users"]) == ("a", "users", 40)
-    mean, se, verdict = pick["vs"]["bias"]["mae"]
+    mean, se, verdict, users = pick["vs"]["bias"]["mae"]
     want = paired_difference(good["mae"], base["mae"])
     assert (mean, se) == (pytest.approx(want[0], abs=1e-5), pytest.approx(want[1], abs=1e-5)) and verdict == "win"
+    assert users == 40
     # on the held-out items' set, "b" has no score there and "a" is the only candidate
     assert chosen(table, selected, ["a", "b"], {"s": "new_items"}, baselines=("bias",))["s"]["method"] == "a"
     swapped = chosen({"s": {"a": base, "bias": good}}, {"a": {"valid_mae": 0.7}}, ["a"], {"s": "users"}, ("bias",))
@@ -94,7 +97,7 @@ def test_decoded_mae_is_judged_lower_better_and_left_out_where_a_run_lacks_it():
         a["mae_decoded"], base["mae_decoded"] = a["mae"] - 0.03, a["mae"] + 0.03  # a win, 0.06 per user
         table = {"s": {"a": a, "bias": base}}
         pick = chosen(table, {"a": {"valid_mae": 0.7}}, ["a"], {"s": "users"}, ("bias",))
-        mean, _, verdict = pick["s"]["vs"]["bias"]["mae_decoded"]
+        mean, _, verdict, _ = pick["s"]["vs"]["bias"]["mae_decoded"]
         assert mean == pytest.approx(-0.06, abs=1e-5) and verdict == "win"
         assert paired(table, ["a"], ("bias",))["s"]["a"]["bias"]["mae_decoded"][0] == pytest.approx(-0.06, abs=1e-5)
         runs[seed] = {"results": {"s": {"a": {"mae": 0.7, "mae_decoded": 0.65}}}, "chosen": pick}
@@ -118,3 +121,68 @@ def test_decoded_mae_is_judged_lower_better_and_left_out_where_a_run_lacks_it():
         run["chosen"]["s"]["users"] = 40
     assert set(summarise(runs)["distilled"]["paired"]["s"]["small"]["t"]) == {"mae"}
     assert "| bias | 120 | " in format_summary(summarise(runs), command="c")
+
+
+def test_across_seeds_is_the_random_effects_mean_with_equal_errors_in_closed_form():
+    """With equal standard errors s, DerSimonian-Laird's SE is max(s, sd of the seeds' means) / sqrt(k): the
+    seeds' own spread once it exceeds what their standard errors explain, and the fixed-effect SE before."""
+    spread = [-0.08, 0.0, -0.07]
+    mean, se, q = across_seeds([(m, 0.01) for m in spread])
+    assert mean == pytest.approx(np.mean(spread)) and se == pytest.approx(np.std(spread, ddof=1) / np.sqrt(3))
+    assert q == pytest.approx(np.sum((np.array(spread) - np.mean(spread)) ** 2) / 0.01**2)
+    close = [-0.050, -0.052, -0.049]  # within their errors: tau^2 = 0
+    mean, se, q = across_seeds([(m, 0.01) for m in close])
+    assert mean == pytest.approx(np.mean(close)) and se == pytest.approx(0.01 / np.sqrt(3)) and q < 2
+    unequal = [(-0.02, 0.01), (-0.04, 0.02)]  # tau^2 = 0 here: the inverse-variance mean, by hand
+    mean, se, _ = across_seeds(unequal)
+    assert mean == pytest.approx((-0.02 / 1e-4 - 0.04 / 4e-4) / (1 / 1e-4 + 1 / 4e-4))
+    assert se == pytest.approx((1 / 1e-4 + 1 / 4e-4) ** -0.5)
+    assert across_seeds([(0.0, 0.0), (0.0, 0.0)]) == (0.0, 0.0, 0.0)  # the same predictions in every seed
+    for undefined in ([(-0.1, 0.01)], [(-0.1, None), (-0.2, 0.01)], [(-0.1, 0.0), (-0.2, 0.01)]):
+        assert all(np.isnan(across_seeds(undefined)))
+
+
+def test_seeds_that_disagree_win_pooled_but_tie_across_seeds():
+    """Three seeds whose per-user differences are tight around means far apart: pooled over users it is a win,
+    counted with the spread between seeds a tie, and summary.md shows both."""
+    rng = np.random.default_rng(5)
+    runs, differences = {}, []
+    for seed, shift in enumerate((-0.1, 0.02, -0.07)):
+        base = rng.uniform(0.5, 1.0, 50)
+        a = base + shift + rng.normal(0, 0.01, 50)
+        differences.append(a - base)
+        pick = chosen({"s": {"a": {"mae": a}, "bias": {"mae": base}}}, {"a": {"valid_mae": 0.7}}, ["a"],
+                      {"s": "users"}, ("bias",))
+        runs[seed] = {"results": {"s": {"a": {"mae": float(a.mean())}}}, "chosen": pick}
+    summary = summarise(runs)
+    mean, se, users, verdict = summary["chosen"]["s"]["vs"]["bias"]["mae"]
+    assert users == 150 and verdict == "win" and mean < -2 * se
+    means = [d.mean() for d in differences]
+    mean, se, q, verdict = summary["chosen"]["s"]["across_seeds"]["bias"]["mae"]
+    assert verdict == "tie" and q > 100
+    # tau^2 dominates the seeds' small (and nearly equal) errors: about the closed form of equal errors
+    assert mean == pytest.approx(np.mean(means), abs=2e-3) and se == pytest.approx(
+        np.std(means, ddof=1) / np.sqrt(3), rel=0.15)
+    text = format_summary(summary, command="c")
+    assert "DerSimonian–Laird" in text and f"| bias | {mean:+.4f} ± {se:.4f} | {q:.1f} | tie |" in text
+
+
+def test_a_difference_over_one_user_is_undefined_and_pools_with_its_own_count():
+    """One user: no standard error, so neither a win nor a tie, written as JSON null (not NaN). A baseline
+    missing a user's value: the paired count, not the chosen method's, weighs the seed in the pooled mean."""
+    table = {"s": {"a": {"mae": np.array([0.2, 0.4, 0.5])}, "bias": {"mae": np.array([0.9, np.nan, np.nan])}}}
+    pick = chosen(table, {"a": {"valid_mae": 0.7}}, ["a"], {"s": "users"}, ("bias",))["s"]
+    assert pick["users"] == 3 and pick["vs"]["bias"]["mae"] == [-0.7, None, "undefined", 1]
+    assert paired(table, ["a"], ("bias",))["s"]["a"]["bias"]["mae"] == [-0.7, None, 1]
+    json.dumps(pick, allow_nan=False)
+    assert "| s | a | bias | -0.7000 ± – | undefined |" in format_markdown(
+        {"dataset": "d", "split": "x", "results": {}, "chosen": {"s": pick}}, command="c")
+    other = chosen({"s": {"a": {"mae": np.array([0.2, 0.4, 0.5])}, "bias": {"mae": np.array([0.3, 0.6, 0.6])}}},
+                   {"a": {"valid_mae": 0.7}}, ["a"], {"s": "users"}, ("bias",))["s"]
+    summary = summarise({0: {"results": {"s": {}}, "chosen": {"s": pick}},
+                         1: {"results": {"s": {}}, "chosen": {"s": other}}})
+    mean, se, users, verdict = summary["chosen"]["s"]["vs"]["bias"]["mae"]
+    everything = np.array([-0.7, -0.1, -0.2, -0.1])
+    assert users == 4 and mean == pytest.approx(everything.mean(), abs=1e-5) and verdict == "tie"  # 1.9 SE
+    assert se == pytest.approx(everything.std(ddof=1) / 2, abs=1e-5)
+    assert summary["chosen"]["s"]["across_seeds"]["bias"]["mae"][3] == "undefined"

@@ -52,7 +52,7 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
     assert all(list(c) == ["users"] and [s for s, _ in c["users"]] == [100, 200, 300] for c in curves.values())
     assert min(m for _, m in curves["fomaml"]["users"]) == picks["fomaml"]["valid_mae"]
     table = written["results"]["user_cold"]
-    mae, se = written["paired"]["user_cold"]["fomaml"]["no_adaptation"]["mae"]
+    mae, se, users = written["paired"]["user_cold"]["fomaml"]["no_adaptation"]["mae"]
     assert mae == pytest.approx(table["fomaml"]["mae"] - table["no_adaptation"]["mae"], abs=1e-4) and se > 0
     assert set(table) == {"fomaml", "no_adaptation", "finetune", "bias", "mf_foldin", "global_mean", "item_mean",
                           "popularity", "constant", "random"}
@@ -60,7 +60,8 @@ def test_meta_learned_melu_beats_no_adaptation_on_new_users(tmp_path):
         assert table[classic]["rmse"] < table["item_mean"]["rmse"], table
     pick = written["chosen"]["user_cold"]
     assert pick["method"] == "fomaml" and set(pick["vs"]) == {"bias", "mf_foldin", "finetune", "no_adaptation"}
-    assert all(cell[2] in ("win", "tie", "loss") for vs in pick["vs"].values() for cell in vs.values())
+    assert all(cell[2] in ("win", "tie", "loss") and cell[3] == users == pick["users"]
+               for vs in pick["vs"].values() for cell in vs.values())
     assert all(set(row) == set(METRICS) for row in table.values())
     assert table["fomaml"]["train_seconds"] > 0 and table["item_mean"]["train_seconds"] is None
     assert table["fomaml"]["mae"] < table["no_adaptation"]["mae"], table
@@ -155,7 +156,7 @@ def test_multitask_and_students_distilled_from_a_teacher_join_the_table(tmp_path
     distilled = out["distilled"]
     assert distilled["teacher"] == "maml" and set(distilled["paired"]["user_cold"]) == {"amortised", "compressed",
                                                                                         "amortised-small"}
-    mae, se = distilled["paired"]["user_cold"]["amortised"]["maml"]["mae"]
+    mae, se, _ = distilled["paired"]["user_cold"]["amortised"]["maml"]["mae"]
     assert mae == pytest.approx(table["amortised"]["mae"] - table["maml"]["mae"], abs=1e-4) and se > 0
     assert set(out["paired"]["user_cold"]) == {"maml", "multitask", "amortised", "compressed", "amortised-small"}
     for method in ("multitask", "amortised", "compressed", "amortised-small"):  # each learns something in 100 steps
