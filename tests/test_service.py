@@ -41,7 +41,7 @@ MODEL = models.melu(ENCODER.spec, embed_dim=4, hidden=(8,), output_bias=3.0)
 LEARNER = algorithms.maml(MODEL, inner_optimizer=optax.sgd(0.3), inner_steps=2)
 STATE = LEARNER.init(jax.random.key(0))
 REC = Recommender(LEARNER, STATE, ENCODER, ITEMS, titles=TITLES, popularity=POPULARITY, rating_scale=(1, 5))
-OPTIONS = {"max_batch": 8, "history_limit": 16, "max_ratings_per_request": 30, "max_body_bytes": 4000}
+OPTIONS = {"max_batch": 8, "history_limit": 16, "max_ratings_per_request": 30, "max_body_bytes": 9000}
 
 
 def ratings_of(pairs, user="u") -> pd.DataFrame:
@@ -406,6 +406,100 @@ def test_a_user_who_rated_every_item_gets_no_recommendation(served):
     assert client.get("/users/all/recommendations", params={"k": 5}).json() == {"user": "all", "k": 5, "items": []}
 
 
+def test_a_k_over_the_catalogue_gets_every_unrated_item(served):
+    """k may be up to MAX_K whatever the catalogue's size: a user with ratings, like one without, then gets
+    every item not rated, and so does a stateless request; a batch holding such a job serves the others too."""
+    client, _ = served
+    assert MAX_K > len(ITEMS)
+    client.post("/users/kim/ratings", json=body([(100, 4), (101, 2)]))
+    got = client.get("/users/kim/recommendations", params={"k": MAX_K})
+    assert got.status_code == 200 and len(got.json()["items"]) == len(ITEMS) - 2
+    library = REC.recommend(ratings_of([(100, 4), (101, 2)]), k=len(ITEMS) - 2)
+    assert [e["item"] for e in got.json()["items"]] == library["item"].tolist()
+    stateless = client.post("/recommend", json=body([(100, 4)]) | {"k": MAX_K})
+    assert stateless.status_code == 200 and len(stateless.json()["items"]) == len(ITEMS) - 1
+    assert len(client.get("/users/nobody/recommendations", params={"k": MAX_K}).json()["items"]) == len(ITEMS)
+
+
+def test_stored_ratings_the_model_cannot_read_are_left_out_with_a_warning(tmp_path, caplog):
+    """A database written under another run: an item outside the catalogue, a rating off the scale. The user
+    is adapted on the rest (scores as the library gives them, on the scale's order of size), the off-scale
+    item is still not recommended, and the log says what was left out."""
+    db = tmp_path / "other.sqlite"
+    store = RatingStore(db)
+    store.add("stale", [(999, 3.0), (100, 9.0), (101, 3.0)])
+    store.close()
+    with TestClient(create_app(REC, db, window_ms=1.0, **OPTIONS)) as client, caplog.at_level("WARNING"):
+        got = client.get("/users/stale/recommendations", params={"k": 5})
+    assert got.status_code == 200
+    items = got.json()["items"]
+    library = REC.recommend(ratings_of([(101, 3.0)]), k=6)
+    library = library[library["item"] != 100].head(5)
+    assert [e["item"] for e in items] == library["item"].tolist()
+    np.testing.assert_allclose([e["score"] for e in items], library["score"], rtol=1e-5)
+    assert all(e["because"] is None or e["because"]["item"] == 101 for e in items)
+    assert "user 'stale': 2 stored rating(s) that this model cannot read" in caplog.text and "(999, 3.0)" in caplog.text
+
+
+def test_explain_false_strips_explanations_from_a_cached_explained_result(served):
+    client, _ = served
+    client.post("/users/ivy/ratings", json=body([(102, 5), (107, 1)]))
+    explained = client.get("/users/ivy/recommendations", params={"k": 3}).json()["items"]
+    assert any(e["because"] is not None for e in explained)
+    plain = client.get("/users/ivy/recommendations", params={"k": 3, "explain": "false"}).json()["items"]
+    assert plain == [{**e, "because": None} for e in explained]
+    assert client.get("/users/ivy/recommendations", params={"k": 3}).json()["items"] == explained  # cache intact
+
+
+def test_versions_are_bounded_and_a_users_version_never_repeats(tmp_path, monkeypatch):
+    """The versions that tell a cached result stale are kept for the most recent writers only; a user dropped
+    reads a newer shared version, so a result cached before their last write is never served."""
+    monkeypatch.setattr("jaxmeta.service.app.VERSIONS_KEPT", 2)
+    with TestClient(create_app(REC, tmp_path / "v.sqlite", window_ms=1.0, **OPTIONS)) as client:
+        service = client.app.state.service
+        seen: dict[str, list[int]] = {}
+        for n, user in enumerate(["a", "b", "c", "a", "d", "e", "b", "a"]):
+            before = service.version(user)
+            client.post(f"/users/{user}/ratings", json=body([(100 + n, 1 + n % 5)]))
+            assert len(service.versions) <= 2
+            for u in "abcde":
+                seen.setdefault(u, []).append(service.version(u))
+            assert service.version(user) != before
+        assert all(np.all(np.diff(v) >= 0) for v in seen.values())  # never back to an earlier value
+        top = client.get("/users/c/recommendations", params={"k": 3}).json()["items"]  # c's version: the shared one
+        client.post("/users/c/ratings", json=body([(top[0]["item"], 1)]))
+        for user in "xyz":  # c is dropped again
+            client.post(f"/users/{user}/ratings", json=body([(120, 3)]))
+        assert "c" not in service.versions
+        after = client.get("/users/c/recommendations", params={"k": 3}).json()["items"]
+        assert top[0]["item"] not in [e["item"] for e in after]
+
+
+def test_a_failed_commit_leaves_the_store_writable(tmp_path):
+    """A COMMIT that fails (a full disk, say) is rolled back: the write is not stored, and the next one is."""
+    store = RatingStore(tmp_path / "c.sqlite")
+    real = store._db
+
+    class FailingOnce:
+        failed = False
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT" and not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("disk I/O error (injected)")
+            return real.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    store._db = FailingOnce()
+    with pytest.raises(sqlite3.OperationalError, match="injected"):
+        store.add("u", [(1, 3.0)])
+    assert store.add("u", [(2, 4.0)]) == 1 and store.history("u") == [(2, 4.0)]
+    store._db = real
+    store.close()
+
+
 def test_item_ids_may_be_given_as_text_or_whole_floats(served):
     client, _ = served
     reply = client.post("/users/eve/ratings", json={"ratings": [{"item": "100", "rating": 4},
@@ -438,9 +532,12 @@ BAD_RATINGS = [
     (b'{"ratings": [{"item": 100, "rating": NaN}]}', 422, "nan, not a finite number"),
     (b'{"ratings": [{"item": 100, "rating": -Infinity}]}', 422, "not a finite number"),
     (b'{"ratings": [{"item": 100, "rating": 1e39}]}', 422, "not a finite number"),
+    (b'{"ratings": [{"item": 100, "rating": 1' + b"0" * 400 + b"}]}", 422, "inf, not a finite number"),  # no float
+    (b'{"ratings": [{"item": 100, "rating": 1' + b"0" * 4400 + b"}]}", 400, "not valid JSON"),  # over int's digits
+    (b"[" * 2000 + b"]" * 2000, 400, "nested too deeply"),
     (b'{"ratings": [{"item": 100, "rating": 4}], "k": 3}', 422, "unknown field(s) ['k']"),
     (json.dumps(body([(100 + n % 40, 3) for n in range(31)])).encode(), 413, "30 ratings per request"),
-    (json.dumps(body([(100, 3)])).encode() + b" " * 4000, 413, "4000 bytes"),
+    (json.dumps(body([(100, 3)])).encode() + b" " * 9000, 413, "9000 bytes"),
 ]
 
 
@@ -460,12 +557,12 @@ def test_an_oversized_body_without_a_declared_length_is_refused(served):
 
     def chunks():  # streamed: no content-length header, the limit is found while reading
         yield b'{"ratings": ['
-        for _ in range(200):
+        for _ in range(400):
             yield b'{"item": 100, "rating": 3},'
         yield b'{"item": 100, "rating": 3}]}'
 
     reply = client.post("/users/gus/ratings", content=chunks())
-    assert reply.status_code == 413 and "over 4000 bytes" in reply.json()["detail"]
+    assert reply.status_code == 413 and "over 9000 bytes" in reply.json()["detail"]
     assert rows(db) == before
 
 

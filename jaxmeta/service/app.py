@@ -91,6 +91,8 @@ HISTORY_LIMIT = 128
 """Default ``history_limit``: the most recent ratings a user is adapted on."""
 CACHE_USERS = 10_000
 """The most users whose recommendations are cached."""
+VERSIONS_KEPT = 2 * CACHE_USERS
+"""The most users whose last write is remembered (to tell a cached result stale); others share one version."""
 WRITES_PER_COMMIT = 256
 """The most rating requests committed by one transaction."""
 MAX_USER_CHARS = 200
@@ -221,8 +223,9 @@ class _Ranker:
 
     def _adapted(self, jobs: list[Job]) -> list[list[dict]]:
         explain = any(job.explain for job in jobs)  # one backward pass per item serves every task of a batch
+        # a k over the catalogue gets every unrated item, as a user without ratings does
         rankings = self.fast.rank([tuple(zip(*job.ratings)) for job in jobs], seen=[job.seen for job in jobs],
-                                  k=max(job.k for job in jobs), explain=explain)
+                                  k=min(max(job.k for job in jobs), self.fast.k), explain=explain)
         out = []
         for job, ranking in zip(jobs, rankings):
             n = min(job.k, len(ranking.items))
@@ -294,8 +297,13 @@ class _Service:
         # writes that arrive while a commit runs are committed together by the next: one fsync for them all
         self.writer = MicroBatcher(lambda writes: self.store.add_many(writes), max_batch=WRITES_PER_COMMIT,
                                    window_ms=0.0)
-        self.versions: dict[str, int] = {}  # user -> how many writes since start: a cached result of an older
-        self.cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()  # version is stale
+        # user -> the write count at their last write: a cached result of an older version is stale. Users
+        # beyond VERSIONS_KEPT are dropped, oldest write first; every user not held reads the count at the
+        # last drop (``forgotten``), so a user's version still only grows, never repeats.
+        self.writes = 0
+        self.forgotten = 0
+        self.versions: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         # user -> {item: rating}, in the order of writing: the database's history, kept as it is written
         self.histories: collections.OrderedDict[str, dict[Hashable, float]] = collections.OrderedDict()
 
@@ -317,8 +325,9 @@ class _Service:
             value = json.loads(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise _Bad(400, f"the body is not UTF-8 text: send JSON such as {_EXAMPLE}.") from None
-        except json.JSONDecodeError as err:
-            raise _Bad(400, f"the body is not valid JSON ({err}): send JSON such as {_EXAMPLE}.") from None
+        except (ValueError, RecursionError) as err:  # JSONDecodeError; an integer of over 4300 digits; deep nesting
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            raise _Bad(400, f"the body is not valid JSON ({reason}): send JSON such as {_EXAMPLE}.") from None
         if not isinstance(value, dict):
             raise _Bad(422, f"the body is {_json(value)}, not a JSON object: send an object such as {_EXAMPLE}.")
         return value
@@ -354,7 +363,10 @@ class _Service:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise _Bad(422, f"{where}.rating is {_json(value)}, not a number: pass a number"
                                 + (f" from {scale.low:.7g} to {scale.high:.7g}." if scale else ", e.g. 4."))
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # a whole number beyond any float
+                value = math.inf
             if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
                 raise _Bad(422, f"{where}.rating is {value!r}, not a finite number: pass a number"
                                 + (f" from {scale.low:.7g} to {scale.high:.7g}." if scale else ", e.g. 4."))
@@ -364,20 +376,29 @@ class _Service:
             out.append((item, value))
         return out
 
+    def readable(self, item: Hashable, rating: float) -> bool:
+        """Whether this model can read a stored rating: its item is in the catalogue, the rating on the scale."""
+        scale = self.recommender.rating_scale
+        return item in self.catalogue.by_id and math.isfinite(rating) and (
+            scale is None or scale.low <= rating <= scale.high)
+
     def job(self, ratings: Sequence[tuple[Hashable, float]], k: int, explain: bool = True) -> Job:
         """The job of a user with these ratings (oldest first): each item's latest rating, the most recent
-        ``history_limit`` of them as the support set."""
+        ``history_limit`` of them as the support set. A stored rating the model cannot read (:meth:`readable`;
+        a database written under another run) stays out of the support set; its item, when in the catalogue,
+        is still not recommended."""
         latest: dict[Hashable, float] = {}
         for item, rating in ratings:
             latest.pop(item, None)  # a re-rated item counts as rated last
             latest[item] = rating
-        support = tuple(latest.items())[-self.history_limit:]
-        return Job(support, frozenset(latest), k, explain)
+        support = tuple((i, r) for i, r in latest.items() if self.readable(i, r))[-self.history_limit:]
+        return Job(support, frozenset(i for i in latest if i in self.catalogue.by_id), k, explain)
 
     # ---------------------------------------------------------------- state
 
     def start(self) -> None:
         self.store = RatingStore(self.db_path)
+        self.writes = self.forgotten = 0
         self.versions.clear()
         self.cache.clear()
         self.histories.clear()
@@ -393,20 +414,26 @@ class _Service:
 
     def cached(self, user: str, k: int, explain: bool = True) -> list[dict] | None:
         hit = self.cache.get(user)
-        if hit is None or hit.version != self.versions.get(user, 0) or (hit.k < k and len(hit.items) >= hit.k):
+        if hit is None or hit.version != self.version(user) or (hit.k < k and len(hit.items) >= hit.k):
             return None
         if explain and not hit.explain:  # cached without explanations: they are wanted now
             return None
         self.cache.move_to_end(user)
+        if not explain and hit.explain:  # cached with them: not wanted now
+            return [{**item, "because": None} for item in hit.items[:k]]
         return hit.items[:k]
 
     def remember(self, user: str, version: int, k: int, items: list[dict], explain: bool = True) -> None:
-        if version != self.versions.get(user, 0):  # rated meanwhile: this result is stale already
+        if version != self.version(user):  # rated meanwhile: this result is stale already
             return
         self.cache[user] = _Cached(version, k, items, explain)
         self.cache.move_to_end(user)
         while len(self.cache) > CACHE_USERS:
             self.cache.popitem(last=False)
+
+    def version(self, user: str) -> int:
+        """A number that changes whenever ``user`` rates (:meth:`written`), never back to an earlier value."""
+        return self.versions.get(user, self.forgotten)
 
     async def history(self, user: str) -> list[tuple[Hashable, float]]:
         """The user's ``(item, rating)`` pairs in the order of writing, as :meth:`RatingStore.history` reads
@@ -416,9 +443,14 @@ class _Service:
         if known is not None:
             self.histories.move_to_end(user)
             return list(known.items())
-        version = self.versions.get(user, 0)
+        version = self.version(user)
         rows = await asyncio.to_thread(self.store.history, user)
-        if version == self.versions.get(user, 0):  # no write meanwhile, whose rating the read may lack
+        unread = [row for row in rows if not self.readable(*row)]
+        if unread:
+            _LOG.warning("user %r: %d stored rating(s) that this model cannot read are left out of adaptation "
+                         "(an item not in its catalogue, or a rating off its scale %s), e.g. %s: was the database "
+                         "written under another run?", user, len(unread), self.recommender.rating_scale, unread[:3])
+        if version == self.version(user):  # no write meanwhile, whose rating the read may lack
             self.histories[user] = dict(rows)
             while len(self.histories) > CACHE_USERS:
                 self.histories.popitem(last=False)
@@ -427,7 +459,12 @@ class _Service:
     def written(self, user: str, ratings: Sequence[tuple[Hashable, float]]) -> None:
         """After ``ratings`` of ``user`` are committed: drops the user's cached results, and adds the ratings
         to their history in memory as the store wrote them (a re-rated item moves to the end)."""
-        self.versions[user] = self.versions.get(user, 0) + 1
+        self.writes += 1
+        self.versions[user] = self.writes
+        self.versions.move_to_end(user)
+        while len(self.versions) > VERSIONS_KEPT:
+            self.versions.popitem(last=False)
+            self.forgotten = self.writes
         self.cache.pop(user, None)
         known = self.histories.get(user)
         if known is not None:
@@ -600,7 +637,7 @@ def create_app(
         k = _check_k(k)
         items = service.cached(user, k, explain)
         if items is None:
-            version = service.versions.get(user, 0)
+            version = service.version(user)
             history = await service.history(user)
             items = await recommendations(service.job(history, k, explain))
             service.remember(user, version, k, items, explain)

@@ -114,10 +114,11 @@ class RatingStore:
                         [(user, item, float(rating), now) for item, rating in ratings])
                     totals.append(int(self._db.execute("SELECT COUNT(*) FROM ratings WHERE user = ?",
                                                        (user,)).fetchone()[0]))
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT leaves it open: every later BEGIN would fail
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
         return totals
 
     def history(self, user: str) -> list[tuple[Hashable, float]]:
