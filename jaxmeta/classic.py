@@ -364,8 +364,8 @@ def fit_mf(ratings: pd.DataFrame, *, rank: int, reg: float, iterations: int = MF
       ratings: the training ratings, columns ``user``, ``item`` (integer raw
         ids) and ``rating``; repeated (user, item) rows count as separate ratings.
       rank: the factor dimension k >= 1.
-      reg: the ridge ``>= 0`` (> 0 unless every user and item has at least
-        ``rank + 1`` ratings).
+      reg: the ridge ``> 0``. Without it a user's or item's least squares need
+        not have one solution (too few ratings, or repeated or collinear rows).
       iterations: ALS sweeps.
       seed: seeds the initial item factors.
 
@@ -381,7 +381,7 @@ def fit_mf(ratings: pd.DataFrame, *, rank: int, reg: float, iterations: int = MF
     """
     user, item, rating = _ratings(ratings)
     rank = positive_int("rank", rank, "the factor dimension")
-    reg = _penalty("reg", reg)
+    reg = _penalty("reg", reg, positive=True)
     iterations = positive_int("iterations", iterations, "ALS sweeps")
     users, user_index = np.unique(user, return_inverse=True)
     items, item_index = np.unique(item, return_inverse=True)
@@ -389,10 +389,6 @@ def fit_mf(ratings: pd.DataFrame, *, rank: int, reg: float, iterations: int = MF
     centred = rating - mean
     by_user, user_starts = _groups(user_index, len(users))
     by_item, item_starts = _groups(item_index, len(items))
-    fewest = int(min(np.diff(user_starts).min(), np.diff(item_starts).min()))
-    if reg == 0 and fewest < rank + 1:
-        raise ValueError(f"reg=0 with rank={rank}: a user or item has only {fewest} rating(s), so its least-squares "
-                         "solution is not unique; pass reg > 0.")
     item_of, user_of = item_index[by_user], user_index[by_item]  # the other side of each grouped rating
     rng = np.random.default_rng(seed)
     item_side = np.concatenate([0.1 * rng.standard_normal((len(items), rank)), np.zeros((len(items), 1))], axis=1)
@@ -526,7 +522,7 @@ def choose_mf(ratings: pd.DataFrame, valid_batches: Sequence[TaskBatch], *, rank
     Args:
       ratings: the training ratings (see :func:`fit_mf`).
       valid_batches: the validation users, padded, with raw item ids under ``key``.
-      ranks: ranks >= 1; regs: ALS ridges >= 0; user_regs: fold-in ridges > 0.
+      ranks: ranks >= 1; regs: ALS ridges > 0; user_regs: fold-in ridges > 0.
       iterations, seed: as in :func:`fit_mf`, for every fit.
       key: the field of the raw item ids.
 
@@ -537,7 +533,7 @@ def choose_mf(ratings: pd.DataFrame, valid_batches: Sequence[TaskBatch], *, rank
     _ratings(ratings)
     batches = _batches(valid_batches)
     ranks = _grid("ranks", ranks, lambda name, v: positive_int(name, v, "factor dimensions"))
-    regs = _grid("regs", regs, _penalty)
+    regs = _grid("regs", regs, lambda name, v: _penalty(name, v, positive=True))
     user_regs = _grid("user_regs", user_regs, lambda name, v: _penalty(name, v, positive=True))
     iterations = positive_int("iterations", iterations, "ALS sweeps")
     grid, models = [], []

@@ -187,6 +187,39 @@ def test_als_lowers_the_objective_and_fits_a_full_table():
     assert np.sqrt(objective(exact)[0] / len(ratings)) < 1e-3
 
 
+def test_each_als_half_step_is_the_exact_ridge_solution():
+    """Every item's [q_i; b_i] solves its own ridge given the users' side, and every user's [p_u; b_u] the one
+    given the items' side of the sweep before (the same seed, one sweep fewer): np.linalg.solve per row group,
+    with the bias penalised like the factors and a ridge that does not grow with the count (not ALS-WR)."""
+    rng = np.random.default_rng(7)
+    ratings = pd.DataFrame({"user": rng.integers(0, 9, 80), "item": rng.integers(50, 57, 80),
+                            "rating": rng.integers(1, 6, 80).astype(float)})
+    reg = 0.7
+    before = classic.fit_mf(ratings, rank=2, reg=reg, iterations=3, seed=2)
+    model = classic.fit_mf(ratings, rank=2, reg=reg, iterations=4, seed=2)
+    r = ratings["rating"].to_numpy() - model.mean
+    for side, other, ids, fixed in (("item", "user", model.items, model), ("user", "item", model.users, before)):
+        fixed_ids = getattr(fixed, f"{other}s")
+        fixed_rows = np.concatenate([getattr(fixed, f"{other}_factors"), getattr(fixed, f"{other}_bias")[:, None]], 1)
+        solved = np.concatenate([getattr(model, f"{side}_factors"), getattr(model, f"{side}_bias")[:, None]], 1)
+        for n, one in enumerate(ids):
+            rows = ratings[side].to_numpy() == one
+            a = fixed_rows[np.searchsorted(fixed_ids, ratings[other].to_numpy()[rows])]
+            target = r[rows] - a[:, -1]  # the other side's bias is fixed; this side's enters through the ones
+            a = np.concatenate([a[:, :-1], np.ones((len(a), 1))], 1)
+            want = np.linalg.solve(a.T @ a + reg * np.eye(3), a.T @ target)
+            np.testing.assert_allclose(solved[n], want, rtol=1e-9, atol=1e-12)
+
+
+def test_selection_ties_go_to_the_earlier_grid_point():
+    """Training ratings all at the mean: every item shrinkage gives b_i = 0, so the item grid ties; the first
+    point listed wins (10, not the smallest)."""
+    ratings, _, batches = selection_data()
+    flat = ratings.assign(rating=3.0)
+    chosen = classic.choose_bias(flat, batches, item_regs=(10.0, 0.0, 3.0), user_regs=(1.0,))
+    assert len({p["valid_mae"] for p in chosen.grid}) == 1 and chosen.settings["item_reg"] == 10.0
+
+
 def direct_mae(predictions: np.ndarray, tasks: RaggedTasks) -> float:
     """Per user mean absolute error over the real query rows, then the mean over users, by a loop."""
     return float(np.mean([np.abs(p[:len(y)] - y).mean() for p, y in zip(predictions, tasks.query_y)]))
@@ -254,7 +287,7 @@ def test_choose_mf_picks_the_lowest_validation_mae():
     (lambda: classic.fit_bias(TABLE, item_reg=float("nan")), ValueError, "item_reg=nan"),
     (lambda: classic.fit_mf(TABLE, rank=0, reg=1.0), ValueError, "rank=0"),
     (lambda: classic.fit_mf(TABLE, rank=2, reg=-0.1), ValueError, "reg=-0.1"),
-    (lambda: classic.fit_mf(TABLE, rank=2, reg=0.0), ValueError, "pass reg > 0"),
+    (lambda: classic.fit_mf(TABLE, rank=2, reg=0.0), ValueError, "reg=0.0: pass a finite number > 0"),
     (lambda: classic.fit_mf(TABLE, rank=2, reg=1.0, iterations=0), ValueError, "iterations=0"),
     (lambda: classic.predict_foldin(classic.fit_mf(TABLE, rank=1, reg=1.0, iterations=1),
                                     pad_tasks(tasks_of([([(10, 4.0)], [(20, 3.0)])])), user_reg=0.0),
