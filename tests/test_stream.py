@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -402,6 +403,24 @@ def test_main_end_to_end_on_a_tiny_timed_run(tiny_run, capsys):
                                          "control": sum(u % 2 == 1 or u == 99 for u in new_users)}
     assert {r["history"] for r in results["drift"]["rows"]} == {"all", "last 4"}
     assert "| maml (incremental) |" in capsys.readouterr().out
+
+
+def test_a_run_on_its_training_users_is_refused_and_runs_in_folders_of_one_name_stay_apart(tiny_run, tmp_path):
+    """--scenario warm streams the users the run trained on: their ratings would be predicted by models fitted
+    on them, so the stream refuses it (a copy of the run, its config changed). Three runs of one algorithm in
+    folders of one name get three method names."""
+    folder, _ = tiny_run
+    for parent in "abc":
+        shutil.copytree(folder / "run", tmp_path / parent / "run")
+    config = tmp_path / "a" / "run" / "config.yaml"
+    config.write_text(config.read_text().replace("scenario: user_cold", "scenario: warm"))
+    assert "scenario: warm" in config.read_text()
+    with pytest.raises(ValueError, match="scenario 'warm' holds .* of the users it trained or validated on"):
+        stream.stream_eval([tmp_path / "a" / "run"], ns=(1,), horizon=3, windows=(4,), drift_min_history=5,
+                           repeats=1, progress=False)
+    results = stream.stream_eval([tmp_path / p / "run" for p in "bc"] + [folder / "run"], ns=(1,), horizon=3,
+                                 windows=(4,), drift_min_history=5, repeats=1, progress=False)
+    assert {"maml", "maml (run)", "maml (run) #1"} <= set(results["methods"])
 
 
 # ----------------------------------------------------------------------------- real data
