@@ -391,6 +391,32 @@ def test_ids_stay_strings_unless_all_whole_numbers():
     assert str(df["item"].dtype) == "int64"
 
 
+def test_whole_number_ids_written_as_floats_or_beyond_int64(tmp_path):
+    """A float column written out ("12.0") reads as the integer ids; ids int64 cannot hold stay text rather
+    than wrapping around or failing."""
+    path = tmp_path / "floats.csv"
+    path.write_text("user,item,rating\n1,12.0,4\n2,7.0,3\n")
+    df = read_interactions(path, user="user", item="item", rating="rating")
+    assert str(df["item"].dtype) == "int64" and df["item"].tolist() == [12, 7]
+    big = read_interactions(pd.DataFrame({"u": np.array([2**63 + 5, 1], np.uint64), "i": [1, 2], "r": [1, 2]}),
+                            user="u", item="i", rating="r")
+    assert big["user"].tolist() == [str(2**63 + 5), "1"]
+    path.write_text("user,item,rating\n12345678901234567890123,1,4\n2,1,3\n")
+    assert read_interactions(path, user="user", item="item", rating="rating")["user"].tolist() == [
+        "12345678901234567890123", "2"]
+
+
+def test_times_with_time_zones_read_as_naive_utc(tmp_path):
+    path = tmp_path / "zones.csv"
+    path.write_text("user,item,rating,timestamp\n1,1,4,2020-01-01 02:00:00+02:00\n2,1,3,2020-01-01 00:30:00+00:00\n")
+    df = read_interactions(path, user="user", item="item", rating="rating", timestamp="timestamp")
+    assert df["timestamp"].tolist() == [pd.Timestamp("2020-01-01 00:00:00"), pd.Timestamp("2020-01-01 00:30:00")]
+    tokyo = pd.to_datetime(["2020-01-01 09:00"]).tz_localize("Asia/Tokyo")
+    aware = pd.DataFrame({"u": [1], "i": [2], "r": [3], "t": tokyo})
+    assert read_interactions(aware, user="u", item="i", rating="r", timestamp="t")["timestamp"].tolist() == [
+        pd.Timestamp("2020-01-01 00:00:00")]
+
+
 def test_dates_and_clicks():
     raw = pd.DataFrame({"u": [1, 2], "i": [3, 3], "c": [True, False], "t": ["2020-01-02", "2020-01-03"]})
     df = read_interactions(raw, user="u", item="i", click="c", timestamp="t")

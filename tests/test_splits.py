@@ -329,6 +329,50 @@ def test_real_ml100k_recbole_user_split():
         ratings.groupby("user").size().loc[lambda c: c <= 100].sum())
 
 
+def test_time_zone_aware_times_split_as_their_instants():
+    """Aware times (UTC or mixed offsets) split as the same instants in naive UTC would."""
+    ratings = pd.DataFrame({"user": [1, 1, 2, 2, 3, 3, 4, 4, 5, 5], "item": [10, 11, 10, 12, 11, 13, 12, 14, 10, 14],
+                            "rating": 4.0, "timestamp": [1, 9, 2, 3, 4, 8, 5, 6, 7, 10]})
+    naive = ratings.assign(timestamp=pd.to_datetime(ratings["timestamp"], unit="D"))
+    options = {"cold_items": "first_rating", "item_quantile": 0.6, "cold_users": "first_rating"}
+    want = check_partition(splits.cold_start_scenarios(naive, **options), naive)
+    assert want == ({5}, {13, 14})
+    for zone in ("UTC", "Asia/Tokyo"):
+        aware = naive.assign(timestamp=naive["timestamp"].dt.tz_localize("UTC").dt.tz_convert(zone))
+        assert check_partition(splits.cold_start_scenarios(aware, **options), aware) == want
+
+
+def test_cold_ids_that_match_no_rating_are_refused():
+    ratings = pd.DataFrame({"user": [1, 2, 3], "item": [10, 20, 30], "rating": 4.0})
+    with pytest.raises(ValueError, match=r"cold_items: none of the 1 id\(s\) given \(e.g. '20'\).*dtype int64"):
+        splits.cold_start_scenarios(ratings, cold_items=["20"], cold_users=[2])
+    with pytest.raises(ValueError, match=r"cold_users: none of the 2 id\(s\)"):
+        splits.cold_start_scenarios(ratings, cold_items=[20], cold_users=["2", "3"])
+    parts = splits.cold_start_scenarios(ratings, cold_items=[20, 99], cold_users=[])  # some absent: fine
+    assert len(parts["item_cold"]) == 1 and len(parts["user_cold"]) == 0
+
+
+def test_a_missing_rating_is_refused_naming_its_user_and_item():
+    ratings = ratings_of({1: 15, 2: 15})
+    table = splits.select_queries(ratings, rng=1)
+    table.loc[table.index[20], "rating"] = np.nan
+    row = table.iloc[20]
+    with pytest.raises(ValueError, match=f"user {row['user']}, item '?{row['item']}'? \\(row 20\\) is nan, not a "
+                                         "finite number"):
+        splits.build_tasks(table, encoder_for(ratings))
+
+
+def test_hold_out_users_takes_an_int_seed_and_refuses_a_second_hold_out():
+    warm = pd.DataFrame({"user": np.arange(40) % 10, "item": np.arange(40), "rating": 3.0})
+    seeded = splits.hold_out_users({"warm": warm}, 0.3, rng=4)
+    assert set(seeded["valid"]["user"]) == set(splits.hold_out_users({"warm": warm}, 0.3,
+                                                                      rng=np.random.default_rng(4))["valid"]["user"])
+    with pytest.raises(ValueError, match="already hold 'valid'; hold users out once"):
+        splits.hold_out_users(seeded, 0.3, rng=0)
+    assert set(splits.hold_out_items({"warm": warm}, 0.3, rng=4)["valid_items"]["item"]) == set(
+        splits.hold_out_items({"warm": warm}, 0.3, rng=np.random.default_rng(4))["valid_items"]["item"])
+
+
 def test_hold_out_items_moves_every_row_of_the_chosen_items_only():
     rng = np.random.default_rng(3)
     warm = pd.DataFrame({"user": rng.integers(0, 40, 600), "item": rng.integers(0, 50, 600),

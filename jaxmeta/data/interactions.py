@@ -302,10 +302,13 @@ _CANONICAL_INT = r"-?(?:0|[1-9][0-9]*)"
 
 
 def _ids(values: pd.Series, name: str, origin: _Origin) -> pd.Series:
-    """Ids as int64 when every one is a whole number, else as strings.
+    """Ids as int64 when every one is a whole number that int64 holds, else as strings.
 
-    Strings convert only when written canonically, so that ids "007" and "7" stay apart.
+    Strings convert only when written canonically, so that ids "007" and "7" stay apart;
+    a trailing ".0" (a float column written out: "12.0") is canonical too.
     """
+    if pd.api.types.is_unsigned_integer_dtype(values) and len(values) and values.max() > np.iinfo(np.int64).max:
+        return values.astype(str)  # beyond int64: text, not wrapped around to negative ids
     if pd.api.types.is_integer_dtype(values):
         return values.astype(np.int64)
     if pd.api.types.is_float_dtype(values):
@@ -313,8 +316,12 @@ def _ids(values: pd.Series, name: str, origin: _Origin) -> pd.Series:
     if pd.api.types.is_bool_dtype(values):
         raise ValueError(f"{origin.name}: column {name!r} holds booleans; ids must be integers or strings.")
     text = values.astype(str)
-    if text.str.fullmatch(_CANONICAL_INT).all():
-        return text.astype(np.int64)
+    if text.str.fullmatch(_CANONICAL_INT + r"(?:\.0+)?").all():
+        whole = text.str.replace(r"\.0+$", "", regex=True)
+        try:
+            return whole.astype(np.int64)
+        except OverflowError:  # digits beyond int64: the ids stay text
+            return text
     return text
 
 
@@ -387,14 +394,28 @@ def _apply_duplicates(frame: pd.DataFrame, policy: str, origin: _Origin, *, stac
     return frame[~dropped]
 
 
+def naive_utc(dates: pd.Series) -> pd.Series:
+    """Time-zone-aware datetimes as naive ones in UTC (the same instants, comparable and convertible to
+    numbers like any naive datetime); anything else as it is."""
+    if isinstance(dates.dtype, pd.DatetimeTZDtype):
+        return dates.dt.tz_convert("UTC").dt.tz_localize(None)
+    return dates
+
+
 def _timestamps(values: pd.Series, name: str, origin: _Origin) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values):
-        return values
+        return naive_utc(values)
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().all():
         integral = (numbers == np.round(numbers)).all()
         return numbers.astype(np.int64) if integral else numbers.astype(np.float64)
-    dates = pd.to_datetime(values, errors="coerce")
+    try:
+        dates = pd.to_datetime(values, errors="coerce")
+    except ValueError:  # offsets of several time zones
+        dates = None
+    if dates is None or not pd.api.types.is_datetime64_any_dtype(dates):  # each one its instant in UTC
+        dates = pd.to_datetime(values, errors="coerce", utc=True)
+    dates = naive_utc(dates)
     if dates.isna().any():
         _raise_at(
             origin, dates.isna(), f"could not parse column {name!r} as a number or a date", values,

@@ -53,12 +53,13 @@ from __future__ import annotations
 import numbers
 import os
 import zlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from jaxmeta.data.features import FeatureEncoder
+from jaxmeta.data.interactions import naive_utc
 from jaxmeta._checks import columns as _columns
 from jaxmeta._checks import fraction as _fraction
 from jaxmeta._checks import positive_int
@@ -135,7 +136,7 @@ def _held_rows(frame: pd.DataFrame, column: str, fraction: float, rng: np.random
 
 
 def hold_out_users(
-    scenarios: Mapping[str, pd.DataFrame], fraction: float, *, rng: np.random.Generator
+    scenarios: Mapping[str, pd.DataFrame], fraction: float, *, rng: Rng
 ) -> dict[str, pd.DataFrame]:
     """Moves a random ``fraction`` of the ``"warm"`` users (at least one) to a new ``"valid"`` scenario.
 
@@ -148,13 +149,15 @@ def hold_out_users(
       >>> list(out), len(out["warm"]) + len(out["valid"]), out["valid"]["user"].nunique()
       (['warm', 'valid'], 4, 1)
     """
-    chosen = _held_rows(scenarios["warm"], "user", fraction, rng)
+    if "valid" in scenarios:
+        raise ValueError("scenarios already hold 'valid'; hold users out once.")
+    chosen = _held_rows(scenarios["warm"], "user", fraction, _generator(rng, "hold_out_users"))
     warm = scenarios["warm"]
     return {"warm": warm[~chosen], "valid": warm[chosen], **{s: f for s, f in scenarios.items() if s != "warm"}}
 
 
 def hold_out_items(
-    scenarios: Mapping[str, pd.DataFrame], fraction: float, *, rng: np.random.Generator
+    scenarios: Mapping[str, pd.DataFrame], fraction: float, *, rng: Rng
 ) -> dict[str, pd.DataFrame]:
     """Moves the rows of a random ``fraction`` of the ``"warm"`` items (at least one) to ``"valid_items"``.
 
@@ -172,7 +175,7 @@ def hold_out_items(
     """
     if "valid_items" in scenarios:
         raise ValueError("scenarios already hold 'valid_items'; hold items out once.")
-    chosen = _held_rows(scenarios["warm"], "item", fraction, rng)
+    chosen = _held_rows(scenarios["warm"], "item", fraction, _generator(rng, "hold_out_items"))
     warm = scenarios["warm"]
     return {"warm": warm[~chosen], **{s: f for s, f in scenarios.items() if s != "warm"}, "valid_items": warm[chosen]}
 
@@ -306,6 +309,11 @@ def build_tasks(table: pd.DataFrame, encoder: FeatureEncoder, *, dtype: np.dtype
             raise ValueError(f"user {_shown(user)} has no {what} row; every task needs both.")
     x = encoder.encode(table)
     y = table["rating"].to_numpy(dtype=dtype)
+    if not np.all(np.isfinite(y)):
+        at = int(np.flatnonzero(~np.isfinite(y))[0])
+        user, item, rating = table["user"].iloc[at], table["item"].iloc[at], float(table["rating"].iloc[at])
+        raise ValueError(f"the rating of user {_shown(user)}, item {_shown(item)} (row {at}) is {rating!r}, not a "
+                         "finite number: drop or fill it first.")
     ends = np.cumsum(counts)
     starts, middles = ends - counts, ends - queries
     part = lambda a, b: {name: leaf[a:b] for name, leaf in x.items()}  # noqa: E731
@@ -359,9 +367,19 @@ def _first_times(ratings: pd.DataFrame, key: str) -> pd.Series:
     return ratings.groupby(key, sort=True)["timestamp"].min()
 
 
+def _given_ids(ids: Iterable, frame: pd.DataFrame, column: str, name: str) -> set:
+    """``ids`` as a set, refused when none of them occurs in ``frame[column]`` (ids of another type, say)."""
+    given = set(ids)
+    if given and not frame[column].isin(given).any():
+        example = _shown(next(iter(given)))
+        raise ValueError(f"{name}: none of the {len(given)} id(s) given (e.g. {example}) occurs in the ratings' "
+                         f"{column!r} column (dtype {frame[column].dtype}): pass ids of that column, of its type.")
+    return given
+
+
 def _late(first: pd.Series, quantile: float) -> set:
     """Ids whose first rating is after the ``quantile`` of all first-rating times."""
-    values = first.to_numpy()
+    values = naive_utc(first).to_numpy()
     if np.issubdtype(values.dtype, np.datetime64):
         values = values.astype("datetime64[ns]").astype(np.int64)
     as_numbers = values
@@ -481,7 +499,7 @@ def cold_start_scenarios(
     else:
         for name, value in (("year_threshold", year_threshold), ("item_quantile", item_quantile)):
             not_for(name, value, "cold_items given as ids")
-        cold_item_ids = set(cold_items)
+        cold_item_ids = _given_ids(cold_items, frame, "item", "cold_items")
 
     # users
     if isinstance(cold_users, str):
@@ -506,7 +524,7 @@ def cold_start_scenarios(
     else:
         for name, value in (("cold_user_fraction", cold_user_fraction), ("user_quantile", user_quantile), ("rng", rng)):
             not_for(name, value, "cold_users given as ids")
-        cold_user_ids = set(cold_users)
+        cold_user_ids = _given_ids(cold_users, frame, "user", "cold_users")
 
     user_is_cold = frame["user"].isin(cold_user_ids).to_numpy()
     item_is_cold = frame["item"].isin(cold_item_ids).to_numpy()
