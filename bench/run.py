@@ -43,6 +43,7 @@ RAGGED_POOL = 16  # W2 users per pass, in batches
 # weights and activations of one chunk stop fitting the CPU's caches (see bench/README.md).
 DEFAULT_CHUNK = {"cpu": 32, "gpu": 16384, "tpu": 16384}
 ADAPT_ROUNDS = 5  # adapt: interleaved rounds of each adaptation's timed calls
+PRECISIONS = ("float32", "default", "tensorfloat32", "bfloat16")  # --precision, as jax_default_matmul_precision
 
 
 def default_chunk(batch_size: int) -> int | None:
@@ -65,7 +66,8 @@ def _record(workload: str, variant: str, batch_size: int, seconds: float, compil
             "tasks_per_s": round(batch_size / seconds, 2), "step_ms": round(1e3 * seconds, 3),
             "compile_s": round(compile_s, 3), "peak_mem_mb": round(peak_memory_mb(), 1),
             "padded_fraction": round(padded, 4), "device": jax.devices()[0].device_kind,
-            "jax_version": jax.__version__, **extra}
+            "jax_version": jax.__version__, "matmul_precision": jax.config.jax_default_matmul_precision or "default",
+            **extra}
 
 
 def _compile(fn: Callable, *args) -> tuple[Callable, float]:
@@ -118,8 +120,10 @@ def measure_w1(variant: str, batch_size: int, *, support: int = workloads.SUPPOR
             return metrics
 
         seconds = _median_seconds(call, steps=steps, warmup=warmup)
+    # the kernel off a GPU runs in Pallas' interpret mode: a correctness path, not a figure to quote
+    interpret = {"interpret": jax.default_backend() != "gpu"} if backend == "pallas" else {}
     return _record(workload, variant, batch_size, seconds, compile_s, padded_fraction(batch), chunk_size=chunk,
-                   support=support, backend=backend)
+                   support=support, backend=backend, **interpret)
 
 
 def ragged_batches(batch_size: int, *, seed: int = 0, pool: int = RAGGED_POOL,
@@ -241,6 +245,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="xla", choices=workloads.BACKENDS,
                         help="adaptation backend: xla, or pallas (the fused kernel; W1 melu-adapt and melu-fo) "
                              "(default: xla)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
+                        help="matrix products' precision (jax_default_matmul_precision). BENCH.md's figures are "
+                             "float32, which GPUs otherwise run as TF32; 'default' leaves the platform's choice "
+                             "(default: float32)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -248,9 +256,10 @@ def main(args: argparse.Namespace) -> int:
     if any(b < 1 for b in batches):
         raise ValueError(f"--batch {batches}: pass positive numbers of users.")
     chunk = None if args.chunk_size == 0 else args.chunk_size
-    for record in measure(args.workload, args.variant, batches, chunk_size=chunk, steps=args.steps,
-                          warmup=args.warmup, seed=args.seed, backend=args.backend):
-        print(json.dumps(record), flush=True)
+    with jax.default_matmul_precision(None if args.precision == "default" else args.precision):
+        for record in measure(args.workload, args.variant, batches, chunk_size=chunk, steps=args.steps,
+                              warmup=args.warmup, seed=args.seed, backend=args.backend):
+            print(json.dumps(record), flush=True)
     return 0
 
 

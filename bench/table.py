@@ -20,6 +20,8 @@ def table(records: list[dict]) -> str:
         if r.get("fits") is False:
             lines.append(f"| {r['workload']} | {r['variant']} | {r['batch']} | does not fit | | | | | |")
             continue
+        if "tasks_per_s" not in r:  # not a timing (the adapt workload's ratio lines, a failed run)
+            continue
         cells = [f"{r[c]:,.0f}" if c == "tasks_per_s" else str(r.get(c, "")) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

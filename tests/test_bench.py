@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import setuptools
 
-from jaxmeta.bench import run, workloads
+from jaxmeta.bench import run, table, workloads
 from jaxmeta.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"workload", "variant", "batch", "tasks_per_s", "step_ms", "compile_s", "peak_mem_mb", "padded_fraction",
-        "device", "jax_version"}
+        "device", "jax_version", "matmul_precision"}
 
 
 def check(record, workload, variant, batch):
@@ -56,6 +56,8 @@ def test_w1_variants(variant):
     record = run.measure_w1(variant, 3, steps=2, warmup=1)
     check(record, "melu", variant, 3)
     assert record["padded_fraction"] == 0.0 and record["support"] == workloads.SUPPORT and record["backend"] == "xla"
+    assert "interpret" not in record and record["matmul_precision"] == (jax.config.jax_default_matmul_precision
+                                                                       or "default")
 
 
 @pytest.mark.slow
@@ -64,7 +66,7 @@ def test_w1_through_the_pallas_kernel(variant):
     # Interpret mode here: a smoke test, not a timing.
     [record] = run.measure("melu", variant, [3], steps=1, warmup=0, backend="pallas")
     check(record, "melu", variant, 3)
-    assert record["backend"] == "pallas"
+    assert record["backend"] == "pallas" and record["interpret"] == (jax.default_backend() != "gpu")
 
 
 @pytest.mark.parametrize("workload, variant", [("melu", "melu"), ("scale", "melu"), ("ragged", "melu")])
@@ -102,8 +104,18 @@ def test_jaxmeta_bench_command_prints_json_lines(capsys):
                  "--backend", "xla"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["batch"] for r in records] == [2, 4]
+    assert {r["matmul_precision"] for r in records} == {"float32"}  # BENCH.md's, not the platform's default
+    assert jax.config.jax_default_matmul_precision is None  # set for the run only
     for r, b in zip(records, (2, 4)):
         check(r, "scale", "melu", b)
+
+
+def test_the_table_skips_lines_that_are_not_timings():
+    lines = [{"workload": "adapt", "variant": "gradient", "batch": 3, "tasks_per_s": 1234.5, "step_ms": 2.4},
+             {"workload": "adapt", "batch": 3, "amortised_over_gradient": 2.1},
+             {"workload": "scale", "variant": "melu", "batch": 64, "fits": False}]
+    rows = table.table(lines).splitlines()[2:]
+    assert len(rows) == 2 and rows[0].startswith("| adapt | gradient | 3 | 1,234 |") and "does not fit" in rows[1]
 
 
 def test_jaxmeta_bench_refuses_an_unknown_variant(capsys):
