@@ -163,8 +163,15 @@ class TrainConfig:
         if self.backend != "xla" and self.algo not in KERNEL_ALGOS:
             raise ValueError(f"backend={self.backend!r}: the fused kernel runs the inner loop of {KERNEL_ALGOS}, "
                              f"not algo={self.algo!r}; pass backend='xla' or one of those algorithms.")
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**63:
+                raise ValueError(f"{name}={value}: pass a whole number from 0 to 2**63 - 1.")
         if isinstance(self.shard_tables, str):
             object.__setattr__(self, "shard_tables", (self.shard_tables,))
+        if not isinstance(self.shard_tables, (tuple, list)):
+            raise ValueError(f"shard_tables={self.shard_tables!r}: pass 'all' or a list of table names, e.g. "
+                             "['actor', 'director'].")
         object.__setattr__(self, "shard_tables", tuple(str(t) for t in self.shard_tables))
         if "all" in self.shard_tables and len(self.shard_tables) > 1:
             raise ValueError(f"shard_tables={self.shard_tables}: pass 'all' alone, or the names of the tables.")
@@ -270,12 +277,22 @@ def _check_field(field: dataclasses.Field, value: Any, convert: Callable[[Any], 
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
-    """Writes ``config`` as YAML."""
+    """Writes ``config`` as YAML, whole or not at all: into a temporary file, then renamed over ``path``
+    (a failed write, a full disk say, leaves the file that was there)."""
     fields = dataclasses.asdict(config)
     for name in ("hidden", "shard_tables", "rating_scale"):
         if fields[name] is not None:
             fields[name] = list(fields[name])
-    Path(path).write_text(yaml.safe_dump(fields, sort_keys=False))
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(partial, "w") as f:
+            f.write(yaml.safe_dump(fields, sort_keys=False))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -503,9 +520,18 @@ def read_config(run_dir: str | os.PathLike) -> TrainConfig:
       CheckpointError: not a run folder.
     """
     folder = Path(run_dir)
-    if not (folder / CONFIG_FILE).is_file():
+    path = folder / CONFIG_FILE
+    if not path.is_file():
         raise CheckpointError(f"{folder}: not a run folder (no {CONFIG_FILE}); pass the --out folder of jaxmeta train.")
-    return config_from_fields(yaml.safe_load((folder / CONFIG_FILE).read_text()))
+    try:
+        fields = yaml.safe_load(path.read_text())
+        if not isinstance(fields, dict):
+            raise ValueError(f"it holds {type(fields).__name__}, not the settings' table")
+        return config_from_fields(fields)
+    except (yaml.YAMLError, ValueError, TypeError) as error:
+        reason = " ".join(str(error).split())
+        raise CheckpointError(f"{path} is damaged ({reason[:200]}); the run's settings cannot be read: restore the "
+                              "file, or delete the folder and train the run again.") from None
 
 
 def checkpoint_step(store: Checkpoints, which: str | int) -> int:

@@ -87,7 +87,7 @@ from jaxmeta.job import (
     row_sharded,
     save_config,
 )
-from jaxmeta.rundir import RunLock, prepare, to_stderr
+from jaxmeta.rundir import RunLock, clear, prepare, to_stderr
 from jaxmeta.tasks import TaskBatch
 from jaxmeta.train import (
     BatchStream,
@@ -239,11 +239,14 @@ def run(
         raise ValueError(f"teacher={config.teacher!r} is this run's own folder (--out); pass the folder of another, "
                          "finished run.")
     with RunLock(folder, notice=to_stderr):
-        prepare(folder, resume=resume, overwrite=overwrite)
-        return _run(config, folder, resume=resume, progress=progress, main=main)
+        replace = prepare(folder, resume=resume, overwrite=overwrite)
+        return _run(config, folder, resume=resume, progress=progress, main=main, replace=replace)
 
 
-def _run(config: TrainConfig, folder: Path | None, *, resume: bool, progress: bool, main: bool) -> dict[str, Any]:
+def _run(config: TrainConfig, folder: Path | None, *, resume: bool, progress: bool, main: bool,
+         replace: bool = False) -> dict[str, Any]:
+    """The run; with ``replace``, the run in ``folder`` is deleted once every setting has been checked (the data
+    loaded, the model, devices and teacher found), and ``config.yaml`` is written only then too."""
     start = time.perf_counter()
     config = config.resolved_paths()
     if resume:
@@ -258,22 +261,24 @@ def _run(config: TrainConfig, folder: Path | None, *, resume: bool, progress: bo
     extra = {"config": json.loads(json.dumps(dataclasses.asdict(config))), "data": data_fingerprint(data)}
     if data.encoder is not None:
         extra["encoder"] = data.encoder.to_dict()
-    log = None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        if main:
-            save_config(config, folder / CONFIG_FILE)
-            log = MetricsLog(folder / "metrics.jsonl", offset=MetricsLog.last_wall_time(folder / "metrics.jsonl"))
     options = dict(progress=progress, valid=valid, folder=folder, resume=resume, extra=extra,
                    row_sharded_tables=row_sharded(config, model_tables(config, data)))
+    mesh = _mesh(config)  # checks the devices and the batch's split over them
     teacher = None
     if config.teacher:
         teacher = load_teacher(config, data)
-        mesh = _mesh(config)
         if mesh is not None:  # the teacher predicts inside the sharded step: replicate it on the same devices
             teacher = teacher._replace(state=shard_state(teacher.state, mesh))
         extra["teacher"] = {"run": config.teacher, "step": teacher.step}
     learner = make_learner(config, model, teacher)
+    log = None
+    if folder is not None:  # every setting checked: only now is the old run replaced and the config written
+        if replace and main:
+            clear(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if main:
+            save_config(config, folder / CONFIG_FILE)
+            log = MetricsLog(folder / "metrics.jsonl", offset=MetricsLog.last_wall_time(folder / "metrics.jsonl"))
     state = _train(learner, data, config, desc=config.algo, name="checkpoints", log=log, **options)
     glob, tune = baseline_learners(config, model)
     global_state = _train(glob, data, config, desc="global model", name="baseline", log=None, **options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import numpy as np
 import pytest
 from test_bad_input import RUN_SETTINGS, jaxmeta
 
+from jaxmeta.checkpoint import CheckpointError
+from jaxmeta.cli import main
+from jaxmeta.job import TrainConfig, read_config, save_config
 from jaxmeta.rundir import RunLock, RunLocked
 
 EXE = str(Path(sys.executable).with_name("jaxmeta"))
@@ -36,7 +40,6 @@ def test_a_rerun_without_resume_refuses_and_leaves_the_run_byte_identical(traine
 
 
 def test_overwrite_replaces_the_run_and_keeps_other_files(trained, tmp_path):
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -46,6 +49,83 @@ def test_overwrite_replaces_the_run_and_keeps_other_files(trained, tmp_path):
     assert max(r["step"] for r in records(run)) == 2  # only the new run's records
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
     assert (run / "notes.txt").read_text() == "mine" and not (run / ".lock").exists()
+
+
+def test_an_overwrite_that_cannot_start_leaves_the_old_run_in_place(trained, tmp_path, capsys):
+    """The new run's settings are checked (data, scenario, devices) before anything of the old run is deleted;
+    a resume refused late leaves the saved settings as they were."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = snapshot(run)
+    for bad in (["--scenario", "nosuch"], ["--devices", "5"]):
+        assert main(["train", "--out", str(run), "--overwrite", *map(str, RUN_SETTINGS), *bad]) == 2
+        assert snapshot(run) == before, bad
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--devices", "5", "--quiet"]) == 2
+    assert "devices=5" in capsys.readouterr().err and snapshot(run) == before
+
+
+def test_overwrite_replaces_only_a_folder_whose_config_is_a_jaxmeta_runs(tmp_path, capsys):
+    """Files that merely share a run's names (checkpoints/, result.json), with no config.yaml or another tool's,
+    are never deleted by --overwrite."""
+    for name, config in (("no-config", None), ("other-tool", "lr: 0.1\nnet: resnet50\n"), ("damaged", "steps: [\n")):
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "model.pt").write_text("weights")
+        (folder / "result.json").write_text("{}")
+        if config is not None:
+            (folder / "config.yaml").write_text(config)
+        before = snapshot(folder)
+        assert main(["train", "--out", str(folder), "--overwrite", *map(str, RUN_SETTINGS)]) == 2
+        assert "--overwrite replaces a jaxmeta run" in capsys.readouterr().err and snapshot(folder) == before
+
+
+def test_the_config_is_written_whole_or_not_at_all_and_a_damaged_one_is_one_line(trained, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "config.yaml").read_text()
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        save_config(TrainConfig(steps=99), run / "config.yaml")
+    monkeypatch.undo()
+    assert (run / "config.yaml").read_text() == before and sorted(p.name for p in run.glob(".config*")) == []
+    for damaged in ("", "steps: [\n", "- 1\n- 2\n", "stepz: 3\n"):
+        (run / "config.yaml").write_text(damaged)
+        with pytest.raises(CheckpointError, match="config.yaml is damaged .*cannot be read"):
+            read_config(run)
+
+
+def test_seeds_and_table_lists_out_of_range_are_refused_naming_them():
+    for fields, message in (({"seed": -1}, "seed=-1: pass a whole number from 0"),
+                            ({"data_seed": 10**20}, "data_seed=100000000000000000000: pass a whole number"),
+                            ({"shard_tables": 5}, "shard_tables=5: pass 'all' or a list of table names")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**fields)
+
+
+def test_an_empty_lock_file_is_taken_and_a_lock_is_the_systems_not_the_files(tmp_path):
+    """A lock file left empty (a kill between its creation and its content) does not block the run; a lock
+    held by a live process is refused whatever its file says."""
+    (tmp_path / ".lock").write_text("")
+    with RunLock(tmp_path, notice=lambda m: None):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from jaxmeta.rundir import RunLock\n"
+        f"lock = RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / ".lock").write_text("")  # its content lost: the system's lock still holds
+        with pytest.raises(RunLocked, match="is in use by another process"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(tmp_path, notice=lambda m: None):  # the holder is gone: taken
+        pass
 
 
 def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
@@ -63,7 +143,6 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
 
 
 def test_resume_without_steps_finishes_at_the_saved_steps_with_no_duplicate_records(trained, tmp_path):
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -87,7 +166,6 @@ def test_resume_without_steps_finishes_at_the_saved_steps_with_no_duplicate_reco
 
 
 def test_eval_says_its_step_and_plot_never_shows_stale_figures(trained, tmp_path):
-    import shutil
 
     pytest.importorskip("matplotlib")
     run = tmp_path / "run"
@@ -175,7 +253,6 @@ def test_two_writers_at_once_one_refuses(tmp_path):
 
 @pytest.mark.slow  # its own process: what orbax leaves behind prints at exit, which only a process shows
 def test_a_damaged_checkpoint_is_one_line_in_a_real_process_and_resume_falls_back(trained, tmp_path):
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
