@@ -157,7 +157,8 @@ def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progre
 
     validate = Validate({"users": valid}, learner, every=config.eval_every, log=log,
                         gather=to_host if multi else None)
-    hooks: list[Any] = [StopOnNaN(checkpoints=checkpoints, desc=desc, hint=_divergence_hint(data)),
+    hooks: list[Any] = [StopOnNaN(checkpoints=checkpoints, desc=desc, hint=_divergence_hint(data),
+                                  also=(config.eval_every, config.checkpoint_every if checkpoints else None)),
                         LogMetrics(log=log), validate]
     if checkpoints is not None:
         hooks.append(SaveCheckpoints(checkpoints, stream, every=config.checkpoint_every, seed=config.seed,

@@ -264,17 +264,20 @@ def fit(
 class StopOnNaN:
     """Raises ``FloatingPointError`` when the step's loss is not finite.
 
-    Checked every ``every`` steps, at the last and on Ctrl-C (reading the loss
-    waits for the step, so not at every step). The message names the step and
-    the last checkpoint of ``checkpoints`` (nothing corrupt is ever saved).
+    Checked every ``every`` steps, at every multiple of ``also`` (the steps a
+    run saves or validates: a diverged state is named here, before a save
+    refuses it), at the last and on Ctrl-C (reading the loss waits for the step,
+    so not at every step). The message names the step and the last checkpoint
+    of ``checkpoints`` (nothing corrupt is ever saved).
     """
 
     def __init__(self, every: int = 50, *, checkpoints: Checkpoints | None = None, desc: str = "train",
-                 hint: str = "Try a lower --inner-lr or --outer-lr."):
+                 hint: str = "Try a lower --inner-lr or --outer-lr.", also: Sequence[int | None] = ()):
         self.every, self.checkpoints, self.desc, self.hint = every, checkpoints, desc, hint
+        self.also = tuple(n for n in also if n)
 
     def __call__(self, tick: Tick) -> None:
-        if not (_due(tick, self.every) or tick.interrupted):
+        if not (_due(tick, self.every) or tick.interrupted or any(tick.step % n == 0 for n in self.also)):
             return
         loss = float(tick.metrics["loss"])
         if np.isfinite(loss):
@@ -435,7 +438,7 @@ class Validate:
         self.seconds = 0.0  # wall time spent validating
 
     def __call__(self, tick: Tick) -> None:
-        if not _due(tick, self.every) or tick.interrupted and not tick.final:
+        if not _due(tick, self.every):  # a due check runs on Ctrl-C too: its checkpoint is then scored
             return
         start = time.perf_counter()
         state = self.gather(tick.state)

@@ -131,6 +131,31 @@ def test_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
     assert store.all_steps() == [5]  # nothing written from the poisoned steps
 
 
+def test_a_divergence_at_a_save_is_named_with_its_hint_not_refused_by_the_save(tmp_path):
+    """The loss is checked every 50 steps, and also at each step the run saves (``also``): a state that went
+    non-finite by step 10, a save step, is reported with the last good checkpoint and the hint, before the
+    save would refuse it with a bare 'non-finite values'."""
+    learner, tasks, _ = setup()
+    calls = {"n": 0}
+
+    def poisoned(state, batch):
+        calls["n"] += 1
+        state, metrics = learner.step(state, batch)
+        if calls["n"] >= 7:
+            state = state._replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+            metrics = {**metrics, "loss": jnp.nan}
+        return state, metrics
+
+    store, batches = Checkpoints(tmp_path / "ckpt"), stream(tasks)
+    hooks = [StopOnNaN(50, checkpoints=store, hint="Lower the rates.", also=(None, 5)),
+             SaveCheckpoints(store, batches, every=5, seed=CONFIG.seed)]
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 10; stopped \(last good checkpoint: step 5 .*"
+                                                 r"Lower the rates"):
+        fit(learner._replace(step=poisoned), batches, steps=CONFIG.steps, seed=CONFIG.seed, hooks=hooks,
+            progress=False)
+    assert store.all_steps() == [5]
+
+
 def test_checkpoints_refuse_a_non_finite_state(tmp_path):
     store = Checkpoints(tmp_path)
     with pytest.raises(FloatingPointError, match="non-finite"):
@@ -156,6 +181,27 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
     whole = train(learner, tasks)
     for a, b in zip(leaves(whole), leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_on_a_validation_step_still_validates_it(tmp_path):
+    """Ctrl-C during step 4, a step the run validates: the check runs before the save, so the checkpoint at
+    step 4 is scored and can be chosen as the best, as in the run that was not interrupted."""
+    learner, tasks, valid = setup()
+    calls = {"n": 0}
+
+    def interrupted(state, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return learner.step(state, batch)
+
+    store = Checkpoints(tmp_path / "ckpt")
+    with pytest.raises(TrainingInterrupted):
+        train(learner._replace(step=interrupted), tasks, valid=valid, store=store, every=10)
+    assert store.all_steps() == [4] and store.best_step() == 4  # scored: best_step ranks scored steps only
+    whole = Checkpoints(tmp_path / "whole")
+    train(learner, tasks, steps=4, valid=valid, store=whole, every=10)
+    assert store.best_step() == whole.best_step() == 4
 
 
 KILLER = textwrap.dedent("""
