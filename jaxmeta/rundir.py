@@ -10,7 +10,8 @@ guard it:
   naming a live process of this host is refused even without the system lock (a
   writer of an older jaxmeta), and one naming another host is never taken over
   (its process cannot be checked from here): the message says which file to
-  delete once that process is gone.
+  delete once that process is gone. The lock is POSIX ``flock`` (Linux, macOS);
+  across hosts it holds only where the shared file system carries such locks.
 * :func:`prepare`: a new run needs a new or empty folder. A folder holding a run
   is refused unless the run is resumed (``--resume``) or replaced
   (``--overwrite``: only a folder whose ``config.yaml`` is a jaxmeta run's, and
@@ -94,29 +95,40 @@ class RunLock:
         for _ in range(3):
             fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                if self._take(fd, me):
+                    self._fd, self._held = fd, True
+                    return self
+            except BaseException:  # refused, or a failed write: the descriptor, and with it the lock, goes
                 os.close(fd)
-                raise RunLocked(f"{self.folder} is in use by {self._who()}; wait for it to finish, pass another "
-                                f"--out, or delete {self.path} if that process is gone.") from None
-            if not self._is_file(fd):  # its last holder removed it between our open and our lock: again
-                os.close(fd)
-                continue
-            holder = self._holder()
-            other = isinstance(holder.get("pid"), int) and holder["pid"] != me["pid"] if holder else False
-            if holder and (holder.get("host") not in (None, me["host"])  # a host this one cannot see
-                           or other and _alive(holder["pid"])):  # a live writer without the system lock (older)
-                os.close(fd)
-                raise RunLocked(f"{self.folder} is in use by {self._who()}; wait for it to finish, pass another "
-                                f"--out, or delete {self.path} if that process is gone.")
-            if other:
-                self.notice(f"{self.path}: taking over the lock of process {holder['pid']}, which is gone "
-                            f"(since {holder.get('since', '?')}).")
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(me).encode())
-            self._fd, self._held = fd, True
-            return self
+                raise
+            os.close(fd)  # its last holder removed the file between our open and our lock: again
         raise RunLocked(f"{self.folder}: could not take {self.path}; another process keeps taking it.")
+
+    def _take(self, fd: int, me: dict) -> bool:
+        """Locks ``fd`` and writes ``me`` into it; False when the file was removed meanwhile.
+
+        Raises:
+          RunLocked: held by a live process.
+        """
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # the system's lock: its process is alive
+            raise RunLocked(f"{self.folder} is in use by {self._who()}; wait for it to finish, or pass another "
+                            "--out.") from None
+        if not self._is_file(fd):
+            return False
+        holder = self._holder()
+        other = isinstance(holder.get("pid"), int) and holder["pid"] != me["pid"] if holder else False
+        if holder and (holder.get("host") not in (None, me["host"])  # a host this one cannot see
+                       or other and _alive(holder["pid"])):  # a live writer without the system lock (older)
+            raise RunLocked(f"{self.folder} is in use by {self._who()}; wait for it to finish, pass another "
+                            f"--out, or delete {self.path} if that process is gone.")
+        if other:
+            self.notice(f"{self.path}: taking over the lock of process {holder['pid']}, which is gone "
+                        f"(since {holder.get('since', '?')}).")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(me).encode())
+        return True
 
     def _is_file(self, fd: int) -> bool:
         """Whether ``fd`` is still the file at :attr:`path` (not one unlinked since it was opened)."""
@@ -201,8 +213,9 @@ def prepare(folder: str | os.PathLike, *, resume: bool, overwrite: bool) -> bool
 
 
 def clear(folder: str | os.PathLike) -> None:
-    """Deletes the run files (:data:`RUN_FILES`) in ``folder``: what ``--overwrite`` replaces."""
-    for name in RUN_FILES:
+    """Deletes the run files (:data:`RUN_FILES`) in ``folder``: what ``--overwrite`` replaces.
+    ``config.yaml`` goes last, so that a folder cleared in part still reads as a run to replace."""
+    for name in sorted(RUN_FILES, key=lambda name: name == CONFIG):
         path = Path(folder) / name
         if path.is_dir():
             shutil.rmtree(path)

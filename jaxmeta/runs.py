@@ -14,7 +14,8 @@ With an output folder it is a resumable job, and one writer at a time
 (:mod:`jaxmeta.rundir`: a folder that holds a run is refused unless it is resumed
 or overwritten). The folder holds:
 
-* ``.lock``: while a process writes the run, its process id and host;
+* ``.lock``: while a process writes the run, its system lock (``flock``), the file naming its process id
+  and host;
 * ``config.yaml``: the resolved :class:`jaxmeta.job.TrainConfig` (data paths absolute);
 * ``metrics.jsonl``: training and validation records (:class:`jaxmeta.train.MetricsLog`);
 * ``checkpoints/``: the meta-learner (:class:`jaxmeta.checkpoint.Checkpoints`:
@@ -43,7 +44,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -127,8 +128,9 @@ def _mesh(config: TrainConfig):
 
 def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progress: bool, valid: list[TaskBatch],
            folder: Path | None, name: str, resume: bool, extra: dict[str, Any], log: MetricsLog | None,
-           row_sharded_tables) -> MetaState:
-    """One learner trained with :func:`jaxmeta.train.fit`: validation, logs, checkpoints in ``folder/name``."""
+           row_sharded_tables, ready: Callable[[], None] | None = None) -> MetaState:
+    """One learner trained with :func:`jaxmeta.train.fit`: validation, logs, checkpoints in ``folder/name``;
+    ``ready`` is called once a resumed checkpoint has been checked against the run (at once without one)."""
     mesh = _mesh(config)
     multi = is_multiprocess(mesh)
     stream = BatchStream(data.train, batch_size=config.batch_size, num_buckets=config.num_buckets,
@@ -149,6 +151,8 @@ def _train(learner: MetaLearner, data, config: TrainConfig, *, desc: str, progre
         stream.restore(saved["position"])
         if log is not None:
             log.trim(step)  # the records of steps past the checkpoint are written again as they are retaken
+    if ready is not None:
+        ready()
 
     def place(batch: TaskBatch) -> TaskBatch:
         if mesh is None:
@@ -273,14 +277,18 @@ def _run(config: TrainConfig, folder: Path | None, *, resume: bool, progress: bo
         extra["teacher"] = {"run": config.teacher, "step": teacher.step}
     learner = make_learner(config, model, teacher)
     log = None
-    if folder is not None:  # every setting checked: only now is the old run replaced and the config written
+    if folder is not None:  # every setting checked: only now is the old run replaced
         if replace and main:
             clear(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if main:
-            save_config(config, folder / CONFIG_FILE)
             log = MetricsLog(folder / "metrics.jsonl", offset=MetricsLog.last_wall_time(folder / "metrics.jsonl"))
-    state = _train(learner, data, config, desc=config.algo, name="checkpoints", log=log, **options)
+
+    def settled() -> None:  # a resume's checkpoint checked too (seed, data, teacher): the settings are saved
+        if folder is not None and main:
+            save_config(config, folder / CONFIG_FILE)
+
+    state = _train(learner, data, config, desc=config.algo, name="checkpoints", log=log, ready=settled, **options)
     glob, tune = baseline_learners(config, model)
     global_state = _train(glob, data, config, desc="global model", name="baseline", log=None, **options)
     meta = _mean_evaluation(learner, state, new_users)

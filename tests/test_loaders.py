@@ -398,6 +398,8 @@ def test_whole_number_ids_written_as_floats_or_beyond_int64(tmp_path):
     path.write_text("user,item,rating\n1,12.0,4\n2,7.0,3\n")
     df = read_interactions(path, user="user", item="item", rating="rating")
     assert str(df["item"].dtype) == "int64" and df["item"].tolist() == [12, 7]
+    path.write_text("user,item,rating\n1,12.0,4\n2,12,3\n")  # two ids that would read as one: text, apart
+    assert read_interactions(path, user="user", item="item", rating="rating")["item"].tolist() == ["12.0", "12"]
     big = read_interactions(pd.DataFrame({"u": np.array([2**63 + 5, 1], np.uint64), "i": [1, 2], "r": [1, 2]}),
                             user="u", item="i", rating="r")
     assert big["user"].tolist() == [str(2**63 + 5), "1"]

@@ -19,7 +19,7 @@ from test_bad_input import RUN_SETTINGS, jaxmeta
 from jaxmeta.checkpoint import CheckpointError
 from jaxmeta.cli import main
 from jaxmeta.job import TrainConfig, read_config, save_config
-from jaxmeta.rundir import RunLock, RunLocked
+from jaxmeta.rundir import RunLock, RunLocked, clear, prepare
 
 EXE = str(Path(sys.executable).with_name("jaxmeta"))
 
@@ -62,6 +62,43 @@ def test_an_overwrite_that_cannot_start_leaves_the_old_run_in_place(trained, tmp
         assert snapshot(run) == before, bad
     assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--devices", "5", "--quiet"]) == 2
     assert "devices=5" in capsys.readouterr().err and snapshot(run) == before
+
+
+def test_a_resume_refused_by_its_checkpoint_leaves_the_settings_unsaved(trained, tmp_path, monkeypatch, capsys):
+    """The data's fingerprint is checked against the checkpoint inside training: config.yaml is written only
+    after that check, so a refused resume with --steps 6 leaves steps: 4 saved."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "config.yaml").read_text()
+    monkeypatch.setattr("jaxmeta.runs.data_fingerprint", lambda data: {"changed": True})
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet"]) == 2
+    assert "differ from those the run was trained on" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_a_lock_whose_write_fails_is_not_kept_and_an_interrupted_clear_keeps_the_config(trained, tmp_path,
+                                                                                        monkeypatch):
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left"):
+        RunLock(tmp_path).acquire()
+    monkeypatch.undo()
+    with RunLock(tmp_path, notice=lambda m: None):  # the failed taker let go of it
+        pass
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        clear(run)
+    monkeypatch.undo()
+    assert read_config(run) == read_config(trained)  # still a run that --overwrite may replace
+    assert prepare(run, resume=False, overwrite=True) is True
 
 
 def test_overwrite_replaces_only_a_folder_whose_config_is_a_jaxmeta_runs(tmp_path, capsys):

@@ -318,10 +318,11 @@ def _ids(values: pd.Series, name: str, origin: _Origin) -> pd.Series:
     text = values.astype(str)
     if text.str.fullmatch(_CANONICAL_INT + r"(?:\.0+)?").all():
         whole = text.str.replace(r"\.0+$", "", regex=True)
-        try:
-            return whole.astype(np.int64)
-        except OverflowError:  # digits beyond int64: the ids stay text
-            return text
+        if whole.nunique() == text.nunique():  # "12" and "12.0" both there: two ids, kept apart as text
+            try:
+                return whole.astype(np.int64)
+            except OverflowError:  # digits beyond int64: the ids stay text
+                return text
     return text
 
 
