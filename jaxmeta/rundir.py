@@ -202,7 +202,8 @@ def prepare(folder: str | os.PathLike, *, resume: bool, overwrite: bool) -> bool
     if not overwrite:
         raise ValueError(f"--out {folder} holds a run; pass --resume to continue it, --overwrite to replace it, "
                          "or another --out.")
-    from jaxmeta.job import read_config  # the run's own settings: a config.yaml of another tool is not one
+    # the run's own settings: a config.yaml of another tool is not one (imported here: rundir stays light)
+    from jaxmeta.job import read_config
 
     try:
         read_config(folder)

@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import yaml
+from jax.experimental import multihost_utils
 
 from jaxmeta._checks import json_ready
 from jaxmeta.algorithms import MetaLearner, MetaState
@@ -283,6 +284,8 @@ def _run(config: TrainConfig, folder: Path | None, *, resume: bool, progress: bo
         folder.mkdir(parents=True, exist_ok=True)
         if main:
             log = MetricsLog(folder / "metrics.jsonl", offset=MetricsLog.last_wall_time(folder / "metrics.jsonl"))
+        if jax.process_count() > 1:  # the other processes open the checkpoints once the old run is gone
+            multihost_utils.sync_global_devices("jaxmeta: run folder ready")
 
     def settled() -> None:  # a resume's checkpoint checked too (seed, data, teacher): the settings are saved
         if folder is not None and main:
