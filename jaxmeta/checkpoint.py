@@ -65,6 +65,7 @@ from jaxmeta.distributed import all_finite
 __all__ = ("CheckpointCorrupt", "CheckpointError", "Checkpoints")
 
 _METRICS, _DIGEST = "metrics", "sha256"  # keys of ``extra`` that this module fills
+_STEP, _EXTRA_DIGEST = "saved_step", "extra_sha256"  # the step it was saved as; the digest of extra itself
 # The files orbax (0.12) writes in every step: without them a step cannot be trusted, even
 # where orbax would restore it (it rebuilds the tree from ``like`` when ``_METADATA`` is gone).
 _EXTRA_FILE = "extra/metadata"
@@ -237,7 +238,7 @@ class Checkpoints:
         """
         if self._read_only:
             raise CheckpointError(f"{self.directory}: opened read-only; open it with read_only=False to save.")
-        reserved = sorted({_METRICS, _DIGEST} & set(extra or {}))
+        reserved = sorted({_METRICS, _DIGEST, _STEP, _EXTRA_DIGEST} & set(extra or {}))
         if reserved:
             raise ValueError(f"extra has the key(s) {reserved}, which Checkpoints fills; pass metrics with "
                              "metrics= and rename the others.")
@@ -245,10 +246,12 @@ class Checkpoints:
             raise FloatingPointError(f"step {step}: the state has non-finite values; not saving a corrupt checkpoint.")
         step = int(step)
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        saved = {**dict(extra or {}), _METRICS: metrics}
+        saved = {**dict(extra or {}), _METRICS: metrics, _STEP: step}
         digests = _digests(state)
         if digests is not None:
             saved[_DIGEST] = digests
+        saved = json.loads(json.dumps(saved))  # as the JSON file will give it back
+        saved[_EXTRA_DIGEST] = _json_digest(saved)
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          extra=ocp.args.JsonSave(saved)), force=True)
         self._manager.wait_until_finished()
@@ -347,6 +350,7 @@ class Checkpoints:
         """
         extra = self._read_extra(int(step))
         extra.pop(_DIGEST, None)
+        extra.pop(_STEP, None)
         return extra
 
     def close(self) -> None:
@@ -418,7 +422,14 @@ class Checkpoints:
         extra = out["extra"]
         if extra is not None and not isinstance(extra, dict):
             raise self._corrupt(step, f"{_EXTRA_FILE}: holds a {type(extra).__name__}, not a JSON object")
-        return dict(extra or {})
+        extra = dict(extra or {})
+        expected = extra.pop(_EXTRA_DIGEST, None)  # None: saved before the digest existed
+        if expected is not None and expected != _json_digest(extra):
+            raise self._corrupt(step, f"{_EXTRA_FILE}: altered (its checksum differs)")
+        if extra.get(_STEP, step) != step:
+            raise self._corrupt(step, f"{_EXTRA_FILE}: saved as step {extra[_STEP]}, found as step {step} (a step "
+                                      "folder renamed?)")
+        return extra
 
     def _restore(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
         folder = self._folder(step)
@@ -456,6 +467,7 @@ class Checkpoints:
         restored = out["state"]
         expected = extra.pop(_DIGEST, None)
         extra.pop(_METRICS, None)
+        extra.pop(_STEP, None)
         found = None if expected is None else _digests(restored)
         if found is not None:
             altered = [name for name in names if expected.get(name) != found[name]]
@@ -464,6 +476,11 @@ class Checkpoints:
         leaves = [x if x.dtype == w.dtype else x.astype(w.dtype)
                   for x, w in zip(jax.tree.leaves(restored), wanted)]
         return jax.tree.unflatten(jax.tree.structure(like), leaves), extra
+
+
+def _json_digest(value: Any) -> str:
+    """The sha256 of ``value``'s canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _digests(tree: Any) -> dict[str, str] | None:

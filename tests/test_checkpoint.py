@@ -192,9 +192,37 @@ def test_a_checkpoint_without_a_digest_still_restores(tmp_path):
     path = tmp_path / "30" / "extra" / "metadata"
     extra = json.loads(path.read_text())
     assert set(extra["sha256"]) == {"w"}
-    del extra["sha256"]
+    for key in ("sha256", "extra_sha256", "saved_step"):
+        del extra[key]
     path.write_text(json.dumps(extra))  # as checkpoints were saved before digests
     np.testing.assert_array_equal(store.restore(BIG)[0]["w"], BIG["w"] + 30)
+
+
+def test_an_altered_value_in_extra_is_damage_and_never_the_best(tmp_path):
+    """A changed data position or score that still reads as JSON: the checksum of extra tells it, the step is
+    damaged (resumed from the one before), and its score does not make it the best."""
+    store = saved(tmp_path)
+    for step, old, new in ((30, '"at": 30', '"at": 20'), (10, '"valid_mae": 0.1', '"valid_mae": 0.0')):
+        path = tmp_path / str(step) / "extra" / "metadata"
+        text = path.read_text()
+        assert old in text, text
+        path.write_text(text.replace(old, new))
+    with pytest.raises(CheckpointCorrupt, match=r"step 30 is damaged \(extra/metadata: altered"):
+        Checkpoints(tmp_path).restore(SMALL, 30)
+    reopened = Checkpoints(tmp_path)
+    assert reopened.best_step() == 20 and reopened.extra(20) == {"at": 20, "metrics": {"valid_mae": 0.05}}
+    _, extra, step = reopened.restore_newest_good(SMALL, notice=lambda line: None)
+    assert (step, extra) == (20, {"at": 20})
+    assert store.all_steps() == [10, 20]  # the damaged newest was deleted for the run to save again
+
+
+def test_a_renamed_step_folder_is_damage(tmp_path):
+    saved(tmp_path)
+    (tmp_path / "30").rename(tmp_path / "40")
+    lines = []
+    _, extra, step = Checkpoints(tmp_path).restore_newest_good(SMALL, notice=lines.append)
+    assert (step, extra) == (20, {"at": 20})
+    assert "step 40 is damaged (extra/metadata: saved as step 30, found as step 40" in lines[0]
 
 
 def test_every_dtype_round_trips_with_its_digest_and_casts_to_the_model(tmp_path):
