@@ -44,6 +44,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,6 +57,7 @@ import pandas as pd
 from jaxmeta._checks import columns, positive_int
 from jaxmeta.algorithms import MetaLearner, MetaState
 from jaxmeta.data.features import FeatureEncoder, Vocabulary
+from jaxmeta.data.interactions import DuplicateInteractionsWarning, ids_as_read
 from jaxmeta.data.scale import RatingScale, as_scale, finite32
 from jaxmeta.evaluation import ITEM_KEY
 from jaxmeta.tasks import RaggedTasks, TaskBatch, pad_tasks
@@ -402,11 +404,15 @@ class Recommender:
           ValueError: the file is unreadable, empty, not a CSV, has no rows, or
             its header lacks a column.
         """
-        table = _read_csv(path, "ratings", _RATINGS_HINT)
+        table = _read_csv(path, "ratings", _RATINGS_HINT, dtype={"user": str, "item": str})
         missing = [c for c in RATINGS_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; the header must name user, item and rating "
                              f"(it names {_shown(np.array(table.columns, dtype=object), 8)}).")
+        for column in ("user", "item"):  # as training's reader reads a table's ids ("0007" stays text)
+            present = table[column].notna()
+            if present.all():
+                table[column] = ids_as_read(table[column], column, str(path)).to_numpy()
         return table
 
     @staticmethod
@@ -714,6 +720,12 @@ class Recommender:
                 value = float(values[np.flatnonzero(bad)[0]])
                 raise ValueError(_bad_ratings(ratings, bad, f"{value!r} is outside the run's rating scale "
                                               f"[{low:.7g}, {high:.7g}]", "pass ratings on that scale"))
+        earlier = ratings.duplicated(["user", "item"], keep="last").to_numpy()
+        if earlier.any():  # latest wins, as in training's reader and the service
+            warnings.warn(f"{source}: {int(earlier.sum())} earlier rating(s) of an item the same user rates again "
+                          f"are dropped, the latest of each kept, e.g. {_at(ratings, int(np.flatnonzero(earlier)[0]))}.",
+                          DuplicateInteractionsWarning, stacklevel=3)
+            ratings, values = ratings[~earlier], values[~earlier]
         return ratings.reset_index(drop=True), values.astype(np.float32)
 
     def _encoder_for(self, users: np.ndarray, user_features: pd.DataFrame | None) -> FeatureEncoder:
@@ -957,6 +969,9 @@ class NewUserRanker:
             where = self.positions(items)
             if not len(where):
                 raise ValueError(f"supports[{n}] has no rating: a user needs at least one to adapt on.")
+            if len(np.unique(where)) < len(where):
+                raise ValueError(f"supports[{n}] rates an item more than once: pass each item's latest rating "
+                                 "once (as Recommender.recommend keeps it).")
             support_x.append({f: a[where] for f, a in self.inputs.items()})
             support_y.append(np.asarray(ratings, dtype=np.float32))
             mask = np.zeros(len(self.items), dtype=bool)

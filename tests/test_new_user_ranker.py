@@ -118,6 +118,8 @@ def test_bad_input(parts):
     ranker = NewUserRanker(Recommender(learner, state, ENCODER, ITEMS), k=5)
     with pytest.raises(ValueError, match=r"item 999 is not an item of the recommender"):
         ranker.rank([([100, 999], [4.0, 3.0])])
+    with pytest.raises(ValueError, match=r"supports\[1\] rates an item more than once: pass each item's latest"):
+        ranker.rank([([100], [4.0]), ([101, 100, 101], [4.0, 3.0, 1.0])])
     with pytest.raises(ValueError, match=r"supports\[1\] has no rating"):
         ranker.rank([([100], [4.0]), ([], [])])
     with pytest.raises(ValueError, match=r"k=6: this ranker holds at most 5 items"):

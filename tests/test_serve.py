@@ -14,6 +14,7 @@ import pytest
 from jaxmeta import algorithms, models
 from jaxmeta.data import splits
 from jaxmeta.data.features import FeatureEncoder
+from jaxmeta.data.interactions import DuplicateInteractionsWarning
 from jaxmeta.serve import Recommender
 from jaxmeta.tasks import pad_tasks
 
@@ -121,6 +122,27 @@ def test_recommend_excludes_seen_items(parts):
         assert mine["rank"].tolist() == list(range(1, len(ITEMS) - n + 1))
     every = rec.recommend(ratings, k=len(ITEMS), exclude_seen=False)
     assert (every.groupby("user").size() == len(ITEMS)).all()
+
+
+def test_an_item_rated_twice_counts_once_at_its_latest_rating(parts):
+    """Latest wins, as in training's reader and the service: the earlier rating is dropped, with a warning."""
+    rec = recommender(parts)
+    twice = pd.DataFrame({"user": "new", "item": [104, 110, 104], "rating": [5.0, 4.0, 1.0]})
+    with pytest.warns(DuplicateInteractionsWarning, match="1 earlier rating"):
+        got = rec.recommend(twice, k=5)
+    latest = rec.recommend(twice.iloc[1:], k=5)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), latest.reset_index(drop=True))
+    assert not np.allclose(rec.score(twice.iloc[:2], items=ITEMS[:4])["score"],
+                           rec.score(twice.iloc[1:], items=ITEMS[:4])["score"])  # the dropped rating mattered
+
+
+def test_read_ratings_reads_ids_as_training_does(parts, tmp_path):
+    path = tmp_path / "me.csv"
+    path.write_text("user,item,rating\nme,0007,4\nme,12.0,3\n")
+    assert Recommender.read_ratings(path)["item"].tolist() == ["0007", "12.0"]  # "0007" is no 7: text, as trained
+    path.write_text("user,item,rating\n1,105.0,4\n1,7,3\n")
+    ratings = Recommender.read_ratings(path)
+    assert ratings["item"].tolist() == [105, 7] and ratings["user"].tolist() == [1, 1]
 
 
 def test_recommend_is_top_k_by_descending_score_ties_by_item_id(parts):

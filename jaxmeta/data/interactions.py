@@ -326,6 +326,12 @@ def _ids(values: pd.Series, name: str, origin: _Origin) -> pd.Series:
     return text
 
 
+def ids_as_read(values: pd.Series, name: str, source: str) -> pd.Series:
+    """Text ids as :func:`read_interactions` reads them (int64 when every one is a canonical whole number,
+    else text): for a table whose ids must match a run's, such as a new user's ratings."""
+    return _ids(values.astype(str), name, _Origin(source, None))
+
+
 def _check_range(values: pd.Series, bounds: tuple[float, float], name: str, origin: _Origin, hint: str) -> None:
     low, high = bounds
     outside = (values < low) | (values > high)
