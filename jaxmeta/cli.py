@@ -507,12 +507,23 @@ def _recommend(args: argparse.Namespace) -> int:
     ratings = recommender.read_ratings(args.ratings)
     features = recommender.read_user_features(args.user_features) if args.user_features else None
     given = {name: getattr(args, name) for name in USER_FEATURE_FLAGS if getattr(args, name) is not None}
-    if given:
+    if given:  # the flags set those fields of every rating user, over --user-features' values where both give one
         import pandas as pd
 
         users = pd.unique(ratings["user"])
-        flags = pd.DataFrame({"user": users, **{name: [value] * len(users) for name, value in given.items()}})
-        features = flags if features is None else pd.concat([features, flags], ignore_index=True)
+        if features is None:
+            features = pd.DataFrame({"user": users})
+        else:
+            listed = pd.Index(features["user"], dtype=object)
+            absent = [u for u in users if u not in listed]
+            if absent:
+                start = int(max(features.index)) + 1 if len(features) else 0
+                features = pd.concat([features, pd.DataFrame({"user": absent},
+                                                             index=range(start, start + len(absent)))])
+        rating = pd.Index(features["user"], dtype=object).isin(pd.Index(users, dtype=object))
+        for name, value in given.items():
+            features[name] = features[name].astype(object) if name in features else None
+            features.loc[rating, name] = value
     table = recommender.recommend(ratings, k=args.k, user_features=features)
     if "title" in table:
         table["title"] = table["title"].fillna("")

@@ -183,3 +183,16 @@ def test_read_ratings_source_finds_movielens_files_and_says_what_is_missing(tmp_
         read_ratings_source(empty)
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         read_ratings_source(tmp_path / "nope.csv")
+
+
+def test_a_files_repeated_pairs_are_counted_not_dropped_with_a_warning(tmp_path):
+    import warnings
+
+    from jaxmeta.data.describe import read_ratings_source
+
+    path = tmp_path / "repeats.csv"
+    path.write_text("user,item,rating\n1,10,5\n1,10,3\n2,10,4\n2,11,1\n2,11,2\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw warning printed by `jaxmeta data describe`
+        table = read_ratings_source(path)
+    assert len(table) == 5 and describe(table)["repeated_pairs"] == 2

@@ -367,7 +367,8 @@ def test_recommend_and_describe_on_movielens_100k(tmp_path):
     (tmp_path / "features.csv").write_text("user,gender,age,occupation,zip\nnewcomer,F,31,writer,02139\n")
     shown = {}
     for name, extra in [("plain", []), ("flags", ["--gender", "F", "--age", "31", "--occupation", "writer"]),
-                        ("file", ["--user-features", str(tmp_path / "features.csv")])]:
+                        ("file", ["--user-features", str(tmp_path / "features.csv")]),
+                        ("file and a flag", ["--user-features", str(tmp_path / "features.csv"), "--age", "31"])]:
         out = jaxmeta("recommend", "--run", str(run), "--ratings", str(tmp_path / "new.csv"), *extra)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.strip().splitlines()
@@ -378,6 +379,7 @@ def test_recommend_and_describe_on_movielens_100k(tmp_path):
         assert not {1, 50, 100, 181, 258} & set(items)
         shown[name] = out.stdout
     assert shown["flags"] != shown["plain"] and shown["file"] != shown["plain"]  # the features count
+    assert shown["file and a flag"] == shown["file"]  # the flag sets the file's own value: one row, merged
 
 
 @pytest.mark.slow  # tests/test_bad_input.py trains, evaluates and serves a table run in the default suite

@@ -303,7 +303,7 @@ def read_ratings_source(path: str | os.PathLike, rating_scale: tuple[float, floa
         return ratings
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder; pass a ratings file or a MovieLens folder.")
-    ratings = interactions.read_interactions(path, user="user", item="item", rating="rating",
+    ratings = interactions.read_interactions(path, user="user", item="item", rating="rating", duplicates="keep",
                                              rating_range="infer" if given is None else tuple(given))
     if len(ratings) == 0:
         raise ValueError(f"{path}: no ratings, only the column names; pass a table with one row per rating "
