@@ -677,7 +677,8 @@ class Recommender:
         try:
             x = encoder.encode_ids(users, items)
         except ValueError as err:
-            raise ValueError(f"{what}: {err} Then pass the new encoder to the Recommender.") from None
+            raise ValueError(f"{what}: {err} Then pass the new encoder to the Recommender (with jaxmeta recommend: "
+                             "rate items of the run's catalogue, their ids written as in its training data).") from None
         if self.item_key is not None:
             ids = np.asarray(items)
             if not np.issubdtype(ids.dtype, np.integer):
