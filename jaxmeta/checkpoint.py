@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import json
@@ -252,9 +253,17 @@ class Checkpoints:
             saved[_DIGEST] = digests
         saved = json.loads(json.dumps(saved))  # as the JSON file will give it back
         saved[_EXTRA_DIGEST] = _json_digest(saved)
-        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                         extra=ocp.args.JsonSave(saved)), force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                             extra=ocp.args.JsonSave(saved)), force=True)
+            self._manager.wait_until_finished()
+        except Exception as error:
+            if not _disk_full(error):
+                raise
+            last = self.latest_step()
+            raise OSError(errno.ENOSPC, f"{self.directory}: no space left on the device while saving step {step}; "
+                          "free some space, then resume the run"
+                          + ("" if last is None else f" (step {last}, the last saved, is whole)")) from error
         self._scores[step] = self._score(metrics)
         self._prune()
 
@@ -476,6 +485,22 @@ class Checkpoints:
         leaves = [x if x.dtype == w.dtype else x.astype(w.dtype)
                   for x, w in zip(jax.tree.leaves(restored), wanted)]
         return jax.tree.unflatten(jax.tree.structure(like), leaves), extra
+
+
+_DISK_FULL = ("no space left on device", "file too large", "disk quota exceeded")
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or one it was raised from, is a full disk or file-size limit (as tensorstore and
+    orbax report it, in words as often as in an errno)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+                words in str(error).lower() for words in _DISK_FULL):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _json_digest(value: Any) -> str:

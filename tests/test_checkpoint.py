@@ -3,6 +3,7 @@ the newest whole step, and a checkpoint of another model told apart from a damag
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -214,6 +215,30 @@ def test_an_altered_value_in_extra_is_damage_and_never_the_best(tmp_path):
     _, extra, step = reopened.restore_newest_good(SMALL, notice=lambda line: None)
     assert (step, extra) == (20, {"at": 20})
     assert store.all_steps() == [10, 20]  # the damaged newest was deleted for the run to save again
+
+
+def test_a_full_disk_during_a_save_is_one_plain_line_naming_the_last_whole_step(tmp_path):
+    store = saved(tmp_path)
+
+    def full(*args, **kwargs):  # as tensorstore words it, wrapped by orbax
+        try:
+            raise ValueError("FAILED_PRECONDITION: Error writing local file \"d/ab12\": [OS error 28: No space "
+                             "left on device]")
+        except ValueError as error:
+            raise RuntimeError("orbax: save failed") from error
+
+    store._manager.save = full
+    with pytest.raises(OSError, match=r"no space left on the device while saving step 40; free some space, then "
+                                      r"resume the run \(step 30, the last saved, is whole\)") as raised:
+        store.save(40, {k: v + 40 for k, v in SMALL.items()})
+    assert raised.value.errno == errno.ENOSPC
+
+    def other(*args, **kwargs):
+        raise RuntimeError("something else")
+
+    store._manager.save = other
+    with pytest.raises(RuntimeError, match="something else"):  # any other failure as it was
+        store.save(40, {k: v + 40 for k, v in SMALL.items()})
 
 
 def test_a_renamed_step_folder_is_damage(tmp_path):
