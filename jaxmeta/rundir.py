@@ -45,7 +45,7 @@ __all__ = ("LOCK_FILE", "RUN_FILES", "RunLock", "RunLocked", "clear", "is_run", 
 
 LOCK_FILE = ".lock"
 CONFIG = "config.yaml"
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "baseline", "result.json", "eval.json",
+RUN_FILES = (CONFIG, "metrics.jsonl", "checkpoints", "baseline", "result.json", "eval.json",
              "adaptation.json", "plots")
 """What ``jaxmeta train``, ``eval`` and ``plot`` write into a run folder (``--overwrite`` deletes these only)."""
 
@@ -169,7 +169,7 @@ class RunLock:
 def is_run(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` holds (part of) a run: a config, metrics or checkpoints."""
     folder = Path(folder)
-    return any((folder / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", "baseline"))
+    return any((folder / name).exists() for name in (CONFIG, "metrics.jsonl", "checkpoints", "baseline"))
 
 
 def prepare(folder: str | os.PathLike, *, resume: bool, overwrite: bool) -> bool:

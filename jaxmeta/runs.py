@@ -252,7 +252,8 @@ def run(
 def _run(config: TrainConfig, folder: Path | None, *, resume: bool, progress: bool, main: bool,
          replace: bool = False) -> dict[str, Any]:
     """The run; with ``replace``, the run in ``folder`` is deleted once every setting has been checked (the data
-    loaded, the model, devices and teacher found), and ``config.yaml`` is written only then too."""
+    loaded, the model, devices and teacher found). ``config.yaml`` is written after that, and on a resume only
+    once the checkpoint's seed, data and teacher have been checked too (``_train``'s ``ready``)."""
     start = time.perf_counter()
     config = config.resolved_paths()
     if resume:

@@ -764,8 +764,9 @@ def stream_eval(runs: Sequence[str | os.PathLike], *, ns: Sequence[int] = DEFAUL
     test_ids = _find_users(data.scenarios[scenario], ratings, scenario)
     valid_ids = np.concatenate([_find_users(v, ratings, f"validation set {k!r}") for k, v in data.valid.items()])
     trained = set(data.warm_ratings["user"].tolist()) | set(valid_ids.tolist())
-    if users == "test" and trained & set(test_ids.tolist()):
-        raise ValueError(f"the run's scenario {scenario!r} holds {len(trained & set(test_ids.tolist()))} of the "
+    overlap = trained & set(test_ids.tolist())
+    if users == "test" and overlap:
+        raise ValueError(f"the run's scenario {scenario!r} holds {len(overlap)} of the "
                          "users it trained or validated on: the streaming protocol replays new users; pass a run "
                          "made with a new-user scenario (--scenario user_cold), or users='unseen'.")
     unseen = np.array(sorted(set(ratings["user"].tolist()) - trained))
@@ -777,9 +778,11 @@ def stream_eval(runs: Sequence[str | os.PathLike], *, ns: Sequence[int] = DEFAUL
     methods, described = [], {}
     restored = [first] + [restore_run(r, which=which, data=data, data_dir=data_dir) for r in runs[1:]]
     for run, meta in zip(runs, restored):
-        name = meta.config.algo if meta.config.algo not in described else f"{meta.config.algo} ({Path(run).name})"
-        name = next(f"{name} #{n}" if n else name for n in range(len(runs) + 1)  # runs in folders of one name
-                    if (f"{name} #{n}" if n else name) not in described)
+        base = meta.config.algo if meta.config.algo not in described else f"{meta.config.algo} ({Path(run).name})"
+        name, n = base, 0
+        while name in described:  # runs of one algorithm in folders of one name
+            n += 1
+            name = f"{base} #{n}"
         why = NOT_INCREMENTAL.get(meta.config.algo, "")
         method = (ridge_method(name, meta.learner, meta.state, meta.model) if meta.config.algo == "ridge" else
                   learner_method(name, meta.learner, meta.state, incremental=not why, note=why))
